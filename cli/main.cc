@@ -1,0 +1,40 @@
+// switchyard: a distributed expert-parallel runtime for Mixtral-family MoE models.
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "comm/mpi_communicator.h"
+#include "coordinator/model_session.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"Switchyard: expert-parallel inference for Mixtral-family MoE models"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "switchyard 0.1.0");
+  // Under mpirun every rank runs this binary; MPI lives for the whole process.
+  std::unique_ptr<switchyard::MpiRuntime> mpi;
+  if (switchyard::LaunchedUnderMpi()) {
+    auto rt = switchyard::MpiRuntime::Init(&argc, &argv);
+    if (!rt.ok()) {
+      std::fprintf(stderr, "switchyard: error: %s\n", std::string(rt.status().message()).c_str());
+      return 1;
+    }
+    mpi = std::move(rt).value();
+  }
+  switchyard::cli::Action action;
+  switchyard::cli::RegisterGenerate(app, &action);
+  switchyard::cli::RegisterPerplexity(app, &action);
+  switchyard::cli::RegisterScore(app, &action);
+  switchyard::cli::RegisterInspect(app, &action);
+  switchyard::cli::RegisterBench(app, &action);
+  switchyard::cli::RegisterPlan(app, &action);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int code = app.exit(e);
+    return code == 0 ? 0 : 2;
+  }
+  const int code = action ? action() : 2;
+  // A failed rank takes the whole job down at once rather than leaving peers to time out
+  // (and MPI_Finalize to wait on them): the launcher sees a non-zero exit and can restart it.
+  if (code != 0 && mpi != nullptr) switchyard::AbortJob(code);
+  return code;
+}

@@ -1,0 +1,61 @@
+#include "cli/run_flags.h"
+
+#include <cstdio>
+
+namespace switchyard::cli {
+
+void AddModelOption(CLI::App* cmd, std::string* dir) {
+  cmd->add_option("--model", *dir,
+                  "Checkpoint directory (config.json, *.safetensors, tokenizer.model)")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+}
+
+void AddRunFlags(CLI::App* cmd, RunFlags* f) {
+  AddModelOption(cmd, &f->model);
+  cmd->add_option("--ep", f->ep, "Expert-parallel ranks per pipeline stage")
+      ->check(CLI::Range(1, 1 << 16));
+  cmd->add_option("--pp", f->pp, "Pipeline stages (world size must be ep x pp)")
+      ->check(CLI::Range(1, 1 << 16));
+  cmd->add_option("--placement", f->placement, "Placement file (JSON) overriding the planner")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--comm-timeout", f->comm_timeout_s,
+                  "Seconds any rank waits for a peer before failing the job")
+      ->check(CLI::Range(0.1, 86400.0));
+  cmd->add_option("--max-step-tokens", f->max_step_tokens,
+                  "Tokens per forward step per data-parallel rank (prefill chunk)")
+      ->check(CLI::Range(1, 1 << 20));
+}
+
+SessionOptions ToSessionOptions(const RunFlags& f, bool show_progress) {
+  return {.model_dir = f.model,
+          .max_step_tokens = f.max_step_tokens,
+          .show_progress = show_progress,
+          .ep = f.ep,
+          .pp = f.pp,
+          .placement_file = f.placement,
+          .comm_timeout = absl::Seconds(f.comm_timeout_s)};
+}
+
+int Fail(const absl::Status& st) {
+  std::fprintf(stderr, "switchyard: error: %s\n", std::string(st.message()).c_str());
+  return 1;
+}
+
+int WorkerMain(ModelSession& s) {
+  absl::Status st = s.RunWorker();
+  if (!st.ok()) {
+    std::fprintf(stderr, "switchyard: rank %d: %s\n", s.world_rank,
+                 std::string(st.message()).c_str());
+    return 1;
+  }
+  return 0;
+}
+
+int Finish(ModelSession& s, int code) {
+  absl::Status st = s.Shutdown();
+  if (!st.ok()) return Fail(st);
+  return code;
+}
+
+}  // namespace switchyard::cli

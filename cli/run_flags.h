@@ -1,0 +1,34 @@
+// Flags and process plumbing shared by the commands that run the model.
+#pragma once
+
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "absl/status/status.h"
+#include "coordinator/model_session.h"
+
+namespace switchyard::cli {
+
+struct RunFlags {
+  std::string model;
+  int ep = 1;
+  int pp = 1;
+  std::string placement;
+  double comm_timeout_s = 60;
+  int max_step_tokens = 512;
+};
+
+// --model (required, an existing directory).
+void AddModelOption(CLI::App* cmd, std::string* dir);
+// --model, --ep, --pp, --placement, --comm-timeout, --max-step-tokens.
+void AddRunFlags(CLI::App* cmd, RunFlags* flags);
+SessionOptions ToSessionOptions(const RunFlags& flags, bool show_progress);
+
+// Prints "switchyard: error: MESSAGE" to stderr and returns exit code 1.
+int Fail(const absl::Status& status);
+// Ranks other than 0: serve steps until rank 0 is done; returns the exit code.
+int WorkerMain(ModelSession& session);
+// Rank 0 after the command's work: release the workers, then return `code`.
+int Finish(ModelSession& session, int code);
+
+}  // namespace switchyard::cli

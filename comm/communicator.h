@@ -1,0 +1,68 @@
+// Communication among the ranks of a group: the one seam between Switchyard's distributed
+// logic and a transport. Backends: MPI on host memory (comm/mpi_communicator.h) and NCCL on
+// device memory (comm/nccl_communicator.h). Tests substitute their own.
+//
+//   std::vector<size_t> send_counts(comm.size()), recv_counts(comm.size());
+//   ...
+//   RETURN_IF_ERROR(comm.AllToAllV(send, send_counts, send_offsets,
+//                                  recv, recv_counts, recv_offsets));
+//
+// Contract for every operation:
+// - Counts and offsets are in bytes; buffers must not overlap.
+// - It is collective where it says so: every rank of the group calls it, in the same order.
+// - Every wait has a deadline (CommOptions::timeout). A peer that does not take part in time
+//   gives kDeadlineExceeded whose message names the operation, the group and the peer(s)
+//   still missing; a transport failure gives kUnavailable. After either, the communicator is
+//   unusable: the caller must fail the job (the launcher restarts it), never retry.
+// - Not thread-safe: one thread drives a communicator.
+#pragma once
+
+#include <cstddef>
+#include <span>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+
+namespace switchyard {
+
+struct CommOptions {
+  absl::Duration timeout = absl::Seconds(60);  // flag: --comm-timeout
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+
+  virtual int rank() const = 0;  // rank within this group
+  virtual int size() const = 0;
+  // The group's name in error messages, e.g. "ep(stage 1)".
+  virtual const std::string& name() const = 0;
+
+  // Collective. Sends send[send_offsets[r] .. + send_counts[r]) to rank r and receives
+  // recv_counts[r] bytes from rank r at recv + recv_offsets[r]. Counts may be zero; the
+  // receiver must know its counts (exchange them first with AllToAll).
+  virtual absl::Status AllToAllV(const void* send, std::span<const size_t> send_counts,
+                                 std::span<const size_t> send_offsets, void* recv,
+                                 std::span<const size_t> recv_counts,
+                                 std::span<const size_t> recv_offsets) = 0;
+
+  // Collective. Each rank sends `bytes` bytes to every rank: block r of send goes to rank r,
+  // block r of recv comes from rank r.
+  virtual absl::Status AllToAll(const void* send, void* recv, size_t bytes) = 0;
+
+  // Point-to-point, blocking until complete. `tag` distinguishes independent streams.
+  virtual absl::Status Send(const void* data, size_t bytes, int peer, int tag) = 0;
+  virtual absl::Status Recv(void* data, size_t bytes, int peer, int tag) = 0;
+
+  // Collective. Root's `bytes` bytes are copied to every rank's `data`.
+  virtual absl::Status Broadcast(void* data, size_t bytes, int root) = 0;
+
+  // Collective. Every rank contributes `bytes`; root receives size() blocks in rank order.
+  virtual absl::Status Gather(const void* send, size_t bytes, void* recv, int root) = 0;
+
+  // Collective.
+  virtual absl::Status Barrier() = 0;
+};
+
+}  // namespace switchyard

@@ -1,0 +1,206 @@
+// ExpertDispatcher under mpirun against a single-process reference, with random routings
+// (fixed seeds) and the edge cases: ranks that receive nothing, every token on one rank,
+// expert counts the group size does not divide, replicated experts, ranks with no tokens.
+#include "comm/expert_dispatcher.h"
+
+#include <mpi.h>
+
+#include <random>
+#include <set>
+
+#include "comm/mpi_communicator.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace switchyard {
+namespace {
+
+constexpr int kHidden = 12;
+
+// Expert e maps x to (e + 1) * x + 0.5 * e, elementwise; records what it was asked to run.
+class FakeExperts : public LocalExperts {
+ public:
+  FakeExperts(std::set<int> held, int num_experts) : held_(std::move(held)), E_(num_experts) {}
+  void Run(int layer, const float* rows, const int32_t* counts, float* y) override {
+    size_t off = 0;
+    for (int e = 0; e < E_; ++e) {
+      if (counts[e] == 0) continue;
+      EXPECT_TRUE(held_.count(e)) << "expert " << e << " is not held here";
+      rows_run += counts[e];
+      for (size_t i = off * kHidden; i < (off + counts[e]) * kHidden; ++i) {
+        y[i] = (e + 1) * rows[i] + 0.5f * e;
+      }
+      off += counts[e];
+    }
+  }
+  int64_t rows_run = 0;
+
+ private:
+  std::set<int> held_;
+  int E_;
+};
+
+struct Routing {
+  std::vector<int32_t> experts;
+  std::vector<float> weights;
+  std::vector<float> x;
+};
+
+// Random top-k choices (distinct experts per token, weights summing to 1) for T tokens.
+Routing RandomRouting(int T, int E, int K, std::mt19937& rng, int only_below = -1) {
+  Routing r;
+  std::uniform_real_distribution<float> u(-1, 1);
+  const int pool = only_below > 0 ? only_below : E;
+  for (int t = 0; t < T; ++t) {
+    std::vector<int> ids(pool);
+    for (int e = 0; e < pool; ++e) ids[e] = e;
+    std::shuffle(ids.begin(), ids.end(), rng);
+    float sum = 0;
+    std::vector<float> w(K);
+    for (int k = 0; k < K; ++k) sum += (w[k] = 0.1f + std::abs(u(rng)));
+    for (int k = 0; k < K; ++k) {
+      r.experts.push_back(ids[k]);
+      r.weights.push_back(w[k] / sum);
+    }
+    for (int i = 0; i < kHidden; ++i) r.x.push_back(u(rng));
+  }
+  return r;
+}
+
+std::vector<float> Reference(const Routing& r, int T, int K) {
+  std::vector<float> out(static_cast<size_t>(T) * kHidden, 0.0f);
+  for (int t = 0; t < T; ++t) {
+    for (int k = 0; k < K; ++k) {
+      const int e = r.experts[t * K + k];
+      for (int i = 0; i < kHidden; ++i) {
+        out[t * kHidden + i] += r.weights[t * K + k] * ((e + 1) * r.x[t * kHidden + i] + 0.5f * e);
+      }
+    }
+  }
+  return out;
+}
+
+ExpertRanks DefaultRouting(int layers, int E, int P) {
+  ExpertRanks ranks(layers, std::vector<std::vector<int>>(E));
+  for (int l = 0; l < layers; ++l) {
+    for (int e = 0; e < E; ++e) ranks[l][e] = {e % P};
+  }
+  return ranks;
+}
+
+std::set<int> HeldBy(const ExpertRanks& routing, int layer, int rank) {
+  std::set<int> held;
+  for (size_t e = 0; e < routing[layer].size(); ++e) {
+    for (int r : routing[layer][e]) {
+      if (r == rank) held.insert(static_cast<int>(e));
+    }
+  }
+  return held;
+}
+
+class DispatcherTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    comm_ = MpiCommunicator::World(CommOptions{.timeout = absl::Seconds(30)});
+    rank_ = comm_->rank();
+    P_ = comm_->size();
+  }
+  // Runs one Forward per (layer) with this rank's routing and checks against the reference.
+  void Check(const ExpertRanks& routing, int E, int K, int T, int max_tokens, Routing r,
+             int64_t* rows_sent = nullptr, int64_t* rows_run = nullptr) {
+    DispatchLayout layout{.hidden = kHidden, .top_k = K, .num_experts = E, .ep = P_,
+                          .max_tokens = max_tokens};
+    FakeExperts experts(HeldBy(routing, 0, rank_), E);
+    ExpertDispatcher d(comm_.get(), layout, routing, &experts);
+    std::vector<float> out(static_cast<size_t>(std::max(T, 1)) * kHidden, -7.0f);
+    ASSERT_TRUE(d.Forward(0, r.x.data(), T, r.experts.data(), r.weights.data(), out.data()).ok());
+    std::vector<float> want = Reference(r, T, K);
+    for (size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(out[i], want[i], 1e-5) << "at " << i;
+    if (rows_sent) *rows_sent = d.last_stats().rows_sent;
+    if (rows_run) *rows_run = experts.rows_run;
+  }
+  std::unique_ptr<MpiCommunicator> comm_;
+  int rank_ = 0, P_ = 1;
+};
+
+TEST_F(DispatcherTest, RandomRoutingsMatchReference) {
+  for (int trial = 0; trial < 20; ++trial) {
+    std::mt19937 rng(1000 * trial + rank_);
+    const int E = 8, K = 2, max_tokens = 40;
+    const int T = std::uniform_int_distribution<int>(0, max_tokens)(rng);
+    Check(DefaultRouting(1, E, P_), E, K, T, max_tokens, RandomRouting(T, E, K, rng));
+  }
+}
+
+TEST_F(DispatcherTest, SixExpertsTopThree) {
+  std::mt19937 rng(77 + rank_);
+  Check(DefaultRouting(1, 6, P_), 6, 3, 25, 25, RandomRouting(25, 6, 3, rng));
+}
+
+TEST_F(DispatcherTest, EveryTokenToRankZeroOthersReceiveNothing) {
+  const int E = 8, K = 2;
+  ExpertRanks routing(1, std::vector<std::vector<int>>(E, std::vector<int>{0}));
+  std::mt19937 rng(5 + rank_);
+  int64_t sent = 0, run = 0;
+  Check(routing, E, K, 16, 16, RandomRouting(16, E, K, rng), &sent, &run);
+  EXPECT_EQ(sent, 16) << "both choices live on rank 0: each token must travel once";
+  if (rank_ != 0) EXPECT_EQ(run, 0);
+  if (rank_ == 0) EXPECT_EQ(run, 16 * K * P_);
+}
+
+TEST_F(DispatcherTest, RanksWithNoTokens) {
+  std::mt19937 rng(9 + rank_);
+  const int T = rank_ % 2 == 0 ? 0 : 11;
+  Check(DefaultRouting(1, 8, P_), 8, 2, T, 11, RandomRouting(T, 8, 2, rng));
+}
+
+TEST_F(DispatcherTest, TokensTravelOncePerDestination) {
+  // Choices among experts {0, P}: with e % P placement both live on rank 0 (when P <= 4).
+  if (P_ > 4) GTEST_SKIP() << "needs 2P <= 8 experts";
+  const int E = 8, K = 2, T = 10;
+  Routing r;
+  std::mt19937 rng(3 + rank_);
+  r = RandomRouting(T, E, K, rng);
+  for (int t = 0; t < T; ++t) {
+    r.experts[t * K] = 0;
+    r.experts[t * K + 1] = P_ % E == 0 ? 1 : P_;  // P == 1: any other expert, still rank 0
+  }
+  int64_t sent = 0;
+  Check(DefaultRouting(1, E, P_), E, K, T, T, r, &sent);
+  EXPECT_EQ(sent, T);
+}
+
+TEST_F(DispatcherTest, ReplicatedExpertSpreadsLoad) {
+  const int E = 8, K = 2, T = 30;
+  ExpertRanks routing = DefaultRouting(1, E, P_);
+  for (int e = 0; e < E; ++e) {
+    routing[0][e].clear();
+    for (int r = 0; r < P_; ++r) routing[0][e].push_back(r);  // every expert everywhere
+  }
+  std::mt19937 rng(11 + rank_);
+  int64_t run = 0;
+  Check(routing, E, K, T, T, RandomRouting(T, E, K, rng), nullptr, &run);
+  // Replica = (source rank + token) mod P: every rank gets a share of the work.
+  std::vector<int64_t> all(P_);
+  MPI_Allgather(&run, 1, MPI_INT64_T, all.data(), 1, MPI_INT64_T, MPI_COMM_WORLD);
+  int64_t total = 0;
+  for (int64_t v : all) {
+    EXPECT_GT(v, 0);
+    total += v;
+  }
+  EXPECT_EQ(total, int64_t{T} * K * P_);
+}
+
+TEST_F(DispatcherTest, RejectsMoreTokensThanTheLayout) {
+  DispatchLayout layout{.hidden = kHidden, .top_k = 2, .num_experts = 8, .ep = P_,
+                        .max_tokens = 4};
+  FakeExperts experts({}, 8);
+  ExpertDispatcher d(comm_.get(), layout, DefaultRouting(1, 8, P_), &experts);
+  std::vector<float> x(5 * kHidden), out(5 * kHidden), w(10, 0.5f);
+  std::vector<int32_t> e(10, 0);
+  auto st = d.Forward(0, x.data(), 5, e.data(), w.data(), out.data());
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace switchyard

@@ -1,0 +1,88 @@
+// Everything a command needs to run the model: config, checkpoint, tokenizer, this rank's
+// weights, a step executor and a KV block pool, on one process or across an mpirun job.
+//
+//   ASSIGN_OR_RETURN(auto s, ModelSession::Open({.model_dir = "models/brown-moe",
+//                                                .ep = 2, .pp = 2}));
+//   if (!s->is_coordinator()) return s->RunWorker();   // ranks other than 0
+//   SequenceRunner runner(s->executor.get(), s->allocator(0), s->config);
+//   ...
+//   RETURN_IF_ERROR(s->Shutdown());                     // rank 0: release the workers
+//
+// Under mpirun (world size > 1) rank 0 is the coordinator: it alone holds the tokenizer, the
+// executor and the block allocators (one per data-parallel index); every rank, rank 0
+// included, holds its shard and a DistributedWorker. With one process nothing touches MPI.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "coordinator/block_allocator.h"
+#include "coordinator/placement.h"
+#include "model/config.h"
+#include "model/safetensors.h"
+#include "model/tokenizer.h"
+#include "model/weights.h"
+#include "worker/step.h"
+
+namespace switchyard {
+
+class MpiCommunicator;
+class DistributedWorker;
+class DistributedExecutor;
+
+struct SessionOptions {
+  std::string model_dir;
+  int max_step_tokens = 512;  // rows per step on one data-parallel rank
+  int block_size = 16;
+  int kv_blocks = 0;  // per data-parallel rank; 0: enough for one full-context sequence
+  bool show_progress = true;
+  // Distribution (used when the process runs under mpirun with more than one rank).
+  int ep = 1;
+  int pp = 1;
+  std::string placement_file;  // optional JSON placement (coordinator/placement.h)
+  absl::Duration comm_timeout = absl::Seconds(60);
+};
+
+struct ModelSession {
+  ModelSession();
+  ~ModelSession();
+
+  ModelConfig config;
+  std::unique_ptr<SafetensorsCheckpoint> checkpoint;
+  std::unique_ptr<Tokenizer> tokenizer;  // coordinator only
+  std::unique_ptr<ModelWeights> weights;  // this rank's shard
+  std::unique_ptr<StepExecutor> executor;  // coordinator only
+  std::vector<std::unique_ptr<BlockAllocator>> allocators;  // coordinator: one per DP index
+  PlacementPlan placement;
+  int world_rank = 0;
+  int world_size = 1;
+
+  bool is_coordinator() const { return world_rank == 0; }
+  BlockAllocator* allocator(int dp = 0) { return allocators[dp].get(); }
+  int dp_size() const { return placement.ep; }
+  DistributedWorker* worker() { return worker_.get(); }
+  DistributedExecutor* distributed_executor() { return distributed_; }
+
+  // Ranks other than 0: serve steps until the coordinator shuts the job down.
+  absl::Status RunWorker();
+  // Coordinator: tell every other rank to leave RunWorker. No-op on one process.
+  absl::Status Shutdown();
+
+  // Errors name the file at fault (config.json, a safetensors file and tensor, the
+  // tokenizer), or the flags (--ep/--pp against the world size, a placement file).
+  static absl::StatusOr<std::unique_ptr<ModelSession>> Open(const SessionOptions& options);
+
+ private:
+  std::unique_ptr<MpiCommunicator> world_comm_;
+  std::unique_ptr<MpiCommunicator> ep_comm_;
+  std::unique_ptr<DistributedWorker> worker_;
+  DistributedExecutor* distributed_ = nullptr;
+};
+
+// True when this process was started by mpirun/srun (Open MPI, PMI or PMIx variables set).
+bool LaunchedUnderMpi();
+
+}  // namespace switchyard

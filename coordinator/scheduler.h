@@ -1,0 +1,173 @@
+// Continuous-batching scheduler: the coordinator's single thread that owns the step executor.
+//
+//   Scheduler sched(executor, &tokenizer, cfg, {.max_queue = 256, ...}, dp_allocators);
+//   sched.Start();
+//   ASSIGN_OR_RETURN(RequestId id, sched.Submit(std::move(request), sink));
+//   ...                                // sink->OnEvent() is called from the scheduler thread
+//   sched.Cancel(id);                   // from any thread; takes effect at the next step
+//   sched.Drain(); sched.Stop();
+//
+// Each step, finished or cancelled sequences leave, waiting requests join in FCFS order while
+// KV blocks are free (on the data-parallel index with the most free blocks), and prefill
+// chunks and decode tokens are mixed under a per-step token budget, so a long prompt is
+// prefilled in chunks between other requests' decode steps. Sampling uses each request's seed
+// and the index of the generated token, so output does not depend on batching.
+//
+// Thread-safety: Submit, Cancel, Stats, Drain and Stop are thread-safe; sinks are called on
+// the scheduler thread and must not block.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "coordinator/block_allocator.h"
+#include "coordinator/sequence_runner.h"
+#include "model/config.h"
+#include "model/tokenizer.h"
+#include "worker/step.h"
+
+namespace switchyard {
+
+using RequestId = int64_t;
+
+struct GenerateRequest {
+  std::vector<int32_t> prompt_ids;  // already tokenized (BOS included) and validated
+  int max_tokens = 64;
+  SamplingParams sampling;
+  std::vector<std::string> stop;  // stop strings: generation ends before the first match
+  bool stop_at_eos = true;
+};
+
+// One message to the client. Deltas carry the ids and text produced since the last event.
+struct RequestEvent {
+  std::vector<int32_t> token_ids;
+  std::string text;
+  bool finished = false;
+  FinishReason finish_reason = FinishReason::kLength;
+  int prompt_tokens = 0;
+  int completion_tokens = 0;
+  absl::Status error;  // set (with finished) when the request failed (e.g. kUnavailable)
+};
+
+class RequestSink {
+ public:
+  virtual ~RequestSink() = default;
+  // Called on the scheduler thread; must not block. After an event with finished = true no
+  // further event comes.
+  virtual void OnEvent(const RequestEvent& event) = 0;
+};
+
+struct SchedulerOptions {
+  int max_queue = 256;          // waiting requests before Submit answers kUnavailable
+  int max_running = 64;         // sequences decoding at once (per job)
+  int step_token_budget = 512;  // tokens per step per data-parallel rank (decode + prefill)
+  int prefill_chunk = 256;      // most prompt tokens one sequence prefills per step
+  int max_stop_strings = 8;
+  int max_stop_length = 64;
+  absl::Duration heartbeat = absl::Seconds(1);  // idle liveness round (distributed jobs)
+};
+
+struct SchedulerStats {
+  int64_t steps = 0;
+  int running = 0;
+  int waiting = 0;
+  std::vector<int> free_blocks;   // per data-parallel index
+  std::vector<int> total_blocks;  // per data-parallel index
+  int64_t generated_tokens = 0;
+  int64_t prompt_tokens = 0;
+  bool draining = false;
+  bool failed = false;  // the executor failed: every request now gets kUnavailable
+};
+
+// What the serving front end needs from the scheduler (a seam: front-end tests use a fake).
+class GenerationQueue {
+ public:
+  virtual ~GenerationQueue() = default;
+  virtual absl::StatusOr<RequestId> Submit(GenerateRequest request,
+                                           std::shared_ptr<RequestSink> sink) = 0;
+  virtual void Cancel(RequestId id) = 0;
+  virtual SchedulerStats Stats() const = 0;
+};
+
+class Scheduler : public GenerationQueue {
+ public:
+  // `executor`, `tokenizer` and the allocators must outlive the scheduler. `heartbeat`, when
+  // set, is called while idle every options.heartbeat (distributed liveness checks).
+  Scheduler(StepExecutor* executor, const Tokenizer* tokenizer, const ModelConfig& config,
+            const SchedulerOptions& options, std::vector<BlockAllocator*> allocators,
+            std::function<absl::Status()> heartbeat = nullptr);
+  ~Scheduler();
+
+  void Start();
+  // Validates against the scheduler's own limits and queues the request.
+  // Errors: kInvalidArgument (prompt + max_tokens over the context; a request whose KV need
+  // exceeds a whole data-parallel pool; too many/too long stop strings),
+  // kUnavailable (queue full, draining, or the executor failed).
+  absl::StatusOr<RequestId> Submit(GenerateRequest request,
+                                   std::shared_ptr<RequestSink> sink) override;
+  // Removes the request at the next step boundary; its sink gets a final event with
+  // finish_reason kCancelled. Unknown or finished ids are ignored.
+  void Cancel(RequestId id) override;
+  // Stop admitting (Submit answers kUnavailable) and return once in-flight requests finished.
+  void Drain();
+  // Cancels whatever remains and joins the thread.
+  void Stop();
+  SchedulerStats Stats() const override;
+  // Set when a step failed; the job must end.
+  absl::Status failure() const;
+
+ private:
+  struct Sequence;
+  void Loop();
+  // Moves cancelled and new requests; returns false when the loop should end.
+  bool TakeWork(std::vector<std::unique_ptr<Sequence>>* admitted);
+  void Admit(std::vector<std::unique_ptr<Sequence>>* admitted);
+  void BuildPlan();
+  void ApplyResult();
+  // Frees the sequence's blocks and sends its final event (`ev` may carry the last ids).
+  void Finish(Sequence* s, FinishReason reason, absl::Status error = absl::OkStatus(),
+              RequestEvent ev = {});
+  void FailAll(const absl::Status& error);
+  // Appends one generated token: text, stop strings, limits. Returns the finish reason when
+  // the sequence is done (its remaining text is then sent by Finish).
+  std::optional<FinishReason> Append(Sequence* s, int32_t token, RequestEvent* event);
+  void PublishStats(int64_t prompt_tokens, int64_t generated_tokens);
+
+  StepExecutor* executor_;
+  const Tokenizer* tokenizer_;
+  const ModelConfig config_;
+  const SchedulerOptions options_;
+  std::vector<BlockAllocator*> allocators_;  // scheduler thread only
+  std::function<absl::Status()> heartbeat_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::unique_ptr<Sequence>> waiting_;  // GUARDED_BY(mu_)
+  std::vector<RequestId> cancelled_;                // GUARDED_BY(mu_)
+  bool draining_ = false;                           // GUARDED_BY(mu_)
+  bool stopping_ = false;                           // GUARDED_BY(mu_)
+  absl::Status failure_;                            // GUARDED_BY(mu_)
+  SchedulerStats stats_;                            // GUARDED_BY(mu_)
+  RequestId next_id_ = 1;                           // GUARDED_BY(mu_)
+
+  // Scheduler thread only.
+  std::vector<std::unique_ptr<Sequence>> running_;
+  StepPlan plan_;
+  StepResult result_;
+  std::vector<Sequence*> plan_seqs_;  // the sequence of each plan entry
+  std::thread thread_;
+};
+
+}  // namespace switchyard

@@ -1,0 +1,238 @@
+// The continuous-batching scheduler over the single-process executor and the demo model.
+#include "coordinator/scheduler.h"
+
+#include <condition_variable>
+#include <mutex>
+#include <random>
+
+#include "coordinator/model_session.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace switchyard {
+namespace {
+
+const std::string kRoot = SWITCHYARD_SOURCE_ROOT;
+
+// Collects a request's events; Wait() blocks until the final one.
+class CollectingSink : public RequestSink {
+ public:
+  void OnEvent(const RequestEvent& e) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    events.push_back(e);
+    times.push_back(std::chrono::steady_clock::now());
+    for (int32_t t : e.token_ids) tokens.push_back(t);
+    text += e.text;
+    if (e.finished) {
+      done = true;
+      final_event = e;
+      cv_.notify_all();
+    }
+  }
+  void Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    ASSERT_TRUE(cv_.wait_for(lock, std::chrono::seconds(120), [this] { return done; }));
+  }
+  std::vector<RequestEvent> events;
+  std::vector<std::chrono::steady_clock::time_point> times;
+  std::vector<int32_t> tokens;
+  std::string text;
+  bool done = false;
+  RequestEvent final_event;
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+};
+
+class SchedulerTest : public testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto s = ModelSession::Open({.model_dir = kRoot + "/models/brown-moe",
+                                 .max_step_tokens = 512,
+                                 .kv_blocks = 512,
+                                 .show_progress = false});
+    ASSERT_TRUE(s.ok()) << s.status();
+    session_ = std::move(s).value().release();
+  }
+  std::unique_ptr<Scheduler> Make(SchedulerOptions opts = {}) {
+    return std::make_unique<Scheduler>(session_->executor.get(), session_->tokenizer.get(),
+                                       session_->config, opts,
+                                       std::vector<BlockAllocator*>{session_->allocator(0)});
+  }
+  GenerateRequest Request(const std::string& prompt, int max_tokens) {
+    GenerateRequest r;
+    r.prompt_ids = session_->tokenizer->Encode(prompt, true);
+    r.max_tokens = max_tokens;
+    return r;
+  }
+  static ModelSession* session_;
+};
+ModelSession* SchedulerTest::session_ = nullptr;
+
+const std::vector<std::string> kPrompts = {
+    "The jury said that", "In the morning, the old man", "The President told reporters",
+    "A small boy", "The city council met", "It was", "Mr. Smith and his wife went to the",
+    "The committee"};
+
+TEST_F(SchedulerTest, BatchingDoesNotChangeGreedyOutput) {
+  auto sched = Make();
+  sched->Start();
+  // Each request alone first.
+  std::vector<std::vector<int32_t>> alone;
+  for (size_t i = 0; i < kPrompts.size(); ++i) {
+    auto sink = std::make_shared<CollectingSink>();
+    ASSERT_TRUE(sched->Submit(Request(kPrompts[i], 8 + 5 * i), sink).ok());
+    sink->Wait();
+    alone.push_back(sink->tokens);
+  }
+  // Then all at once, twice over, so sequences join and leave mid-stream.
+  std::vector<std::shared_ptr<CollectingSink>> sinks;
+  for (int round = 0; round < 2; ++round) {
+    for (size_t i = 0; i < kPrompts.size(); ++i) {
+      sinks.push_back(std::make_shared<CollectingSink>());
+      ASSERT_TRUE(sched->Submit(Request(kPrompts[i], 8 + 5 * i), sinks.back()).ok());
+    }
+  }
+  for (size_t j = 0; j < sinks.size(); ++j) {
+    sinks[j]->Wait();
+    EXPECT_EQ(sinks[j]->tokens, alone[j % kPrompts.size()]) << kPrompts[j % kPrompts.size()];
+    EXPECT_TRUE(sinks[j]->final_event.error.ok());
+  }
+  EXPECT_GT(sched->Stats().steps, 0);
+}
+
+TEST_F(SchedulerTest, StreamedTextEqualsDecodedTokens) {
+  auto sched = Make();
+  sched->Start();
+  auto sink = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(sched->Submit(Request("In the morning, the old man", 40), sink).ok());
+  sink->Wait();
+  std::vector<int32_t> ids = sink->tokens;
+  if (!ids.empty() && ids.back() == session_->config.eos_token_id) ids.pop_back();
+  EXPECT_EQ(sink->text, session_->tokenizer->Decode(ids));
+  EXPECT_EQ(sink->final_event.completion_tokens, static_cast<int>(sink->tokens.size()));
+  EXPECT_GT(sink->events.size(), 2u) << "expected incremental events";
+}
+
+TEST_F(SchedulerTest, StopStringEndsGenerationBeforeTheMatch) {
+  auto sched = Make();
+  sched->Start();
+  auto full = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(sched->Submit(Request("The President told reporters", 32), full).ok());
+  full->Wait();
+  ASSERT_GT(full->text.size(), 20u);
+  const std::string stop = full->text.substr(12, 5);
+  auto req = Request("The President told reporters", 32);
+  req.stop = {stop};
+  auto sink = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(sched->Submit(req, sink).ok());
+  sink->Wait();
+  EXPECT_EQ(sink->final_event.finish_reason, FinishReason::kStop);
+  EXPECT_EQ(sink->text, full->text.substr(0, full->text.find(stop)));
+}
+
+TEST_F(SchedulerTest, CancelFreesBlocks) {
+  auto sched = Make();
+  const int idle = session_->allocator(0)->free_blocks();
+  sched->Start();
+  std::vector<std::shared_ptr<CollectingSink>> sinks;
+  std::vector<RequestId> ids;
+  for (int i = 0; i < 20; ++i) {
+    sinks.push_back(std::make_shared<CollectingSink>());
+    auto id = sched->Submit(Request(kPrompts[i % kPrompts.size()], 200), sinks.back());
+    ASSERT_TRUE(id.ok());
+    ids.push_back(*id);
+  }
+  for (int i = 0; i < 20; i += 2) sched->Cancel(ids[i]);
+  for (int i = 0; i < 20; ++i) {
+    sinks[i]->Wait();
+    if (i % 2 == 0) EXPECT_EQ(sinks[i]->final_event.finish_reason, FinishReason::kCancelled);
+  }
+  sched->Drain();
+  EXPECT_EQ(sched->Stats().free_blocks[0], idle);
+  EXPECT_EQ(session_->allocator(0)->free_blocks(), idle);
+}
+
+TEST_F(SchedulerTest, LongPromptIsPrefilledInChunksWhileOthersStream) {
+  SchedulerOptions opts;
+  opts.prefill_chunk = 64;
+  opts.step_token_budget = 80;
+  auto sched = Make(opts);
+  sched->Start();
+  auto req = Request("The jury said that", 100);
+  req.stop_at_eos = false;
+  auto shorter = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(sched->Submit(req, shorter).ok());
+  // Wait until the short request streams, then send a 900-token prompt.
+  while (sched->Stats().generated_tokens <= 2) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  GenerateRequest big;
+  std::mt19937 rng(1);
+  big.prompt_ids.push_back(1);
+  for (int i = 0; i < 899; ++i) big.prompt_ids.push_back(3 + rng() % 4000);
+  big.max_tokens = 4;
+  auto longer = std::make_shared<CollectingSink>();
+  const auto submitted = std::chrono::steady_clock::now();
+  ASSERT_TRUE(sched->Submit(big, longer).ok());
+  longer->Wait();
+  shorter->Wait();
+  ASSERT_EQ(shorter->tokens.size(), 100u);
+  // 900 prompt tokens at 64 per step take 15 steps; the short stream got a token in each of
+  // them rather than waiting for the whole prefill.
+  const auto first_long = longer->times.front();
+  int during = 0;
+  for (auto t : shorter->times) during += t > submitted && t < first_long;
+  EXPECT_GE(during, 14);
+}
+
+TEST_F(SchedulerTest, QueueLimitAndDrainAnswerUnavailable) {
+  SchedulerOptions opts;
+  opts.max_queue = 2;
+  auto sched = Make(opts);  // not started: requests stay queued
+  auto a = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(sched->Submit(Request("The jury", 4), a).ok());
+  ASSERT_TRUE(sched->Submit(Request("The jury", 4), a).ok());
+  auto third = sched->Submit(Request("The jury", 4), a);
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kUnavailable);
+  sched->Start();
+  sched->Drain();
+  auto after = sched->Submit(Request("The jury", 4), a);
+  EXPECT_EQ(after.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(after.status().message()), testing::HasSubstr("draining"));
+}
+
+TEST_F(SchedulerTest, RefusesRequestsThatCanNeverFit) {
+  auto sched = Make();
+  auto sink = std::make_shared<CollectingSink>();
+  auto r = sched->Submit(Request("The jury", session_->config.max_position_embeddings), sink);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(r.status().message()), testing::HasSubstr("max_tokens"));
+  auto req = Request("The jury", 4);
+  req.stop = std::vector<std::string>(9, "x");
+  EXPECT_EQ(sched->Submit(req, sink).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(SchedulerTest, SeededSamplingIsReproducibleUnderLoad) {
+  auto sched = Make();
+  sched->Start();
+  auto req = Request("The city council met", 24);
+  req.sampling = {.temperature = 0.9f, .top_k = 50, .top_p = 0.95f, .seed = 1234};
+  auto alone = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(sched->Submit(req, alone).ok());
+  alone->Wait();
+  std::vector<std::shared_ptr<CollectingSink>> noise;
+  for (int i = 0; i < 6; ++i) {
+    noise.push_back(std::make_shared<CollectingSink>());
+    ASSERT_TRUE(sched->Submit(Request(kPrompts[i], 30), noise.back()).ok());
+  }
+  auto loaded = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(sched->Submit(req, loaded).ok());
+  loaded->Wait();
+  for (auto& n : noise) n->Wait();
+  EXPECT_EQ(loaded->tokens, alone->tokens);
+}
+
+}  // namespace
+}  // namespace switchyard
