@@ -19,5 +19,8 @@ void RegisterBench(CLI::App& app, Action* action);
 // `bench dispatch`, registered by RegisterBench under `bench`.
 void RegisterBenchDispatch(CLI::App& bench, Action* action);
 void RegisterPlan(CLI::App& app, Action* action);
+void RegisterServe(CLI::App& app, Action* action);
+void RegisterLoadgen(CLI::App& app, Action* action);
+void RegisterMakeSyntheticModel(CLI::App& app, Action* action);
 
 }  // namespace switchyard::cli

@@ -26,6 +26,9 @@ int main(int argc, char** argv) {
   switchyard::cli::RegisterInspect(app, &action);
   switchyard::cli::RegisterBench(app, &action);
   switchyard::cli::RegisterPlan(app, &action);
+  switchyard::cli::RegisterServe(app, &action);
+  switchyard::cli::RegisterLoadgen(app, &action);
+  switchyard::cli::RegisterMakeSyntheticModel(app, &action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -240,7 +240,9 @@ TEST_F(MpiCommunicatorTest, BarrierWaitsForTheLastRank) {
   ASSERT_TRUE(world_->Barrier().ok());
   const double ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  EXPECT_GE(ms, 299.0);
+  // Ranks leave the previous barrier a few ms apart, so the bound has slack; a rank that did
+  // not wait would measure about 0.
+  EXPECT_GE(ms, 200.0);
 }
 
 TEST_F(MpiCommunicatorTest, SplitEvenOdd) {

@@ -60,10 +60,9 @@ absl::StatusOr<int> SelectCudaDevice() {
   const cudaError_t err = cudaGetDeviceCount(&count);
   if (err != cudaSuccess || count == 0) {
     cudaGetLastError();
-    return absl::UnavailableError(absl::StrCat("no CUDA device (",
-                                               err != cudaSuccess ? cudaGetErrorString(err)
-                                                                  : "device count is 0",
-                                               ")"));
+    return absl::UnavailableError(
+        absl::StrCat("no CUDA device (",
+                     err != cudaSuccess ? cudaGetErrorString(err) : "device count is 0", ")"));
   }
   const int device = LocalRankFromEnv() % count;
   const cudaError_t set = cudaSetDevice(device);
@@ -118,8 +117,8 @@ absl::Status NcclCommunicator::InitResources() {
     const cudaError_t err = cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking);
     if (err != cudaSuccess) {
       stream_ = nullptr;
-      return absl::UnavailableError(absl::StrCat("group '", name_, "': cudaStreamCreate: ",
-                                                 cudaGetErrorString(err)));
+      return absl::UnavailableError(
+          absl::StrCat("group '", name_, "': cudaStreamCreate: ", cudaGetErrorString(err)));
     }
   }
   const cudaError_t err = cudaMalloc(reinterpret_cast<void**>(&barrier_word_), sizeof(int));
@@ -128,7 +127,10 @@ absl::Status NcclCommunicator::InitResources() {
     return absl::ResourceExhaustedError(
         absl::StrCat("group '", name_, "': cudaMalloc: ", cudaGetErrorString(err)));
   }
-  return absl::OkStatus();
+  const cudaError_t zero = cudaMemsetAsync(barrier_word_, 0, sizeof(int), stream_);
+  if (zero == cudaSuccess) return absl::OkStatus();
+  return absl::UnavailableError(
+      absl::StrCat("group '", name_, "': cudaMemset: ", cudaGetErrorString(zero)));
 }
 
 absl::Status NcclCommunicator::Adopt(ncclComm_t comm, absl::string_view op) {
@@ -165,15 +167,15 @@ NcclCommunicator::~NcclCommunicator() {
   if (stream_ != nullptr && external_stream_ == nullptr) cudaStreamDestroy(stream_);
 }
 
-absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Split(
-    int color, int key, const std::string& name) {
+absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Split(int color, int key,
+                                                                          const std::string& name) {
   RETURN_IF_ERROR(CheckUsable("Split"));
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   config.blocking = 0;
   ncclComm_t child = nullptr;
-  RETURN_IF_ERROR(Enqueued(ncclCommSplit(comm_, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key,
-                                         &child, &config),
-                           "Split", "ncclCommSplit"));
+  RETURN_IF_ERROR(
+      Enqueued(ncclCommSplit(comm_, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &child, &config),
+               "Split", "ncclCommSplit"));
   // The split is collective over the parent: wait for the parent to finish its part.
   absl::Status parent = WaitReady(comm_, "Split");
   if (!parent.ok()) {
@@ -214,8 +216,8 @@ absl::Status NcclCommunicator::Enqueued(ncclResult_t r, absl::string_view op,
 }
 
 std::string NcclCommunicator::Describe(absl::string_view op, int peer) const {
-  std::string s = absl::StrCat("NCCL ", op, " on group '", name_, "' (rank ", rank_, " of ",
-                               size_, ")");
+  std::string s =
+      absl::StrCat("NCCL ", op, " on group '", name_, "' (rank ", rank_, " of ", size_, ")");
   if (peer >= 0) absl::StrAppend(&s, " with rank ", peer);
   return s;
 }
@@ -227,8 +229,8 @@ absl::Status NcclCommunicator::WaitReady(ncclComm_t comm, absl::string_view op) 
     ncclResult_t state = ncclSuccess;
     const ncclResult_t r = ncclCommGetAsyncError(comm, &state);
     if (r != ncclSuccess || (state != ncclSuccess && state != ncclInProgress)) {
-      const std::string msg = absl::StrCat(Describe(op, -1), ": ",
-                                           NcclError(comm, r != ncclSuccess ? r : state));
+      const std::string msg =
+          absl::StrCat(Describe(op, -1), ": ", NcclError(comm, r != ncclSuccess ? r : state));
       if (comm != comm_) ncclCommAbort(comm);
       return Fail(absl::UnavailableError(msg));
     }
@@ -251,8 +253,8 @@ absl::Status NcclCommunicator::Wait(absl::string_view op, int peer) {
     ncclResult_t state = ncclSuccess;
     const ncclResult_t r = ncclCommGetAsyncError(comm_, &state);
     if (r != ncclSuccess || (state != ncclSuccess && state != ncclInProgress)) {
-      return Fail(absl::UnavailableError(absl::StrCat(
-          Describe(op, peer), ": ", NcclError(comm_, r != ncclSuccess ? r : state))));
+      return Fail(absl::UnavailableError(
+          absl::StrCat(Describe(op, peer), ": ", NcclError(comm_, r != ncclSuccess ? r : state))));
     }
     if (state == ncclSuccess) {  // everything is enqueued: wait for the stream
       const cudaError_t q = cudaStreamQuery(stream_);
@@ -297,12 +299,10 @@ absl::Status NcclCommunicator::AllToAllV(const void* send, std::span<const size_
   keep(ncclGroupStart(), "ncclGroupStart");
   for (int p = 0; p < size_; ++p) {
     if (send_counts[p] > 0) {
-      keep(ncclSend(s + send_offsets[p], send_counts[p], ncclUint8, p, comm_, stream_),
-           "ncclSend");
+      keep(ncclSend(s + send_offsets[p], send_counts[p], ncclUint8, p, comm_, stream_), "ncclSend");
     }
     if (recv_counts[p] > 0) {
-      keep(ncclRecv(d + recv_offsets[p], recv_counts[p], ncclUint8, p, comm_, stream_),
-           "ncclRecv");
+      keep(ncclRecv(d + recv_offsets[p], recv_counts[p], ncclUint8, p, comm_, stream_), "ncclRecv");
     }
   }
   keep(ncclGroupEnd(), "ncclGroupEnd");
@@ -349,8 +349,8 @@ absl::Status NcclCommunicator::Broadcast(void* data, size_t bytes, int root) {
     return absl::InvalidArgumentError(absl::StrCat(Describe(kOp, -1), ": bad root ", root));
   }
   if (bytes == 0) return absl::OkStatus();
-  RETURN_IF_ERROR(Enqueued(ncclBroadcast(data, data, bytes, ncclUint8, root, comm_, stream_),
-                           kOp, "ncclBroadcast"));
+  RETURN_IF_ERROR(Enqueued(ncclBroadcast(data, data, bytes, ncclUint8, root, comm_, stream_), kOp,
+                           "ncclBroadcast"));
   return Wait(kOp);
 }
 
@@ -385,9 +385,9 @@ absl::Status NcclCommunicator::Gather(const void* send, size_t bytes, void* recv
 absl::Status NcclCommunicator::Barrier() {
   constexpr absl::string_view kOp = "Barrier";
   RETURN_IF_ERROR(CheckUsable(kOp));
-  RETURN_IF_ERROR(Enqueued(
-      ncclAllReduce(barrier_word_, barrier_word_, 1, ncclInt32, ncclSum, comm_, stream_), kOp,
-      "ncclAllReduce"));
+  RETURN_IF_ERROR(
+      Enqueued(ncclAllReduce(barrier_word_, barrier_word_, 1, ncclInt32, ncclSum, comm_, stream_),
+               kOp, "ncclAllReduce"));
   return Wait(kOp);
 }
 

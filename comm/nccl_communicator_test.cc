@@ -98,8 +98,7 @@ class DeviceBuffer {
   ~DeviceBuffer() { cudaFree(p_); }
   T* get() const { return p_; }
   void Upload(const std::vector<T>& h) {
-    ASSERT_EQ(cudaMemcpy(p_, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice),
-              cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(p_, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
   }
   std::vector<T> Download() const {
     std::vector<T> h(n_);
@@ -210,8 +209,7 @@ TEST_F(NcclCommunicatorTest, InvalidArgumentsLeaveItUsable) {
   std::vector<size_t> wrong(comm_->size() + 1, 0);
   EXPECT_EQ(comm_->AllToAllV(nullptr, wrong, wrong, nullptr, wrong, wrong).code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(comm_->Broadcast(nullptr, 4, comm_->size()).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(comm_->Broadcast(nullptr, 4, comm_->size()).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(comm_->Send(nullptr, 4, -1, 0).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(comm_->Barrier().ok());
 }

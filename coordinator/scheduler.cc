@@ -347,7 +347,20 @@ void Scheduler::PublishStats(int64_t prompt_tokens, int64_t generated_tokens) {
 
 void Scheduler::Loop() {
   std::vector<std::unique_ptr<Sequence>> admitted;
+  auto last_heartbeat = std::chrono::steady_clock::now();
+  const auto interval = absl::ToChronoMilliseconds(options_.heartbeat);
   while (true) {
+    // While busy, the periodic round still runs between steps (status stays fresh and a hung
+    // rank is noticed even when no step is waiting on it).
+    if (heartbeat_ && !running_.empty() &&
+        std::chrono::steady_clock::now() - last_heartbeat >= interval) {
+      last_heartbeat = std::chrono::steady_clock::now();
+      absl::Status hb = heartbeat_();
+      if (!hb.ok()) {
+        FailAll(hb);
+        break;
+      }
+    }
     admitted.clear();
     const bool go_on = TakeWork(&admitted);
     for (auto& s : admitted) running_.push_back(std::move(s));

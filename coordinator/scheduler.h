@@ -104,7 +104,8 @@ class GenerationQueue {
 class Scheduler : public GenerationQueue {
  public:
   // `executor`, `tokenizer` and the allocators must outlive the scheduler. `heartbeat`, when
-  // set, is called while idle every options.heartbeat (distributed liveness checks).
+  // set, runs on the scheduler thread every options.heartbeat, idle or between steps: the
+  // distributed liveness check and cluster-status refresh. Its error fails every request.
   Scheduler(StepExecutor* executor, const Tokenizer* tokenizer, const ModelConfig& config,
             const SchedulerOptions& options, std::vector<BlockAllocator*> allocators,
             std::function<absl::Status()> heartbeat = nullptr);

@@ -1,34 +1,80 @@
 #include "model/sentencepiece_shim.h"
 
-#include <sentencepiece_processor.h>
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <mutex>
 
 namespace switchyard::internal {
+namespace {
 
-struct SentencePieceModel::Impl {
-  sentencepiece::SentencePieceProcessor sp;
-};
+constexpr char kModuleName[] = "libsy_sentencepiece_module.so";
 
-SentencePieceModel::SentencePieceModel() : impl_(std::make_unique<Impl>()) {}
-SentencePieceModel::~SentencePieceModel() = default;
+std::vector<std::string> Candidates() {
+  std::vector<std::string> paths;
+  if (const char* env = std::getenv("SWITCHYARD_SPM_MODULE")) paths.push_back(env);
+#ifdef SWITCHYARD_SPM_MODULE_PATH
+  paths.push_back(SWITCHYARD_SPM_MODULE_PATH);
+#endif
+  std::error_code ec;
+  auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) paths.push_back((exe.parent_path() / kModuleName).string());
+  return paths;
+}
+
+// Loads the module once per process; returns its API or sets *error.
+const SentencePieceApi* LoadModule(std::string* error) {
+  static std::once_flag once;
+  static const SentencePieceApi* api = nullptr;
+  static std::string load_error;
+  std::call_once(once, [] {
+    std::string tried;
+    for (const std::string& path : Candidates()) {
+      void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+      if (handle == nullptr) {
+        tried += (tried.empty() ? "" : "; ") + std::string(dlerror());
+        continue;
+      }
+      using Entry = const SentencePieceApi* (*)();
+      auto entry = reinterpret_cast<Entry>(dlsym(handle, "sy_spm_api"));
+      if (entry != nullptr) {
+        api = entry();
+        return;
+      }
+      tried += "; " + path + " has no sy_spm_api";
+    }
+    load_error = "cannot load the SentencePiece module " + std::string(kModuleName) +
+                 " (set SWITCHYARD_SPM_MODULE): " + tried;
+  });
+  if (api == nullptr) *error = load_error;
+  return api;
+}
+
+}  // namespace
+
+SentencePieceModel::SentencePieceModel() = default;
+
+SentencePieceModel::~SentencePieceModel() {
+  if (api_ != nullptr && model_ != nullptr) api_->destroy(model_);
+}
 
 std::string SentencePieceModel::Load(const std::string& path) {
-  auto st = impl_->sp.Load(path);
-  return st.ok() ? std::string() : st.ToString();
+  std::string error;
+  api_ = LoadModule(&error);
+  if (api_ == nullptr) return error;
+  if (model_ == nullptr) model_ = api_->create();
+  return api_->load(model_, path);
 }
 
 std::vector<int> SentencePieceModel::Encode(const std::string& text) const {
-  std::vector<int> ids;
-  impl_->sp.Encode(text, &ids).IgnoreError();  // fails only when no model is loaded
-  return ids;
+  return api_->encode(model_, text);
 }
-
 std::string SentencePieceModel::Decode(const std::vector<int>& ids) const {
-  std::string out;
-  impl_->sp.Decode(ids, &out).IgnoreError();
-  return out;
+  return api_->decode(model_, ids);
 }
-
-int SentencePieceModel::PieceSize() const { return impl_->sp.GetPieceSize(); }
-bool SentencePieceModel::IsControl(int id) const { return impl_->sp.IsControl(id); }
+int SentencePieceModel::PieceSize() const { return api_->piece_size(model_); }
+bool SentencePieceModel::IsControl(int id) const { return api_->is_control(model_, id); }
 
 }  // namespace switchyard::internal

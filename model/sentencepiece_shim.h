@@ -1,7 +1,15 @@
-// A narrow wrapper over sentencepiece::SentencePieceProcessor. SentencePiece's header declares
-// `absl::string_view` as std::string_view, which clashes with Debian's abseil (built with its
-// own string_view), so the library is included in exactly one translation unit that uses no
-// abseil header: sentencepiece_shim.cc.
+// A narrow wrapper over sentencepiece::SentencePieceProcessor, loaded in isolation.
+//
+// Debian's libsentencepiece carries (and exports) its own copy of protobuf-lite 3.14, which
+// clashes with libprotobuf 3.21 in any process that also links gRPC: each library's
+// references bind to the other's symbols and the process crashes at start-up. So the
+// SentencePiece library is never linked into our binaries. It is linked into a small module
+// (sentencepiece_module.cc -> libsy_sentencepiece_module.so) that SentencePieceModel
+// dlopen()s with RTLD_LOCAL | RTLD_DEEPBIND, so the module's references resolve to its own
+// copy first and its symbols never enter the process's global scope.
+//
+// The module is found at SWITCHYARD_SPM_MODULE (environment), else the build tree's path
+// compiled in, else beside the executable.
 #pragma once
 
 #include <memory>
@@ -10,11 +18,23 @@
 
 namespace switchyard::internal {
 
+// The functions the module exports (through sy_spm_api()). Plain C++ types only: the module
+// and the binary share one C++ runtime; only protobuf must stay apart.
+struct SentencePieceApi {
+  void* (*create)();
+  void (*destroy)(void* model);
+  std::string (*load)(void* model, const std::string& path);  // "" on success, else the error
+  std::vector<int> (*encode)(const void* model, const std::string& text);
+  std::string (*decode)(const void* model, const std::vector<int>& ids);
+  int (*piece_size)(const void* model);
+  bool (*is_control)(const void* model, int id);
+};
+
 class SentencePieceModel {
  public:
   SentencePieceModel();
   ~SentencePieceModel();
-  // Returns an empty string on success, otherwise the library's error text.
+  // Returns an empty string on success, otherwise what went wrong (module or model file).
   std::string Load(const std::string& path);
   std::vector<int> Encode(const std::string& text) const;
   std::string Decode(const std::vector<int>& ids) const;
@@ -22,8 +42,8 @@ class SentencePieceModel {
   bool IsControl(int id) const;
 
  private:
-  struct Impl;
-  std::unique_ptr<Impl> impl_;
+  const SentencePieceApi* api_ = nullptr;
+  void* model_ = nullptr;
 };
 
 }  // namespace switchyard::internal

@@ -91,7 +91,7 @@ void RowRange(const float* x, int T, const WeightMatrix& W, float* y, bool accum
     TokenBlock<D, 1>(x, W, y, accumulate, r_begin, r_end);
     return;
   }
-  const int64_t row_bytes = static_cast<int64_t>(K) * DTypeSize(D);
+  const int64_t row_bytes = std::max<int64_t>(1, static_cast<int64_t>(K) * DTypeSize(D));
   const int group = std::max<int>(4, static_cast<int>(kRowGroupBytes / row_bytes) & ~3);
   for (int g = r_begin; g < r_end; g += group) {
     const int g_end = std::min(r_end, g + group);

@@ -12,6 +12,7 @@
 
 #include "common/bf16.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/sampling.h"
 
 namespace switchyard::cpu {
 namespace {
@@ -83,6 +84,29 @@ BENCHMARK(BM_Attention)
     ->Args({32, 8, 128, 4095, 1})  // Mixtral decode at 4096 context
     ->Args({8, 2, 32, 0, 500})     // brown-moe prefill of 500 tokens
     ->UseRealTime();
+
+// SampleToken over a 32000-token vocabulary: args top_k, top_p * 100 (temperature 1).
+void BM_SampleToken(benchmark::State& state) {
+  const int vocab = 32000;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> dist(0.0f, 2.0f);
+  std::vector<float> logits(vocab);
+  for (float& f : logits) f = dist(rng);
+  const SamplingParams p{.temperature = 1.0f,
+                         .top_k = static_cast<int>(state.range(0)),
+                         .top_p = static_cast<float>(state.range(1)) / 100.0f,
+                         .seed = 1};
+  SamplingScratch scratch;
+  uint64_t step = 0;
+  for (auto _ : state)
+    benchmark::DoNotOptimize(SampleToken(logits.data(), vocab, p, step++, &scratch));
+}
+
+BENCHMARK(BM_SampleToken)
+    ->ArgNames({"top_k", "top_p%"})
+    ->Args({0, 100})
+    ->Args({40, 95})
+    ->Args({0, 90});
 
 }  // namespace
 }  // namespace switchyard::cpu

@@ -16,6 +16,10 @@
 #include "common/bf16.h"
 #include "gtest/gtest.h"
 
+namespace switchyard::testing_alloc {
+int64_t NewCalls();  // operator new calls so far (sampling_test.cc replaces operator new)
+}  // namespace switchyard::testing_alloc
+
 namespace switchyard::cpu {
 namespace {
 
@@ -614,6 +618,38 @@ TEST(SwiGluExpert, SiluOfLargeMagnitudes) {
     const double want = c[f] / (1.0 + std::exp(-static_cast<double>(c[f])));
     EXPECT_NEAR(y, want, 1e-6 * std::abs(want) + 1e-30) << "c=" << c[f];
   }
+}
+
+TEST(Ops, DoNotAllocate) {
+  const int T = 17, H = 100, F = 40, E = 6, k = 3, heads = 4, kv = 1, d = 24, bs = 16;
+  const TestWeights w1 = MakeWeights(DType::kBF16, F, H, 1), w3 = MakeWeights(DType::kF16, F, H, 2),
+                    w2 = MakeWeights(DType::kF32, H, F, 3), wr = MakeWeights(DType::kBF16, E, H, 4),
+                    emb = MakeWeights(DType::kBF16, 50, H, 5);
+  const std::vector<float> x = RandomVec(T * H, 6), gamma(H, 1.0f);
+  std::vector<float> y(T * H), scratch(2 * T * F), logits(T * E), weights(T * k), inv(d / 2);
+  std::vector<int32_t> experts(T * k), ids(T, 7), pos(T), table = {2, 0};
+  for (int t = 0; t < T; ++t) pos[t] = t;
+  std::vector<float> q(T * heads * d, 0.5f), kvv(T * kv * d, 0.25f), kc(3 * bs * kv * d);
+  std::vector<float> vc(kc.size()), out(q.size());
+  std::vector<float> attn_scratch(omp_get_max_threads() * AttentionScratchFloats(T));
+  const KvLayer cache{kc.data(), vc.data(), bs, kv * d};
+
+  const int64_t before = testing_alloc::NewCalls();
+  Embedding(emb.matrix(), ids.data(), T, y.data());
+  RmsNorm(x.data(), gamma.data(), T, H, 1e-5f, y.data());
+  MatMul(x.data(), T, wr.matrix(), logits.data());
+  RouterTopK(logits.data(), T, E, k, experts.data(), weights.data());
+  SwiGluExpert(x.data(), T, w1.matrix(), w3.matrix(), w2.matrix(), y.data(), scratch.data(),
+               weights.data());
+  RopeInvFreq(d, 1e6, inv.data());
+  Rope(q.data(), T, heads, d, pos.data(), inv.data());
+  KvWrite(cache, table.data(), 0, kvv.data(), kvv.data(), T);
+  Attention(q.data(), T, 0, cache, table.data(), {heads, kv, d}, out.data(), attn_scratch.data(),
+            omp_get_max_threads());
+  AddInPlace(y.data(), x.data(), T * H);
+  EXPECT_EQ(testing_alloc::NewCalls(), before);
+  // The calls did their work (constant V of 0.25 gives 0.25 out of every head).
+  EXPECT_FLOAT_EQ(out[5], 0.25f);
 }
 
 }  // namespace

@@ -8,7 +8,7 @@
 //   5. top-p (< 1): keep the smallest prefix whose cumulative p reaches top_p
 //   6. draw u = UniformFromCounter(seed, step); return the first token of the prefix whose
 //      cumulative p exceeds u * (prefix mass)
-// Step 4 is done lazily: the sorted prefix is grown by partial sorts (doubling) until it holds
+// Step 4 is done lazily: the sorted prefix is grown (doubling; select, then sort) until it holds
 // the top-p cut and the draw, so a peaked distribution never sorts the whole vocabulary. The
 // comparator is a strict total order, so the result equals that of a full sort.
 #include "kernels/cpu/sampling.h"
@@ -88,7 +88,9 @@ int32_t SampleToken(const float* logits, int vocab, const SamplingParams& params
   auto ensure_sorted = [&](int upto) {
     if (upto <= sorted) return;
     const int m = std::min(n, std::max(upto, 2 * sorted + 64));
-    std::partial_sort(ids + sorted, ids + m, ids + n, by_prob);
+    // Select the next (m - sorted) tokens in O(n), then order just those.
+    if (m < n) std::nth_element(ids + sorted, ids + m - 1, ids + n, by_prob);
+    std::sort(ids + sorted, ids + m, by_prob);
     sorted = m;
   };
 

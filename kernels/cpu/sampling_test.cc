@@ -11,10 +11,14 @@
 
 #include "gtest/gtest.h"
 
-// Counts operator new calls so a test can assert that sampling does not allocate once sized.
+// Counts operator new calls so tests can assert that sampling (once sized) and the ops
+// (ops_test.cc) do not allocate.
 namespace {
 std::atomic<int64_t> g_new_calls{0};
 }  // namespace
+namespace switchyard::testing_alloc {
+int64_t NewCalls() { return g_new_calls.load(); }
+}  // namespace switchyard::testing_alloc
 
 // malloc/free pairs are matched here; GCC flags free() on operator new's result once inlined.
 #pragma GCC diagnostic push
@@ -24,8 +28,18 @@ void* operator new(std::size_t n) {
   if (void* p = std::malloc(n ? n : 1)) return p;
   throw std::bad_alloc();
 }
+void* operator new[](std::size_t n) { return operator new(n); }
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
+  g_new_calls.fetch_add(1, std::memory_order_relaxed);
+  return std::malloc(n ? n : 1);
+}
+void* operator new[](std::size_t n, const std::nothrow_t& t) noexcept { return operator new(n, t); }
 void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
 #pragma GCC diagnostic pop
 
 namespace switchyard {

@@ -1,0 +1,384 @@
+// `switchyard loadgen`: a closed-loop load generator for a running `switchyard serve`. It
+// streams switchyard.v1.Switchyard/Generate calls from --concurrency workers until --requests
+// calls have been issued in total, and reports throughput and latency percentiles.
+//
+// Contracts:
+//  - Prompts are token ids, not text: request i (0-based, whichever worker issues it) sends
+//    exactly --prompt-len ids, BOS (1) followed by ids drawn uniformly from [3, 4000) by a
+//    SplitMix64 generator seeded with i. The prompts therefore depend only on the request index
+//    and --prompt-len (not on --seed, --concurrency or timing), so runs are repeatable; the
+//    served model's vocabulary must hold at least 4000 ids.
+//  - Every request carries max_tokens = --max-tokens, temperature = --temperature and
+//    seed = --seed. Generation may end early (EOS, which the API cannot suppress), so token
+//    counts are the ids actually received.
+//  - A request succeeds when its stream ends with status OK after a message with finish_reason
+//    set. A stream that ends OK without one is counted as the error NO_FINISH_REASON.
+//  - Latencies are measured on this host with a monotonic clock from just before the call is
+//    started (so the first calls include connecting to the server):
+//      TTFT        until the first message carrying at least one token id;
+//      ITL         for every later message carrying n >= 1 ids, the time since the previous
+//                  message carrying ids, divided by n, counted once per id (ids that arrive in
+//                  the same message as the first token add no ITL sample);
+//      end-to-end  until the stream's final status.
+//  - Only successful requests contribute latency samples, output tokens and requests/s.
+//    Percentiles are nearest-rank: the ceil(p/100 * n)-th smallest of n samples.
+//  - Exit code 0 when every request succeeded, 1 otherwise (the report is printed either way),
+//    2 on a usage error.
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "cli/commands.h"
+#include "cli/run_flags.h"
+#include "nlohmann/json.hpp"
+#include "switchyard/v1/switchyard.grpc.pb.h"
+
+namespace switchyard::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr int32_t kBosId = 1;
+constexpr int32_t kPromptIdLo = 3;     // first id a prompt may draw (after BOS, EOS, ...)
+constexpr int32_t kPromptIdHi = 4000;  // one past the last
+
+struct LoadgenArgs {
+  std::string target;
+  int concurrency = 1;
+  int requests = 8;
+  int prompt_len = 16;
+  int max_tokens = 64;
+  double temperature = 0;
+  uint64_t seed = 0;
+  std::string token_file;
+  double timeout_s = 300;
+  bool json = false;
+};
+
+// What one request observed. Written only by the worker that issued it.
+struct RequestResult {
+  bool ok = false;
+  std::string code_name;  // the gRPC status code name, or NO_FINISH_REASON
+  std::string message;    // the error message; empty on success
+  int tokens = 0;         // token ids received
+  double ttft_s = -1;     // < 0: no token arrived
+  double e2e_s = 0;
+  std::vector<double> itl_s;
+};
+
+// SplitMix64 (Steele, Lea, Flood 2014): a fixed, portable sequence for a given seed, unlike
+// the standard library's distributions whose output is implementation-defined.
+class SplitMix64 {
+ public:
+  explicit SplitMix64(uint64_t seed) : state_(seed) {}
+  uint64_t Next() {
+    uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  }
+  // Uniform in [lo, hi), by rejection so there is no modulo bias.
+  int32_t Uniform(int32_t lo, int32_t hi) {
+    const uint64_t span = static_cast<uint64_t>(hi - lo);
+    const uint64_t limit = UINT64_MAX - UINT64_MAX % span;
+    uint64_t x;
+    do x = Next();
+    while (x >= limit);
+    return lo + static_cast<int32_t>(x % span);
+  }
+
+ private:
+  uint64_t state_;
+};
+
+// The prompt of request `index`: BOS then len - 1 ids uniform in [kPromptIdLo, kPromptIdHi).
+std::vector<int32_t> PromptFor(uint64_t index, int len) {
+  SplitMix64 rng(index);
+  std::vector<int32_t> ids(len);
+  ids[0] = kBosId;
+  for (int i = 1; i < len; ++i) ids[i] = rng.Uniform(kPromptIdLo, kPromptIdHi);
+  return ids;
+}
+
+// The canonical name of a gRPC status code ("UNAVAILABLE"); CODE_<n> for one outside 0..16.
+std::string StatusCodeName(grpc::StatusCode code) {
+  static constexpr const char* kNames[] = {"OK",
+                                           "CANCELLED",
+                                           "UNKNOWN",
+                                           "INVALID_ARGUMENT",
+                                           "DEADLINE_EXCEEDED",
+                                           "NOT_FOUND",
+                                           "ALREADY_EXISTS",
+                                           "PERMISSION_DENIED",
+                                           "RESOURCE_EXHAUSTED",
+                                           "FAILED_PRECONDITION",
+                                           "ABORTED",
+                                           "OUT_OF_RANGE",
+                                           "UNIMPLEMENTED",
+                                           "INTERNAL",
+                                           "UNAVAILABLE",
+                                           "DATA_LOSS",
+                                           "UNAUTHENTICATED"};
+  static_assert(grpc::StatusCode::UNAUTHENTICATED == 16);
+  const int n = static_cast<int>(code);
+  if (n >= 0 && n <= 16) return kNames[n];
+  return "CODE_" + std::to_string(n);
+}
+
+// The bearer token in `path` with trailing whitespace removed; "" when `path` is empty.
+absl::StatusOr<std::string> ReadBearerToken(const std::string& path) {
+  if (path.empty()) return std::string();
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError("--token-file: cannot read " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string token = ss.str();
+  while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ' ||
+                            token.back() == '\t')) {
+    token.pop_back();
+  }
+  if (token.empty()) return absl::InvalidArgumentError("--token-file: " + path + " is empty");
+  return token;
+}
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// Issues request `index` as one streaming Generate call and records what arrived.
+RequestResult RunOne(switchyard::v1::Switchyard::Stub& stub, const LoadgenArgs& a,
+                     const std::string& token, uint64_t index) {
+  switchyard::v1::GenerateRequest req;
+  for (int32_t id : PromptFor(index, a.prompt_len)) req.add_token_ids(id);
+  req.set_max_tokens(a.max_tokens);
+  req.set_temperature(static_cast<float>(a.temperature));
+  req.set_seed(a.seed);
+
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() +
+                   std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                       std::chrono::duration<double>(a.timeout_s)));
+  if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
+
+  RequestResult r;
+  bool finished = false;
+  const Clock::time_point start = Clock::now();
+  Clock::time_point last_token;
+  std::unique_ptr<grpc::ClientReader<switchyard::v1::GenerateResponse>> reader =
+      stub.Generate(&ctx, req);
+  switchyard::v1::GenerateResponse msg;
+  while (reader->Read(&msg)) {
+    const Clock::time_point now = Clock::now();
+    const int n = msg.token_ids_size();
+    if (n > 0) {
+      if (r.ttft_s < 0) {
+        r.ttft_s = Seconds(now - start);
+      } else {
+        const double per_token = Seconds(now - last_token) / n;
+        r.itl_s.insert(r.itl_s.end(), n, per_token);
+      }
+      last_token = now;
+      r.tokens += n;
+    }
+    if (msg.finish_reason() != switchyard::v1::FINISH_REASON_UNSPECIFIED) finished = true;
+  }
+  const grpc::Status status = reader->Finish();
+  r.e2e_s = Seconds(Clock::now() - start);
+  if (!status.ok()) {
+    r.code_name = StatusCodeName(status.error_code());
+    r.message = status.error_message();
+  } else if (!finished) {
+    r.code_name = "NO_FINISH_REASON";
+    r.message = "the stream ended OK without a message with finish_reason set";
+  } else {
+    r.ok = true;
+    r.code_name = "OK";
+  }
+  return r;
+}
+
+// Nearest-rank percentile of sorted samples; nullopt when there are none.
+std::optional<double> Percentile(const std::vector<double>& sorted, double p) {
+  if (sorted.empty()) return std::nullopt;
+  const size_t n = sorted.size();
+  size_t rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(n)));
+  rank = std::clamp<size_t>(rank, 1, n);
+  return sorted[rank - 1];
+}
+
+struct Distribution {
+  std::optional<double> p50_ms, p99_ms;
+  size_t samples = 0;
+};
+
+Distribution Summarize(std::vector<double> seconds) {
+  std::sort(seconds.begin(), seconds.end());
+  auto ms = [](std::optional<double> s) {
+    return s ? std::optional<double>(*s * 1e3) : std::nullopt;
+  };
+  return {ms(Percentile(seconds, 50)), ms(Percentile(seconds, 99)), seconds.size()};
+}
+
+nlohmann::ordered_json ToJson(const Distribution& d) {
+  nlohmann::ordered_json j;
+  j["p50"] = d.p50_ms ? nlohmann::ordered_json(*d.p50_ms) : nlohmann::ordered_json(nullptr);
+  j["p99"] = d.p99_ms ? nlohmann::ordered_json(*d.p99_ms) : nlohmann::ordered_json(nullptr);
+  j["samples"] = d.samples;
+  return j;
+}
+
+std::string FormatMs(std::optional<double> ms) {
+  if (!ms) return "-";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.3f", *ms);
+  return buf;
+}
+
+int RunLoadgen(const LoadgenArgs& a) {
+  auto token = ReadBearerToken(a.token_file);
+  if (!token.ok()) return Fail(token.status());
+
+  // One channel (one HTTP/2 connection) shared by every worker; each worker has its own stub.
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateChannel(a.target, grpc::InsecureChannelCredentials());
+  std::vector<RequestResult> results(a.requests);
+  std::atomic<int> next{0};
+  const int workers = std::min(a.concurrency, a.requests);
+
+  const Clock::time_point start = Clock::now();
+  std::vector<std::thread> threads;
+  threads.reserve(workers);
+  for (int w = 0; w < workers; ++w) {
+    threads.emplace_back([&] {
+      auto stub = switchyard::v1::Switchyard::NewStub(channel);
+      for (int i = next.fetch_add(1); i < a.requests; i = next.fetch_add(1)) {
+        results[i] = RunOne(*stub, a, *token, static_cast<uint64_t>(i));
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  const double wall_s = Seconds(Clock::now() - start);
+
+  int ok = 0;
+  int64_t output_tokens = 0;
+  std::vector<double> ttft, itl, e2e;
+  std::map<std::string, int> errors;                 // code name -> count
+  std::map<std::string, std::string> first_message;  // code name -> first message seen
+  for (const RequestResult& r : results) {
+    if (!r.ok) {
+      ++errors[r.code_name];
+      first_message.emplace(r.code_name, r.message);
+      continue;
+    }
+    ++ok;
+    output_tokens += r.tokens;
+    if (r.ttft_s >= 0) ttft.push_back(r.ttft_s);
+    itl.insert(itl.end(), r.itl_s.begin(), r.itl_s.end());
+    e2e.push_back(r.e2e_s);
+  }
+  const double tokens_per_s = wall_s > 0 ? output_tokens / wall_s : 0;
+  const double requests_per_s = wall_s > 0 ? ok / wall_s : 0;
+  const Distribution ttft_d = Summarize(std::move(ttft));
+  const Distribution itl_d = Summarize(std::move(itl));
+  const Distribution e2e_d = Summarize(std::move(e2e));
+  const int exit_code = ok == a.requests ? 0 : 1;
+
+  if (a.json) {
+    nlohmann::ordered_json j;
+    j["target"] = a.target;
+    j["concurrency"] = a.concurrency;
+    j["requests"] = a.requests;
+    j["prompt_len"] = a.prompt_len;
+    j["max_tokens"] = a.max_tokens;
+    j["temperature"] = a.temperature;
+    j["seed"] = a.seed;
+    j["wall_s"] = wall_s;
+    j["requests_ok"] = ok;
+    j["requests_failed"] = a.requests - ok;
+    j["output_tokens"] = output_tokens;
+    j["output_tokens_per_s"] = tokens_per_s;
+    j["requests_per_s"] = requests_per_s;
+    j["ttft_ms"] = ToJson(ttft_d);
+    j["itl_ms"] = ToJson(itl_d);
+    j["e2e_ms"] = ToJson(e2e_d);
+    j["errors"] = nlohmann::ordered_json::object();
+    for (const auto& [name, count] : errors) j["errors"][name] = count;
+    j["error_messages"] = nlohmann::ordered_json::object();
+    for (const auto& [name, message] : first_message) j["error_messages"][name] = message;
+    std::cout << j.dump(2) << "\n";
+    return exit_code;
+  }
+
+  std::printf("loadgen: %s, %d requests, concurrency %d, prompt %d tokens, max_tokens %d\n",
+              a.target.c_str(), a.requests, a.concurrency, a.prompt_len, a.max_tokens);
+  std::printf("  wall time          %.3f s\n", wall_s);
+  std::printf("  requests ok        %d of %d\n", ok, a.requests);
+  std::printf("  output tokens      %lld\n", static_cast<long long>(output_tokens));
+  std::printf("  output tokens/s    %.1f\n", tokens_per_s);
+  std::printf("  requests/s         %.3f\n", requests_per_s);
+  std::printf("  latency (ms)       %12s %12s %10s\n", "p50", "p99", "samples");
+  auto row = [](const char* label, const Distribution& d) {
+    std::printf("    %-16s %12s %12s %10zu\n", label, FormatMs(d.p50_ms).c_str(),
+                FormatMs(d.p99_ms).c_str(), d.samples);
+  };
+  row("ttft", ttft_d);
+  row("itl", itl_d);
+  row("end-to-end", e2e_d);
+  if (errors.empty()) {
+    std::printf("  errors             none\n");
+  } else {
+    std::printf("  errors\n");
+    for (const auto& [name, count] : errors) {
+      std::printf("    %s: %d (first: %s)\n", name.c_str(), count, first_message[name].c_str());
+    }
+  }
+  std::fflush(stdout);
+  return exit_code;
+}
+
+}  // namespace
+
+void RegisterLoadgen(CLI::App& app, Action* action) {
+  static LoadgenArgs a;
+  CLI::App* cmd = app.add_subcommand(
+      "loadgen", "Stream Generate calls at a running server and report throughput and latency");
+  cmd->footer(
+      "Prompts: request i sends BOS (1) then prompt-len - 1 token ids uniform in [3, 4000) from a\n"
+      "SplitMix64 generator seeded with i, so every run sends the same prompts. Generation may\n"
+      "stop early at EOS; token counts are the ids received. Latency percentiles (nearest rank)\n"
+      "and throughput cover successful requests. Exit 0 when every request succeeded, else 1.");
+  cmd->add_option("--target", a.target, "Server address (host:port)")->required();
+  cmd->add_option("--concurrency", a.concurrency, "Streams in flight at once")
+      ->check(CLI::Range(1, 1 << 16));
+  cmd->add_option("--requests", a.requests, "Requests to issue in total")
+      ->check(CLI::Range(1, 1 << 30));
+  cmd->add_option("--prompt-len", a.prompt_len, "Prompt length in tokens (BOS included)")
+      ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--max-tokens", a.max_tokens, "max_tokens of every request")
+      ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--temperature", a.temperature, "Sampling temperature (0: greedy)")
+      ->check(CLI::Range(0.0, 1e6));
+  cmd->add_option("--seed", a.seed, "Sampler seed of every request");
+  cmd->add_option("--token-file", a.token_file,
+                  "File holding a bearer token (the server's --auth-token-file)");
+  cmd->add_option("--timeout", a.timeout_s, "Deadline of each call in seconds")
+      ->check(CLI::Range(0.001, 86400.0));
+  cmd->add_flag("--json", a.json, "Print JSON");
+  cmd->callback([action] { *action = [] { return RunLoadgen(a); }; });
+}
+
+}  // namespace switchyard::cli

@@ -1,0 +1,153 @@
+#include "coordinator/server/front_end.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <fstream>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "coordinator/server/kserve_service.h"
+#include "coordinator/server/serving_context.h"
+#include "coordinator/server/switchyard_service.h"
+
+namespace switchyard {
+namespace {
+
+// The services whose health is reported, besides the whole server ("").
+constexpr const char* kHealthServices[] = {"", "switchyard.v1.Switchyard",
+                                           "inference.GRPCInferenceService"};
+
+// Process-wide gRPC settings; both only affect servers built afterwards.
+void InitGrpcPluginsOnce() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    grpc::EnableDefaultHealthCheckService(true);
+    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  });
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path, const char* option) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(option, ": cannot read ", path));
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(
+    const ServingFrontEnd::Options& o) {
+  if (o.tls_cert.empty() && o.tls_key.empty()) return grpc::InsecureServerCredentials();
+  if (o.tls_cert.empty() || o.tls_key.empty()) {
+    return absl::InvalidArgumentError("tls_cert and tls_key: give both PEM files, or neither");
+  }
+  grpc::SslServerCredentialsOptions ssl;
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  ASSIGN_OR_RETURN(pair.cert_chain, ReadFile(o.tls_cert, "tls_cert"));
+  ASSIGN_OR_RETURN(pair.private_key, ReadFile(o.tls_key, "tls_key"));
+  ssl.pem_key_cert_pairs.push_back(std::move(pair));
+  return grpc::SslServerCredentials(ssl);
+}
+
+}  // namespace
+
+ServingFrontEnd::ServingFrontEnd(GenerationQueue* queue, const Tokenizer* tokenizer,
+                                 const ModelConfig& config,
+                                 std::function<ClusterStatusInfo()> cluster_status,
+                                 ServingTopology topology, Options options)
+    : options_(std::move(options)),
+      context_(std::make_unique<ServingContext>(
+          ServingContextArgs{.queue = queue,
+                             .tokenizer = tokenizer,
+                             .config = config,
+                             .model_name = options_.model_name,
+                             .topology = topology,
+                             .cluster_status = std::move(cluster_status),
+                             .auth_token = options_.auth_token})),
+      switchyard_service_(std::make_unique<SwitchyardService>(context_.get())),
+      kserve_service_(std::make_unique<KServeService>(context_.get())) {}
+
+ServingFrontEnd::~ServingFrontEnd() { Shutdown(absl::Now()); }
+
+absl::Status ServingFrontEnd::Start() {
+  if (options_.model_name.empty()) {
+    return absl::InvalidArgumentError("model_name: the served model needs a name");
+  }
+  if (options_.max_message_bytes < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_message_bytes: must be >= 1, got ", options_.max_message_bytes));
+  }
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> creds, Credentials(options_));
+
+  std::lock_guard lock(mu_);
+  if (server_ != nullptr || shut_down_) {
+    return absl::FailedPreconditionError("the serving front end was already started");
+  }
+  InitGrpcPluginsOnce();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(options_.listen, creds, &port);
+  builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
+  // Without this Linux lets a second server bind a port in use (SO_REUSEPORT), silently.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.RegisterService(switchyard_service_.get());
+  builder.RegisterService(kserve_service_.get());
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    if (server != nullptr) server->Shutdown();
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options_.listen,
+                     ": the address is in use, not local, or malformed (want host:port)"));
+  }
+  server_ = std::move(server);
+  bound_port_ = port;
+  SetHealthLocked(false);  // the default health service starts out SERVING
+  return absl::OkStatus();
+}
+
+void ServingFrontEnd::SetHealthLocked(bool serving) {
+  if (server_ == nullptr || shut_down_) return;
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  if (health == nullptr) return;
+  for (const char* service : kHealthServices) health->SetServingStatus(service, serving);
+}
+
+void ServingFrontEnd::SetReady(bool ready) {
+  std::lock_guard lock(mu_);
+  context_->set_ready(ready);
+  SetHealthLocked(ready && !context_->draining());
+}
+
+void ServingFrontEnd::Drain() {
+  std::lock_guard lock(mu_);
+  context_->set_draining();
+  SetHealthLocked(false);
+}
+
+void ServingFrontEnd::Shutdown(absl::Time deadline) {
+  grpc::Server* server = nullptr;
+  {
+    std::lock_guard lock(mu_);
+    context_->set_draining();
+    SetHealthLocked(false);
+    if (server_ == nullptr || shut_down_) return;
+    shut_down_ = true;
+    if (grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService()) {
+      health->Shutdown();
+    }
+    server = server_.get();
+  }
+  // Blocks until every call finished; calls still running at the deadline are cancelled.
+  server->Shutdown(absl::ToChronoTime(deadline));
+  server->Wait();
+}
+
+int ServingFrontEnd::bound_port() const {
+  std::lock_guard lock(mu_);
+  return bound_port_;
+}
+
+}  // namespace switchyard

@@ -1,0 +1,14 @@
+// The one conversion from absl::Status (used everywhere inside Switchyard) to grpc::Status
+// (used only at the gRPC layer).
+#pragma once
+
+#include <grpcpp/support/status.h>
+
+#include "absl/status/status.h"
+
+namespace switchyard {
+
+// Same code (absl and gRPC share the canonical code numbering) and message.
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+}  // namespace switchyard

@@ -1,0 +1,65 @@
+// Validation of generation requests from clients (both the Switchyard and the KServe API)
+// into the scheduler's GenerateRequest.
+//
+//   GenerationParams p{.text = "The jury said", .max_tokens = 32};
+//   ASSIGN_OR_RETURN(GenerateRequest req, BuildGenerateRequest(p, ctx));
+//
+// Every refusal is kInvalidArgument whose message starts with the field it concerns
+// ("top_p: must be in (0, 1], got 1.5"), so clients can tell what to fix.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "coordinator/scheduler.h"
+#include "model/config.h"
+#include "model/tokenizer.h"
+
+namespace switchyard {
+
+// A generation request as a client sent it, before validation. Unset optionals take the
+// defaults documented in proto/switchyard/v1/switchyard.proto.
+struct GenerationParams {
+  std::string model;                // empty: the served model
+  std::optional<std::string> text;  // exactly one of text and token_ids
+  std::vector<int32_t> token_ids;
+  std::optional<int64_t> max_tokens;  // default ValidationLimits::default_max_tokens
+  std::optional<double> temperature;  // default 0 (greedy)
+  std::optional<int64_t> top_k;       // default 0 (off)
+  std::optional<double> top_p;        // default 1 (off)
+  std::optional<uint64_t> seed;       // default 0
+  std::vector<std::string> stop;
+};
+
+struct ValidationLimits {
+  int default_max_tokens = 64;
+  int max_stop_strings = 8;  // as SchedulerOptions::max_stop_strings
+  int max_stop_bytes = 64;   // as SchedulerOptions::max_stop_length
+};
+
+// What requests are validated against. The pointers are borrowed and must outlive every
+// call that uses this context.
+struct ValidationContext {
+  const Tokenizer* tokenizer = nullptr;
+  const ModelConfig* config = nullptr;
+  std::string model_name;  // the served model
+  ValidationLimits limits;
+};
+
+// Checks `params` and builds the scheduler request: text is tokenized with BOS, token ids
+// are used as given. Thread-safe (the tokenizer is read-only).
+// Errors (kInvalidArgument, message naming the field): model (unknown name); text (empty);
+// "exactly one of text, token_ids" (both or neither); token_ids[i] (outside [0, vocab));
+// max_tokens (< 1, or prompt + max_tokens over max_position_embeddings); text/token_ids
+// (the prompt alone fills the context); temperature (negative or not finite); top_k (< 0);
+// top_p (outside (0, 1] or not finite); stop (too many), stop[i] (empty or too long).
+absl::StatusOr<GenerateRequest> BuildGenerateRequest(const GenerationParams& params,
+                                                     const ValidationContext& ctx);
+
+// Checks that every id is in [0, vocab). Error: kInvalidArgument naming `field`[i].
+absl::Status ValidateTokenIds(const std::vector<int32_t>& ids, int vocab, const std::string& field);
+
+}  // namespace switchyard

@@ -1,0 +1,59 @@
+#include "coordinator/server/serving_context.h"
+
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/string_view.h"
+
+namespace switchyard {
+namespace {
+
+// Compares without an early exit, so the time taken does not reveal how much of the token
+// matched (only whether the lengths differ).
+bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    diff |= static_cast<unsigned char>(a[i]) ^ static_cast<unsigned char>(b[i]);
+  }
+  return diff == 0;
+}
+
+}  // namespace
+
+ServingContext::ServingContext(ServingContextArgs args) : args_(std::move(args)) {
+  validation_.tokenizer = args_.tokenizer;
+  validation_.config = &args_.config;
+  validation_.model_name = args_.model_name;
+}
+
+absl::Status ServingContext::Authorize(const grpc::CallbackServerContext& call) const {
+  if (args_.auth_token.empty()) return absl::OkStatus();
+  const auto& metadata = call.client_metadata();
+  auto it = metadata.find("authorization");
+  if (it == metadata.end()) {
+    return absl::UnauthenticatedError("missing \"authorization: Bearer <token>\" metadata");
+  }
+  absl::string_view value(it->second.data(), it->second.size());
+  constexpr absl::string_view kScheme = "bearer ";
+  if (value.size() < kScheme.size() ||
+      !absl::EqualsIgnoreCase(value.substr(0, kScheme.size()), kScheme) ||
+      !ConstantTimeEquals(value.substr(kScheme.size()), args_.auth_token)) {
+    return absl::UnauthenticatedError("invalid bearer token");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ServingContext::AdmitGeneration(const grpc::CallbackServerContext& call) const {
+  if (absl::Status s = Authorize(call); !s.ok()) return s;
+  if (draining_.load()) return absl::UnavailableError("server is draining");
+  if (!ready_.load()) return absl::UnavailableError("server is not ready");
+  return absl::OkStatus();
+}
+
+ClusterStatusInfo ServingContext::cluster_status() const {
+  if (!args_.cluster_status) return ClusterStatusInfo{};
+  return args_.cluster_status();
+}
+
+}  // namespace switchyard
