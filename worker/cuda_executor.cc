@@ -198,7 +198,7 @@ class CudaExecutor final : public CudaStepExecutor {
   // Activations, sized for max_tokens rows.
   float* hidden_ = nullptr;    // residual stream, fp32
   bf16* normed_ = nullptr;     // [T, H]
-  bf16* qkv_ = nullptr;        // [T, q_dim + 2 kv_dim]
+  float* qkv_ = nullptr;       // [T, q_dim + 2 kv_dim], fp32 until the bf16 cache write
   bf16* attn_ = nullptr;       // [T, q_dim]
   float* attn_out_ = nullptr;  // [T, H]
   float* moe_out_ = nullptr;   // [T, H]
@@ -551,7 +551,7 @@ absl::Status CudaExecutor::EnqueueLayer(int l, bool static_shapes) {
                                      .n = qkv_dim_,
                                      .k = H_,
                                      .y = qkv_,
-                                     .out = cuda::GemmOut::kBf16}));
+                                     .out = cuda::GemmOut::kF32}));
   RETURN_IF_ERROR(cuda::Rope({.x = qkv_,
                               .row_stride = qkv_dim_,
                               .num_tokens = T,

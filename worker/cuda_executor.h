@@ -14,7 +14,8 @@
 // - KV cache: paged, in device memory, bf16, same block layout and block tables as the CPU
 //   cache (PagedKvCache), so the coordinator's BlockAllocator drives it unchanged.
 // - Forward pass: mirrors ShardForward with the kernels of kernels/cuda/ops.h: bf16 GEMM
-//   inputs, fp32 residual stream, fp32 accumulation and statistics; final norm, lm_head and
+//   inputs and KV cache, fp32 residual stream, q/k/v, accumulation and statistics (see the
+//   numerics note in kernels/cuda/ops.h); final norm, lm_head and
 //   sampling on the device; next tokens (and requested logits) are copied back.
 // - Decode steps (every sequence of the step carries exactly one token) run with static shapes
 //   and are captured as CUDA graphs keyed by the batch size B (the number of sequences):

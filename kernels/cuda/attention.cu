@@ -48,12 +48,12 @@ __global__ void __launch_bounds__(kDecodeThreads)
   const int32_t* table = p.seqs.block_tables + static_cast<int64_t>(s) * p.seqs.block_table_stride;
   const int bs = p.cache.block_size;
 
-  const bf16* q = p.q + qrow * p.q_row_stride + static_cast<int64_t>(h) * D;
+  const float* q = p.q + qrow * p.q_row_stride + static_cast<int64_t>(h) * D;
   float qv[kDimsPerLane], acc[kDimsPerLane];
 #pragma unroll
   for (int j = 0; j < kDimsPerLane; ++j) {
     const int d = lane + 32 * j;
-    qv[j] = d < D ? ToF(q[d]) * scale : 0.0f;
+    qv[j] = d < D ? q[d] * scale : 0.0f;
     acc[j] = 0.0f;
   }
   float m = -INFINITY, l = 0.0f;
@@ -154,7 +154,7 @@ __global__ void __launch_bounds__(kPrefillThreads)
   for (int idx = tid; idx < kTileRows * D; idx += kPrefillThreads) {
     const int r = idx / D, d = idx - r * D;
     q_s[r * q_ld + d] =
-        r < rows ? ToF(p.q[(tok0 + r) * p.q_row_stride + static_cast<int64_t>(h) * D + d]) * scale
+        r < rows ? p.q[(tok0 + r) * p.q_row_stride + static_cast<int64_t>(h) * D + d] * scale
                  : 0.0f;
   }
 

@@ -62,17 +62,17 @@ __global__ void RopeKernel(RopeParams p) {
   const int t = blockIdx.x;
   const int half = p.head_dim / 2;
   const float pos = static_cast<float>(p.positions[t]);
-  bf16* row = p.x + t * p.row_stride;
+  float* row = p.x + t * p.row_stride;
   for (int idx = threadIdx.x; idx < p.num_heads * half; idx += blockDim.x) {
     const int h = idx / half;
     const int i = idx - h * half;
     float s, c;
     sincosf(pos * p.inv_freq[i], &s, &c);
-    bf16* xh = row + static_cast<int64_t>(h) * p.head_dim;
-    const float x1 = ToF(xh[i]);
-    const float x2 = ToF(xh[i + half]);
-    xh[i] = ToBf(x1 * c - x2 * s);
-    xh[i + half] = ToBf(x2 * c + x1 * s);
+    float* xh = row + static_cast<int64_t>(h) * p.head_dim;
+    const float x1 = xh[i];
+    const float x2 = xh[i + half];
+    xh[i] = x1 * c - x2 * s;
+    xh[i + half] = x2 * c + x1 * s;
   }
 }
 
@@ -81,13 +81,13 @@ __global__ void KvWriteKernel(KvWriteParams p) {
   const int t = blockIdx.x;
   const int slot = p.slot_mapping[t];
   if (slot < 0) return;
-  const bf16* k = p.k + t * p.row_stride;
-  const bf16* v = p.v + t * p.row_stride;
+  const float* k = p.k + t * p.row_stride;
+  const float* v = p.v + t * p.row_stride;
   bf16* kd = p.cache.k + static_cast<int64_t>(slot) * p.cache.kv_dim;
   bf16* vd = p.cache.v + static_cast<int64_t>(slot) * p.cache.kv_dim;
   for (int j = threadIdx.x; j < p.cache.kv_dim; j += blockDim.x) {
-    kd[j] = k[j];
-    vd[j] = v[j];
+    kd[j] = ToBf(k[j]);
+    vd[j] = ToBf(v[j]);
   }
 }
 

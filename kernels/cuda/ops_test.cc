@@ -1,11 +1,13 @@
 // Every CUDA op against its CPU twin (kernels/cpu/ops.h, kernels/cpu/sampling.h) on random
 // inputs with fixed seeds. Both sides see the same bf16-rounded inputs; the CPU computes in
-// fp32, the GPU rounds activations to bf16 where the op's output is bf16. Tolerances:
-//   fp32 outputs of fp32 arithmetic (embedding, residual add):   exact / 1e-6 relative
-//   bf16 outputs (norm, RoPE, attention, SwiGLU/GEMM via bf16):  |d| <= 2e-2 * |ref| + 2e-2 *
-//   rms(ref) router weights:                                              1e-3 absolute sampling:
-//   greedy identical; seeded draws identical in >= 98% of cases (a draw may legitimately differ
-//   when u * mass lands within rounding of a cumulative boundary).
+// fp32, the GPU rounds to bf16 where the op's output is bf16. Tolerances:
+// - fp32 arithmetic with fp32 outputs (embedding, residual add, RoPE): exact, 1e-6 or 1e-5
+//   relative;
+// - bf16 outputs (norm, attention, GEMM/SwiGLU through bf16 intermediates):
+//   |got - want| <= 2e-2 * |want| + 2e-2 * rms(want);
+// - GEMM with fp32 output: 1e-3 relative (accumulation order); router weights 1e-3 absolute;
+// - sampling: greedy identical; seeded draws identical in >= 98% of cases (a draw may
+//   legitimately differ where u * mass lands within rounding of a cumulative boundary).
 // Tests skip with "no CUDA device" where cudaGetDeviceCount fails or returns 0; the counter RNG
 // check runs on the host and never skips.
 #include "kernels/cuda/ops.h"
@@ -211,14 +213,14 @@ TEST_F(CudaOpsTest, AddRmsNormMatchesCpu) {
 TEST_F(CudaOpsTest, RopeMatchesCpuAtLargePositions) {
   const int T = 6, n_q = 4, n_kv = 2, D = 128;
   const int stride = (n_q + 2 * n_kv) * D;  // a fused [q | k | v] row
-  Bf16Data x = RandomBf16(Idx(T) * stride, 1.0f, rng_);
+  std::vector<float> x = RandomF32(Idx(T) * stride, 1.0f, rng_);
   std::vector<int32_t> pos = {0, 1, 17, 1000, 16383, 32767};
   std::vector<float> inv_freq(D / 2);
   cpu::RopeInvFreq(D, 1e6, inv_freq.data());
-  DeviceArray<uint16_t> d_x(x.bits);
+  DeviceArray<float> d_x(x);
   DeviceArray<int32_t> d_pos(pos);
   DeviceArray<float> d_inv(inv_freq);
-  ExpectOk(cuda::Rope({.x = d_x.bf(),
+  ExpectOk(cuda::Rope({.x = d_x.get(),
                        .row_stride = stride,
                        .num_tokens = T,
                        .num_heads = n_q + n_kv,
@@ -229,17 +231,17 @@ TEST_F(CudaOpsTest, RopeMatchesCpuAtLargePositions) {
   // CPU: q and k rotated separately, v untouched.
   std::vector<float> q(Idx(T) * n_q * D), k(Idx(T) * n_kv * D);
   for (int t = 0; t < T; ++t) {
-    std::copy_n(&x.f[Idx(t) * stride], n_q * D, &q[Idx(t) * n_q * D]);
-    std::copy_n(&x.f[Idx(t) * stride + n_q * D], n_kv * D, &k[Idx(t) * n_kv * D]);
+    std::copy_n(&x[Idx(t) * stride], n_q * D, &q[Idx(t) * n_q * D]);
+    std::copy_n(&x[Idx(t) * stride + n_q * D], n_kv * D, &k[Idx(t) * n_kv * D]);
   }
   cpu::Rope(q.data(), T, n_q, D, pos.data(), inv_freq.data());
   cpu::Rope(k.data(), T, n_kv, D, pos.data(), inv_freq.data());
-  std::vector<float> want = x.f;
+  std::vector<float> want = x;
   for (int t = 0; t < T; ++t) {
     std::copy_n(&q[Idx(t) * n_q * D], n_q * D, &want[Idx(t) * stride]);
     std::copy_n(&k[Idx(t) * n_kv * D], n_kv * D, &want[Idx(t) * stride + n_q * D]);
   }
-  ExpectClose(Bf16BitsToFloat(d_x.Download()), want, kBf16Rel, "rope");
+  ExpectClose(d_x.Download(), want, 1e-5f, "rope");
 }
 
 TEST_F(CudaOpsTest, SiluGateMatchesFormula) {
@@ -346,13 +348,15 @@ void RunAttentionCase(const AttnCase& c, cudaStream_t stream, std::mt19937& rng)
       slots[token_offset[s] + i] = table[p / bs] * bs + p % bs;
     }
   }
-  DeviceArray<uint16_t> d_k(gpu_k), d_v(gpu_v), d_q(q.bits), d_knew(k_new.bits), d_vnew(v_new.bits),
-      d_out(Idx(T) * q_dim);
+  // q and the new K/V rows are fp32 (bf16-representable values, so the cache holds them
+  // exactly); the cache and the output are bf16.
+  DeviceArray<uint16_t> d_k(gpu_k), d_v(gpu_v), d_out(Idx(T) * q_dim);
+  DeviceArray<float> d_q(q.f), d_knew(k_new.f), d_vnew(v_new.f);
   DeviceArray<int32_t> d_slots(slots), d_tables(tables), d_off(token_offset), d_start(start),
       d_ntok(ntok);
   const cuda::PagedKv cache{d_k.bf(), d_v.bf(), bs, kv_dim};
-  ExpectOk(cuda::KvWrite({.k = d_knew.bf(),
-                          .v = d_vnew.bf(),
+  ExpectOk(cuda::KvWrite({.k = d_knew.get(),
+                          .v = d_vnew.get(),
                           .row_stride = kv_dim,
                           .num_tokens = T,
                           .slot_mapping = d_slots.get(),
@@ -376,7 +380,7 @@ void RunAttentionCase(const AttnCase& c, cudaStream_t stream, std::mt19937& rng)
   }
   DeviceArray<int32_t> d_tile_seq(tile_seq), d_tile_row0(tile_row0), d_decode(decode);
   const cuda::AttentionParams ap{
-      .q = d_q.bf(),
+      .q = d_q.get(),
       .q_row_stride = q_dim,
       .out = d_out.bf(),
       .out_row_stride = q_dim,

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Starts or stops a Switchyard serving cluster in the background on this machine (used by
+# launch/quickstart.sh and the end-to-end tests).
+#   cluster.sh start DIR NP EP PP SWITCHYARD MODEL [extra serve flags...]
+#   cluster.sh stop DIR          SIGTERM to rank 0 (the coordinator): it drains and
+#                                      releases the workers; succeeds only if mpirun exits 0
+# DIR receives: port (the bound port), pid (mpirun's), log, exit (mpirun's exit code).
+set -uo pipefail
+cmd=$1 dir=$2
+case "$cmd" in
+start)
+  np=$3 ep=$4 pp=$5 bin=$6 model=$7
+  shift 7
+  rm -rf "$dir" && mkdir -p "$dir"
+  flags=(--oversubscribe --bind-to none -x OMP_NUM_THREADS=1)
+  [ "$(id -u)" -eq 0 ] && flags+=(--allow-run-as-root)
+  # setsid: the cluster outlives this script; `wait` in the subshell records its exit code.
+  setsid bash -c "mpirun ${flags[*]} -np $np $bin serve --model $model --ep $ep --pp $pp \
+      --listen 127.0.0.1:0 --port-file $dir/port $* > $dir/log 2>&1 & echo \$! > $dir/pid; \
+      wait \$!; echo \$? > $dir/exit" < /dev/null > /dev/null 2>&1 &
+  for _ in $(seq 1 600); do
+    [ -s "$dir/port" ] && { echo "cluster up on port $(cat "$dir/port")"; exit 0; }
+    [ -s "$dir/exit" ] && break
+    sleep 0.2
+  done
+  echo "cluster did not start:"; cat "$dir/log"; exit 1
+  ;;
+stop)
+  [ -s "$dir/pid" ] || { echo "no cluster in $dir"; exit 1; }
+  mpirun_pid=$(cat "$dir/pid")
+  rank0=""
+  for p in $(pgrep -P "$mpirun_pid"); do
+    if tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qx 'OMPI_COMM_WORLD_RANK=0'; then
+      rank0=$p
+    fi
+  done
+  [ -n "$rank0" ] || { echo "rank 0 of mpirun $mpirun_pid not found"; exit 1; }
+  kill -TERM "$rank0"
+  for _ in $(seq 1 300); do
+    [ -s "$dir/exit" ] && break
+    sleep 0.2
+  done
+  cat "$dir/log"
+  code=$(cat "$dir/exit" 2>/dev/null || echo timeout)
+  echo "mpirun exit: $code"
+  [ "$code" = 0 ] && grep -q "drained" "$dir/log"
+  ;;
+esac

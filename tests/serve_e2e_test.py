@@ -1,0 +1,46 @@
+#!/usr/bin/python3
+"""End to end through the Python client (examples/client.py) and Python stubs against the
+serving cluster CTest started (SWITCHYARD_E2E_DIR). Exits non-zero on the first failure."""
+import json
+import os
+import subprocess
+import sys
+
+import grpc
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+from switchyard.v1 import switchyard_pb2, switchyard_pb2_grpc  # noqa: E402  (PYTHONPATH)
+from switchyard_health import health_pb2, health_pb2_grpc  # noqa: E402
+
+target = "127.0.0.1:" + open(os.path.join(os.environ["SWITCHYARD_E2E_DIR"], "port")).read().strip()
+channel = grpc.insecure_channel(target)
+stub = switchyard_pb2_grpc.SwitchyardStub(channel)
+
+health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+assert health.status == health_pb2.HealthCheckResponse.SERVING, health
+
+# The example client streams; its result equals the unary Complete of the same request.
+out = subprocess.run([sys.executable, os.path.join(HERE, "..", "examples", "client.py"), "--target", target,
+                      "--prompt", "The President told reporters", "--max-tokens", "24", "--json"],
+                     check=True, capture_output=True, text=True)
+streamed = json.loads(out.stdout)
+complete = stub.Complete(switchyard_pb2.GenerateRequest(text="The President told reporters", max_tokens=24,
+                                                        temperature=0))
+assert streamed["token_ids"] == list(complete.token_ids), (streamed, complete)
+assert streamed["text"] == complete.text and complete.text, (streamed, complete.text)
+assert streamed["completion_tokens"] == complete.completion_tokens
+
+toks = stub.Tokenize(switchyard_pb2.TokenizeRequest(text="The jury said that"))
+assert list(toks.token_ids) == [1, 336, 501, 1182, 554, 330], toks
+text = stub.Detokenize(switchyard_pb2.DetokenizeRequest(token_ids=toks.token_ids)).text
+assert text == "The jury said that", text
+
+try:
+    stub.Complete(switchyard_pb2.GenerateRequest(text="x", max_tokens=4, top_p=1.5))
+    raise AssertionError("top_p 1.5 was accepted")
+except grpc.RpcError as e:
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "top_p" in e.details(), e
+
+info = stub.GetModelInfo(switchyard_pb2.GetModelInfoRequest())
+assert info.name == "brown-moe" and info.config.num_local_experts == 8, info
+print("python end-to-end: 5 checks passed")
