@@ -196,12 +196,13 @@ class CudaExecutor final : public CudaStepExecutor {
   std::vector<Layer> layers_;
 
   // Activations, sized for max_tokens rows.
-  float* hidden_ = nullptr;    // residual stream, fp32
-  bf16* normed_ = nullptr;     // [T, H]
-  float* qkv_ = nullptr;       // [T, q_dim + 2 kv_dim], fp32 until the bf16 cache write
-  bf16* attn_ = nullptr;       // [T, q_dim]
-  float* attn_out_ = nullptr;  // [T, H]
-  float* moe_out_ = nullptr;   // [T, H]
+  float* hidden_ = nullptr;     // residual stream, fp32
+  bf16* normed_ = nullptr;      // [T, H]
+  float* router_in_ = nullptr;  // [T, H] post-attention norm, unrounded
+  float* qkv_ = nullptr;        // [T, q_dim + 2 kv_dim], fp32 until the bf16 cache write
+  bf16* attn_ = nullptr;        // [T, q_dim]
+  float* attn_out_ = nullptr;   // [T, H]
+  float* moe_out_ = nullptr;    // [T, H]
   int32_t* topk_experts_ = nullptr;
   float* topk_weights_ = nullptr;
   cuda::ExpertFfnParams ffn_;  // grouped buffers (weights set per layer)
@@ -363,6 +364,7 @@ absl::Status CudaExecutor::AllocateBuffers() {
   const size_t T = limits_.max_tokens, H = H_, F = F_, rows = moe_rows_;
   RETURN_IF_ERROR(mem_.Alloc(T * H, &hidden_));
   RETURN_IF_ERROR(mem_.Alloc(T * H, &normed_));
+  RETURN_IF_ERROR(mem_.Alloc(T * H, &router_in_));
   RETURN_IF_ERROR(mem_.Alloc(T * qkv_dim_, &qkv_));
   RETURN_IF_ERROR(mem_.Alloc(T * q_dim_, &attn_));
   RETURN_IF_ERROR(mem_.Alloc(T * H, &attn_out_));
@@ -598,9 +600,10 @@ absl::Status CudaExecutor::EnqueueLayer(int l, bool static_shapes) {
                                     .num_rows = T,
                                     .hidden = H_,
                                     .eps = eps,
-                                    .out = normed_},
+                                    .out = normed_,
+                                    .out_f32 = router_in_},
                                    st));
-  RETURN_IF_ERROR(cuda::Router({.x = normed_,
+  RETURN_IF_ERROR(cuda::Router({.x = router_in_,
                                 .gate = L.gate,
                                 .num_tokens = T,
                                 .hidden = H_,

@@ -54,7 +54,12 @@ __global__ void AddRmsNormKernel(RmsNormParams p) {
   ss = BlockSum(ss, scratch);
   const float inv = 1.0f / sqrtf(ss / static_cast<float>(p.hidden) + p.eps);
   bf16* out = p.out + static_cast<int64_t>(i) * p.hidden;
-  for (int j = threadIdx.x; j < p.hidden; j += blockDim.x) out[j] = ToBf(x[j] * inv * p.weight[j]);
+  float* out_f32 = p.out_f32 != nullptr ? p.out_f32 + static_cast<int64_t>(i) * p.hidden : nullptr;
+  for (int j = threadIdx.x; j < p.hidden; j += blockDim.x) {
+    const float y = x[j] * inv * p.weight[j];
+    out[j] = ToBf(y);
+    if (out_f32 != nullptr) out_f32[j] = y;
+  }
 }
 
 // One block per token; threads over (head, i < head_dim / 2).
@@ -112,11 +117,11 @@ __global__ void RouterKernel(RouterParams p) {
   __shared__ float prob[kMaxExperts];
   const int t = blockIdx.x;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-  const bf16* x = p.x + static_cast<int64_t>(t) * p.hidden;
+  const float* x = p.x + static_cast<int64_t>(t) * p.hidden;
   for (int e = warp; e < p.num_experts; e += nwarps) {
     const bf16* g = p.gate + static_cast<int64_t>(e) * p.hidden;
     float acc = 0.0f;
-    for (int h = lane; h < p.hidden; h += 32) acc += ToF(x[h]) * ToF(g[h]);
+    for (int h = lane; h < p.hidden; h += 32) acc += x[h] * ToF(g[h]);
     acc = WarpSum(acc);
     if (lane == 0) prob[e] = acc;
   }

@@ -61,6 +61,7 @@ absl::Status Embedding(const EmbeddingParams& p, cudaStream_t stream);
 // Fused residual add + RMSNorm over `num_rows` rows. Row i reads row r = rows ? rows[i] : i:
 //   if residual: x[r] += residual[r]   (in place, fp32)
 //   out[i] = bf16(x[r] / sqrt(mean(x[r]^2) + eps) * weight)   (statistics in fp32)
+//   out_f32[i] = the same before rounding, when out_f32 is set (the router's input)
 // `rows` must not repeat a row when `residual` is set (x is updated in place).
 struct RmsNormParams {
   float* x = nullptr;               // [*, hidden]
@@ -70,7 +71,8 @@ struct RmsNormParams {
   int num_rows = 0;
   int hidden = 0;
   float eps = 1e-5f;
-  bf16* out = nullptr;  // [num_rows, hidden]
+  bf16* out = nullptr;       // [num_rows, hidden]
+  float* out_f32 = nullptr;  // [num_rows, hidden] or null
 };
 absl::Status AddRmsNorm(const RmsNormParams& p, cudaStream_t stream);
 
@@ -182,9 +184,11 @@ inline constexpr int kMaxTopK = 8;
 
 // Router, one block per token: logits = x · gate^T (fp32 accumulation) -> softmax over all E in
 // fp32 -> top-k (ties to the lower expert id) -> weights renormalised to sum 1; experts and
-// weights [T, top_k] in descending weight order (as cpu::RouterTopK).
+// weights [T, top_k] in descending weight order (as cpu::RouterTopK). x is fp32 (the norm's
+// unrounded output): routing decisions are discrete, and a bf16 input flips near-ties that the
+// fp32 reference does not.
 struct RouterParams {
-  const bf16* x = nullptr;     // [num_tokens, hidden]
+  const float* x = nullptr;    // [num_tokens, hidden]
   const bf16* gate = nullptr;  // [num_experts, hidden]
   int num_tokens = 0;
   int hidden = 0;

@@ -176,19 +176,22 @@ TEST_F(CudaOpsTest, AddRmsNormMatchesCpu) {
   std::vector<float> w = RandomF32(H, 1.0f, rng_);
   DeviceArray<float> d_x(x), d_res(res), d_w(w);
   DeviceArray<uint16_t> d_out(Idx(T) * H);
+  DeviceArray<float> d_out32(Idx(T) * H);
   ExpectOk(cuda::AddRmsNorm({.x = d_x.get(),
                              .residual = d_res.get(),
                              .weight = d_w.get(),
                              .num_rows = T,
                              .hidden = H,
                              .eps = eps,
-                             .out = d_out.bf()},
+                             .out = d_out.bf(),
+                             .out_f32 = d_out32.get()},
                             stream_));
   std::vector<float> want_x = x, want(Idx(T) * H);
   cpu::AddInPlace(want_x.data(), res.data(), int64_t{T} * H);
   cpu::RmsNorm(want_x.data(), w.data(), T, H, eps, want.data());
   ExpectClose(d_x.Download(), want_x, 1e-6f, "x += residual");
   ExpectClose(Bf16BitsToFloat(d_out.Download()), want, kBf16Rel, "norm");
+  ExpectClose(d_out32.Download(), want, 1e-5f, "norm, fp32 copy");
 
   // A row subset without the residual (the head's final norm).
   std::vector<int32_t> rows = {4, 0, 2};
@@ -449,12 +452,13 @@ TEST_F(CudaOpsTest, AttentionSupportsHeadDim256) {
 
 TEST_F(CudaOpsTest, RouterMatchesCpuTopK) {
   const int T = 64, H = 256, E = 8, K = 2;
-  Bf16Data x = RandomBf16(Idx(T) * H, 1.0f, rng_);
+  std::vector<float> x = RandomF32(Idx(T) * H, 1.0f, rng_);  // the router reads fp32
   Bf16Data gate = RandomBf16(Idx(E) * H, 0.1f, rng_);
-  DeviceArray<uint16_t> d_x(x.bits), d_gate(gate.bits);
+  DeviceArray<float> d_x(x);
+  DeviceArray<uint16_t> d_gate(gate.bits);
   DeviceArray<int32_t> d_experts(Idx(T) * K);
   DeviceArray<float> d_weights(Idx(T) * K);
-  ExpectOk(cuda::Router({.x = d_x.bf(),
+  ExpectOk(cuda::Router({.x = d_x.get(),
                          .gate = d_gate.bf(),
                          .num_tokens = T,
                          .hidden = H,
@@ -465,7 +469,7 @@ TEST_F(CudaOpsTest, RouterMatchesCpuTopK) {
                         stream_));
   std::vector<float> logits(Idx(T) * E), want_w(Idx(T) * K);
   std::vector<int32_t> want_e(Idx(T) * K);
-  cpu::MatMul(x.f.data(), T, Bf16Matrix(gate.bits, E, H), logits.data());
+  cpu::MatMul(x.data(), T, Bf16Matrix(gate.bits, E, H), logits.data());
   cpu::RouterTopK(logits.data(), T, E, K, want_e.data(), want_w.data());
   std::vector<int32_t> got_e = d_experts.Download();
   std::vector<float> got_w = d_weights.Download();
@@ -483,15 +487,17 @@ TEST_F(CudaOpsTest, RouterMatchesCpuTopK) {
 
 TEST_F(CudaOpsTest, RouterBreaksTiesTowardLowerIds) {
   const int T = 1, H = 64, E = 6, K = 3;
-  std::vector<uint16_t> x(H, FloatToBf16(1.0f)), gate(Idx(E) * H, 0);
+  std::vector<float> x(H, 1.0f);
+  std::vector<uint16_t> gate(Idx(E) * H, 0);
   for (int e : {1, 4, 5}) {  // experts 1, 4 and 5 tie for the top; 2 comes next
     for (int h = 0; h < H; ++h) gate[Idx(e) * H + h] = FloatToBf16(0.25f);
   }
   for (int h = 0; h < H; ++h) gate[Idx(2) * H + h] = FloatToBf16(0.125f);
-  DeviceArray<uint16_t> d_x(x), d_gate(gate);
+  DeviceArray<float> d_x(x);
+  DeviceArray<uint16_t> d_gate(gate);
   DeviceArray<int32_t> d_experts(K);
   DeviceArray<float> d_weights(K);
-  ExpectOk(cuda::Router({.x = d_x.bf(),
+  ExpectOk(cuda::Router({.x = d_x.get(),
                          .gate = d_gate.bf(),
                          .num_tokens = T,
                          .hidden = H,
