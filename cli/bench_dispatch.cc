@@ -93,19 +93,23 @@ int RunDispatchBench(const DispatchArgs& a) {
     bytes = d.last_stats().bytes_sent;
   }
   // Raw all-to-all of the same payload: each rank sends bytes/P to every rank, twice
-  // (dispatch and combine).
-  const size_t per_peer = std::max<int64_t>(1, bytes / 2 / P);
+  // (dispatch and combine). Ranks' payloads differ a little; rank 0's sets the size.
+  uint64_t per_peer = std::max<int64_t>(1, bytes / 2 / P);
+  if (absl::Status st = world->Broadcast(&per_peer, sizeof(per_peer), 0); !st.ok()) {
+    return Fail(st);
+  }
   std::vector<char> sb(per_peer * P), rb(per_peer * P);
   std::vector<double> raw;
   for (int i = 0; i < a.iters + 3; ++i) {
-    if (!world->Barrier().ok()) return 1;
+    absl::Status st = world->Barrier();
     auto t0 = Clock::now();
-    if (!world->AllToAll(sb.data(), rb.data(), per_peer).ok()) return 1;
-    if (!world->AllToAll(sb.data(), rb.data(), per_peer).ok()) return 1;
+    if (st.ok()) st = world->AllToAll(sb.data(), rb.data(), per_peer);
+    if (st.ok()) st = world->AllToAll(sb.data(), rb.data(), per_peer);
+    if (!st.ok()) return Fail(st);
     if (i >= 3) raw.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
   }
   const double copy_bw = rank == 0 ? MeasureCopyBandwidth(size_t{256} << 20, 3) : 0;
-  if (!world->Barrier().ok()) return 1;
+  if (absl::Status st = world->Barrier(); !st.ok()) return Fail(st);
   if (rank != 0) return 0;
   const double t = Median(lat), tr = Median(raw);
   nlohmann::json j = {{"benchmark", "dispatch"},     {"ep", P},

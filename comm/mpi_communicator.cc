@@ -1,5 +1,7 @@
 #include "comm/mpi_communicator.h"
 
+#include <sched.h>
+
 #include <algorithm>
 #include <climits>
 #include <cstring>
@@ -24,9 +26,12 @@ constexpr int kTagGather = 1003;
 constexpr int kTagBarrierUp = 1004;
 constexpr int kTagBarrierDown = 1005;
 
-// Polling: this many MPI_Testsome calls back to back, then sleeps from kFirstSleep doubling
-// up to kMaxSleep. Any completion resets both.
+// Polling: this many MPI_Testsome calls back to back; then, until kYieldWindow has passed
+// without progress, polls that yield the core between tries (low latency when ranks have
+// cores of their own, fair when they share them); then sleeps from kFirstSleep doubling up
+// to kMaxSleep, so an idle rank costs nothing. Any completion resets all three.
 constexpr int kSpins = 50;
+constexpr absl::Duration kYieldWindow = absl::Milliseconds(2);
 constexpr absl::Duration kFirstSleep = absl::Microseconds(20);
 constexpr absl::Duration kMaxSleep = absl::Milliseconds(1);
 
@@ -197,6 +202,7 @@ absl::Status MpiCommunicator::Wait(Pending& p, absl::string_view op, absl::Time 
   std::vector<MPI_Status> statuses(n);
   int spins = 0;
   absl::Duration sleep = kFirstSleep;
+  absl::Time progress = absl::Now();
   while (true) {
     int completed = 0;
     const int rc = MPI_Testsome(n, p.requests.data(), &completed, indices.data(), statuses.data());
@@ -224,10 +230,16 @@ absl::Status MpiCommunicator::Wait(Pending& p, absl::string_view op, absl::Time 
     if (completed > 0) {
       spins = 0;
       sleep = kFirstSleep;
+      progress = absl::Now();
       continue;
     }
-    if (absl::Now() >= deadline) return DeadlineError(p, op);
+    const absl::Time now = absl::Now();
+    if (now >= deadline) return DeadlineError(p, op);
     if (++spins < kSpins) continue;
+    if (now - progress < kYieldWindow) {
+      sched_yield();
+      continue;
+    }
     std::this_thread::sleep_for(absl::ToChronoMicroseconds(sleep));
     sleep = std::min(sleep * 2, kMaxSleep);
   }

@@ -427,6 +427,13 @@ absl::Status CudaExecutor::Prepare(const StepPlan& plan) {
   bool all_single = true;
   for (const SeqEntry& s : plan.seqs) {
     if (s.num_tokens == 0) continue;
+    // Offsets come from StepPlan::AddSequence; checked because the device trusts them.
+    if (s.start_pos < 0 || s.num_tokens < 0 || s.token_offset < 0 ||
+        s.token_offset + s.num_tokens > T || s.block_offset < 0 ||
+        static_cast<size_t>(s.block_offset) + s.num_blocks > plan.block_tables.size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequence ", s.seq_id, ": malformed step plan entry"));
+    }
     const int ctx = s.start_pos + s.num_tokens;
     if (ctx > limits_.max_context) {
       return absl::InvalidArgumentError(absl::StrCat("sequence ", s.seq_id, " reaches position ",
@@ -711,6 +718,7 @@ absl::Status CudaExecutor::RunDecode() {
       cudaGetLastError();
       g.exec = nullptr;
       g.disabled = true;
+      ++stats_.graph_failures;
       ++stats_.eager_steps;
       return Enqueue(/*static_shapes=*/true);
     }

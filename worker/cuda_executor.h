@@ -50,6 +50,7 @@ struct CudaExecutorStats {
   int64_t eager_steps = 0;     // steps enqueued kernel by kernel (incl. graph warm-ups)
   int64_t graph_captures = 0;  // decode graphs instantiated
   int64_t graph_launches = 0;  // decode steps run from a graph (incl. the capturing step)
+  int64_t graph_failures = 0;  // captures that failed (that batch size then runs eagerly)
 };
 
 // The executor's interface beyond StepExecutor (what tests and benchmarks look at).

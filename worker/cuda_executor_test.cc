@@ -124,6 +124,7 @@ TEST_F(CudaExecutorTest, GreedyContinuationsMatchFixtureOneAtATime) {
   }
   // Decode at batch 1: warm-up, then a captured graph replayed.
   EXPECT_GE(exec_->stats().graph_captures, 1);
+  EXPECT_EQ(exec_->stats().graph_failures, 0);
   EXPECT_GT(exec_->stats().graph_launches, 10);
 }
 
