@@ -6,8 +6,10 @@ fp32 once, the fastest eager choice on a CPU), then times batch-1 greedy decode 
 prefill the way `switchyard bench decode|prefill` does, and prints JSON.
 
 Usage: /usr/bin/python3 bench/torch_peer.py --model models/brown-moe [--tokens 128]
-       [--prompt-len 16] [--prefill-len 512] [--threads 2]
-Needs Debian's python3-torch and python3-numpy.
+       [--prompt-len 16] [--prefill-len 512] [--threads 2] [--device cpu|cuda]
+       [--dtype fp32|bf16]
+Needs Debian's python3-torch and python3-numpy (a CUDA build of torch for --device cuda, the
+peer of bench_decode_cuda on a GPU machine; there use --dtype bf16, the weights' own type).
 """
 import argparse
 import glob
@@ -43,9 +45,10 @@ def load_safetensors(model_dir):
 
 
 class Mixtral:
-    def __init__(self, model_dir):
+    def __init__(self, model_dir, device="cpu", dtype=torch.float32):
         self.cfg = json.load(open(os.path.join(model_dir, "config.json")))
-        self.w = load_safetensors(model_dir)
+        self.device = torch.device(device)
+        self.w = {k: v.to(device=self.device, dtype=dtype) for k, v in load_safetensors(model_dir).items()}
         c = self.cfg
         self.n_heads = c["num_attention_heads"]
         self.n_kv = c.get("num_key_value_heads", self.n_heads)
@@ -54,23 +57,24 @@ class Mixtral:
         self.top_k = c["num_experts_per_tok"]
         self.n_exp = c["num_local_experts"]
         inv = 1.0 / (c["rope_theta"] ** (torch.arange(0, self.head_dim, 2).float() / self.head_dim))
-        self.inv_freq = inv
+        self.inv_freq = inv.to(self.device)
         self.lm_head = self.w.get("lm_head.weight", self.w["model.embed_tokens.weight"])
 
     def rms(self, x, w):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * w
 
     def rope(self, x, pos):
         freqs = pos[:, None].float() * self.inv_freq[None, :]
         emb = torch.cat([freqs, freqs], -1)
-        cos, sin = emb.cos()[None], emb.sin()[None]
+        cos, sin = emb.cos()[None].to(x.dtype), emb.sin()[None].to(x.dtype)
         half = x.shape[-1] // 2
         rot = torch.cat([-x[..., half:], x[..., :half]], -1)
         return x * cos + rot * sin
 
     def forward(self, ids, start, cache):
         T = ids.shape[0]
-        pos = torch.arange(start, start + T)
+        pos = torch.arange(start, start + T, device=self.device)
         h = self.w["model.embed_tokens.weight"][ids]
         for l in range(self.cfg["num_hidden_layers"]):
             p = f"model.layers.{l}."
@@ -87,13 +91,14 @@ class Mixtral:
             kk, vv = k.repeat_interleave(rep, 0), v.repeat_interleave(rep, 0)
             att = (q @ kk.transpose(1, 2)) / self.head_dim ** 0.5
             S = kk.shape[1]
-            mask = torch.arange(S)[None, :] > (torch.arange(T)[:, None] + start)
-            att = att.masked_fill(mask, float("-inf")).softmax(-1)
+            mask = torch.arange(S, device=self.device)[None, :] > (
+                torch.arange(T, device=self.device)[:, None] + start)
+            att = att.float().masked_fill(mask, float("-inf")).softmax(-1).to(vv.dtype)
             o = (att @ vv).transpose(0, 1).reshape(T, -1) @ self.w[p + "self_attn.o_proj.weight"].T
             h = h + o
             x = self.rms(h, self.w[p + "post_attention_layernorm.weight"])
             logits = x @ self.w[p + "block_sparse_moe.gate.weight"].T
-            probs = logits.softmax(-1)
+            probs = logits.float().softmax(-1)
             wts, sel = probs.topk(self.top_k, -1)
             wts = wts / wts.sum(-1, keepdim=True)
             out = torch.zeros_like(x)
@@ -104,7 +109,7 @@ class Mixtral:
                 ep = p + f"block_sparse_moe.experts.{e}."
                 xe = x[tok]
                 y = (torch.nn.functional.silu(xe @ self.w[ep + "w1.weight"].T) * (xe @ self.w[ep + "w3.weight"].T)) @ self.w[ep + "w2.weight"].T
-                out.index_add_(0, tok, y * wts[tok, slot, None])
+                out.index_add_(0, tok, y * wts[tok, slot, None].to(y.dtype))
             h = h + out
         return self.rms(h, self.w["model.norm.weight"]) @ self.lm_head.T
 
@@ -117,23 +122,30 @@ def main():
     ap.add_argument("--prefill-len", type=int, default=512)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    m = Mixtral(a.model)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("torch_peer.py: --device cuda but torch sees no CUDA device")
+    m = Mixtral(a.model, a.device, torch.bfloat16 if a.dtype == "bf16" else torch.float32)
     V = m.cfg["vocab_size"]
     g = torch.Generator().manual_seed(1)
-    res = {"peer": "pytorch-eager", "torch": torch.__version__, "threads": a.threads}
+    sync = torch.cuda.synchronize if a.device == "cuda" else (lambda: None)
+    res = {"peer": "pytorch-eager", "torch": torch.__version__, "threads": a.threads,
+           "device": a.device if a.device == "cpu" else torch.cuda.get_device_name(),
+           "dtype": a.dtype}
     with torch.no_grad():
         rates = []
         for r in range(a.repeats + 1):
-            prompt = torch.randint(3, V, (a.prompt_len,), generator=g)
+            prompt = torch.randint(3, V, (a.prompt_len,), generator=g).to(m.device)
             cache = {}
             logits = m.forward(prompt, 0, cache)
             nxt = int(logits[-1].argmax())
             pos = a.prompt_len
             t0 = time.perf_counter()
             for i in range(a.tokens - 1):
-                logits = m.forward(torch.tensor([nxt]), pos, cache)
+                logits = m.forward(torch.tensor([nxt], device=m.device), pos, cache)
                 nxt = int(logits[-1].argmax())
                 pos += 1
             if r > 0:
@@ -141,9 +153,11 @@ def main():
         res["decode_tokens_per_s_median"] = sorted(rates)[len(rates) // 2]
         rates = []
         for r in range(a.repeats + 1):
-            prompt = torch.randint(3, V, (a.prefill_len,), generator=g)
+            prompt = torch.randint(3, V, (a.prefill_len,), generator=g).to(m.device)
+            sync()
             t0 = time.perf_counter()
             m.forward(prompt, 0, {})
+            sync()
             if r > 0:
                 rates.append(a.prefill_len / (time.perf_counter() - t0))
         res["prefill_tokens_per_s_median"] = sorted(rates)[len(rates) // 2]

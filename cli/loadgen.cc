@@ -9,7 +9,7 @@
 //    and --prompt-len (not on --seed, --concurrency or timing), so runs are repeatable; the
 //    served model's vocabulary must hold at least 4000 ids.
 //  - Every request carries max_tokens = --max-tokens, temperature = --temperature and
-//    seed = --seed. Generation may end early (EOS, which the API cannot suppress), so token
+//    seed = --seed. Generation may end early at EOS unless --ignore-eos, so token
 //    counts are the ids actually received.
 //  - A request succeeds when its stream ends with status OK after a message with finish_reason
 //    set. A stream that ends OK without one is counted as the error NO_FINISH_REASON.
@@ -66,6 +66,7 @@ struct LoadgenArgs {
   int max_tokens = 64;
   double temperature = 0;
   uint64_t seed = 0;
+  bool ignore_eos = false;
   std::string token_file;
   double timeout_s = 300;
   bool json = false;
@@ -167,6 +168,7 @@ RequestResult RunOne(switchyard::v1::Switchyard::Stub& stub, const LoadgenArgs& 
   req.set_max_tokens(a.max_tokens);
   req.set_temperature(static_cast<float>(a.temperature));
   req.set_seed(a.seed);
+  if (a.ignore_eos) req.set_ignore_eos(true);
 
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() +
@@ -377,6 +379,8 @@ void RegisterLoadgen(CLI::App& app, Action* action) {
                   "File holding a bearer token (the server's --auth-token-file)");
   cmd->add_option("--timeout", a.timeout_s, "Deadline of each call in seconds")
       ->check(CLI::Range(0.001, 86400.0));
+  cmd->add_flag("--ignore-eos", a.ignore_eos,
+                "Generate max_tokens tokens even past end-of-sequence (fixed output length)");
   cmd->add_flag("--json", a.json, "Print JSON");
   cmd->callback([action] { *action = [] { return RunLoadgen(a); }; });
 }

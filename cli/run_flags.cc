@@ -22,6 +22,10 @@ void AddRunFlags(CLI::App* cmd, RunFlags* f) {
   cmd->add_option("--comm-timeout", f->comm_timeout_s,
                   "Seconds any rank waits for a peer before failing the job")
       ->check(CLI::Range(0.1, 86400.0));
+  cmd->add_option("--device", f->device,
+                  "cpu, cuda, or auto (cuda when built with CUDA and a GPU is present; "
+                  "single-process jobs only)")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   cmd->add_option("--max-step-tokens", f->max_step_tokens,
                   "Tokens per forward step per data-parallel rank (prefill chunk)")
       ->check(CLI::Range(1, 1 << 20));
@@ -34,7 +38,8 @@ SessionOptions ToSessionOptions(const RunFlags& f, bool show_progress) {
           .ep = f.ep,
           .pp = f.pp,
           .placement_file = f.placement,
-          .comm_timeout = absl::Seconds(f.comm_timeout_s)};
+          .comm_timeout = absl::Seconds(f.comm_timeout_s),
+          .device = f.device};
 }
 
 int Fail(const absl::Status& st) {

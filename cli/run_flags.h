@@ -16,6 +16,7 @@ struct RunFlags {
   std::string placement;
   double comm_timeout_s = 60;
   int max_step_tokens = 512;
+  std::string device = "auto";
 };
 
 // --model (required, an existing directory).

@@ -8,6 +8,7 @@
 #include "comm/mpi_communicator.h"
 #include "common/progress.h"
 #include "common/status_macros.h"
+#include "worker/cuda_executor.h"
 #include "worker/distributed_executor.h"
 #include "worker/local_executor.h"
 
@@ -50,6 +51,20 @@ absl::StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const SessionOp
     s->world_size = s->world_comm_->size();
   }
   RETURN_IF_ERROR(CheckWorldSize(s->world_size, options.ep, options.pp));
+  if (options.device != "auto" && options.device != "cpu" && options.device != "cuda") {
+    return absl::InvalidArgumentError("--device must be auto, cpu or cuda, got " + options.device);
+  }
+  if (options.device == "cuda" && !CudaDeviceAvailable()) {
+    return absl::FailedPreconditionError(
+        "--device cuda: no usable CUDA device (or this build has no CUDA backend)");
+  }
+  if (options.device == "cuda" && s->world_size > 1) {
+    return absl::UnimplementedError(
+        "--device cuda runs single-process jobs; distributed jobs run with --device cpu");
+  }
+  const bool use_cuda =
+      s->world_size == 1 && (options.device == "cuda" ||
+                             (options.device == "auto" && CudaDeviceAvailable()));
   ASSIGN_OR_RETURN(s->config, LoadModelConfig(dir + "/config.json"));
   if (options.placement_file.empty()) {
     ASSIGN_OR_RETURN(s->placement, PlanPlacement(s->config, options.ep, options.pp));
@@ -76,7 +91,11 @@ absl::StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const SessionOp
   const ForwardLimits limits{.max_tokens = options.max_step_tokens, .max_context = context};
   if (s->world_size == 1) {
     s->world_comm_.reset();  // `mpirun -np 1` runs exactly like a plain process
-    s->executor = std::make_unique<LocalExecutor>(*s->weights, kv, limits);
+    if (use_cuda) {
+      ASSIGN_OR_RETURN(s->executor, MakeCudaExecutor(*s->weights, kv, limits));
+    } else {
+      s->executor = std::make_unique<LocalExecutor>(*s->weights, kv, limits);
+    }
   } else {
     const ParallelShape shape{.ep = options.ep, .pp = options.pp, .world_rank = s->world_rank};
     ASSIGN_OR_RETURN(s->ep_comm_,

@@ -44,6 +44,9 @@ struct SessionOptions {
   int pp = 1;
   std::string placement_file;  // optional JSON placement (coordinator/placement.h)
   absl::Duration comm_timeout = absl::Seconds(60);
+  // "cpu", "cuda", or "auto" (cuda when this build has CUDA and a GPU is present, else cpu).
+  // The CUDA executor runs single-process jobs; a distributed job runs on CPUs.
+  std::string device = "auto";
 };
 
 struct ModelSession {

@@ -7,7 +7,8 @@ set -uo pipefail
 bin=$1 work=$2
 here="$(cd "$(dirname "$0")/.." && pwd)"
 rm -rf "$work" && mkdir -p "$work"
-"$bin" make-synthetic-model --preset tiny --out "$work/model" > /dev/null || exit 1
+"$bin" make-synthetic-model --preset tiny --out "$work/model" \
+  --tokenizer "$here/models/brown-moe/tokenizer.model" > /dev/null || exit 1
 sed -i 's/"max_position_embeddings": [0-9]*/"max_position_embeddings": 32768/' "$work/model/config.json"
 "$here/launch/cluster.sh" start "$work/cluster" 2 2 1 "$bin" "$work/model" --prefill-chunk 512 \
   || exit 1

@@ -41,6 +41,14 @@ try:
 except grpc.RpcError as e:
     assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "top_p" in e.details(), e
 
+# "The jury said that" ends at EOS after 13 tokens; ignore_eos generates through it to max_tokens.
+eos = stub.Complete(switchyard_pb2.GenerateRequest(text="The jury said that", max_tokens=20))
+assert eos.finish_reason == switchyard_pb2.FINISH_REASON_EOS and eos.completion_tokens == 13, eos
+past = stub.Complete(switchyard_pb2.GenerateRequest(text="The jury said that", max_tokens=20,
+                                                    ignore_eos=True))
+assert past.finish_reason == switchyard_pb2.FINISH_REASON_LENGTH, past
+assert past.completion_tokens == 20 and list(past.token_ids[:13]) == list(eos.token_ids), past
+
 info = stub.GetModelInfo(switchyard_pb2.GetModelInfoRequest())
 assert info.name == "brown-moe" and info.config.num_local_experts == 8, info
-print("python end-to-end: 5 checks passed")
+print("python end-to-end: 6 checks passed")

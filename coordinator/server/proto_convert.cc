@@ -12,6 +12,7 @@ GenerationParams ParamsFromProto(const v1::GenerateRequest& request) {
   if (request.has_top_k()) p.top_k = request.top_k();
   if (request.has_top_p()) p.top_p = request.top_p();
   if (request.has_seed()) p.seed = request.seed();
+  p.ignore_eos = request.ignore_eos();
   p.stop.assign(request.stop().begin(), request.stop().end());
   return p;
 }

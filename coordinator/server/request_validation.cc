@@ -112,7 +112,7 @@ absl::StatusOr<GenerateRequest> BuildGenerateRequest(const GenerationParams& par
   req.sampling.top_p = static_cast<float>(params.top_p.value_or(1.0));
   req.sampling.seed = params.seed.value_or(0);
   req.stop = params.stop;
-  req.stop_at_eos = true;
+  req.stop_at_eos = !params.ignore_eos;
   return req;
 }
 

@@ -32,6 +32,7 @@ struct GenerationParams {
   std::optional<double> top_p;        // default 1 (off)
   std::optional<uint64_t> seed;       // default 0
   std::vector<std::string> stop;
+  bool ignore_eos = false;  // generate past EOS (benchmarking)
 };
 
 struct ValidationLimits {
