@@ -65,6 +65,7 @@ TEST_F(RequestValidationTest, TokenIdsAreUsedAsGivenAndParametersPassThrough) {
   p.top_p = 0.9;
   p.seed = 1234567890123ull;
   p.stop = {"\n", std::string(64, 'x')};
+  p.ignore_eos = true;
   absl::StatusOr<GenerateRequest> r = BuildGenerateRequest(p, ctx_);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->prompt_ids, p.token_ids);
@@ -74,6 +75,7 @@ TEST_F(RequestValidationTest, TokenIdsAreUsedAsGivenAndParametersPassThrough) {
   EXPECT_FLOAT_EQ(r->sampling.top_p, 0.9f);
   EXPECT_EQ(r->sampling.seed, 1234567890123ull);
   EXPECT_EQ(r->stop, p.stop);
+  EXPECT_FALSE(r->stop_at_eos);
 }
 
 TEST_F(RequestValidationTest, TopKAboveVocabMeansNoFilter) {
