@@ -99,6 +99,9 @@ class DeviceBuffer {
   T* get() const { return p_; }
   void Upload(const std::vector<T>& h) {
     ASSERT_EQ(cudaMemcpy(p_, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+    // A pageable host-to-device cudaMemcpy may return before the DMA lands, and the
+    // communicator's non-blocking stream does not wait for the legacy stream.
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   }
   std::vector<T> Download() const {
     std::vector<T> h(n_);

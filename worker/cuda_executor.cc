@@ -186,6 +186,7 @@ class CudaExecutor final : public CudaStepExecutor {
   int moe_rows_ = 0;
 
   DeviceMemory mem_;
+  int device_ = 0;  // the current device at Init; set again on whichever thread calls in
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   cuda::GemmContext gemm_;
@@ -254,6 +255,7 @@ CudaExecutor::CudaExecutor(const ModelWeights& weights, const KvPoolOptions& kv,
       qkv_dim_(cfg_.q_dim() + 2 * cfg_.kv_dim()) {}
 
 CudaExecutor::~CudaExecutor() {
+  cudaSetDevice(device_);
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
   for (auto& [b, g] : graphs_) {
     if (g.exec != nullptr) cudaGraphExecDestroy(g.exec);
@@ -293,6 +295,7 @@ absl::Status CudaExecutor::CheckShapes() const {
 absl::Status CudaExecutor::Init() {
   RETURN_IF_ERROR(CheckShapes());
   if (!cuda::DeviceAvailable()) return absl::UnavailableError("no CUDA device");
+  RETURN_IF_ERROR(CudaCheck(cudaGetDevice(&device_), "cudaGetDevice"));
   max_blocks_per_seq_ = (limits_.max_context + kv_.block_size - 1) / kv_.block_size;
   static_batch_limit_ = std::min(opts_.max_graph_batch, limits_.max_tokens);
   const int slots = std::min(E_, static_batch_limit_ * K_);
@@ -776,6 +779,8 @@ absl::Status CudaExecutor::Execute(const StepPlan& plan, StepResult* result) {
     return absl::FailedPreconditionError(
         absl::StrCat("the CUDA executor failed earlier: ", broken_.message()));
   }
+  // The current device is per thread: the scheduler calls from its own thread.
+  RETURN_IF_ERROR(CudaCheck(cudaSetDevice(device_), "cudaSetDevice"));
   RETURN_IF_ERROR(Prepare(plan));  // invalid plans leave the executor usable
   absl::Status st = CudaCheck(
       cudaMemcpyAsync(meta_dev_, meta_host_, layout_.bytes, cudaMemcpyHostToDevice, stream_),
@@ -809,6 +814,7 @@ absl::StatusOr<std::vector<RankStatus>> CudaExecutor::CollectStatus() {
                static_cast<int64_t>(sizeof(bf16));
   r.steps = steps_;
   r.expert_tokens.assign(layers_.size(), std::vector<int64_t>(E_));
+  RETURN_IF_ERROR(CudaCheck(cudaSetDevice(device_), "cudaSetDevice"));
   RETURN_IF_ERROR(CudaCheck(cudaStreamSynchronize(stream_), "CollectStatus"));
   for (size_t l = 0; l < layers_.size(); ++l) {
     RETURN_IF_ERROR(CudaCheck(cudaMemcpy(r.expert_tokens[l].data(), layers_[l].routed,

@@ -129,6 +129,7 @@ int Run(const Args& a, Communicator* bootstrap) {
     for (int it = 0; it < a.iters + 5; ++it) {
       const auto t0 = Clock::now();
       cudaMemcpy(d_counts_send, counts.data(), 8 * ranks, cudaMemcpyHostToDevice);
+      cudaDeviceSynchronize();  // pageable H2D may still be in flight; NCCL's stream won't wait
       absl::Status st = comm.AllToAll(d_counts_send, d_counts_recv, 8);
       if (st.ok()) {
         cudaMemcpy(recv_counts.data(), d_counts_recv, 8 * ranks, cudaMemcpyDeviceToHost);

@@ -328,8 +328,9 @@ struct SampleRequest {
 //   prefix whose mass reaches top_p of the kept mass; draw u = CounterUniform(seed, step) and
 //   return the first token of the prefix whose cumulative mass exceeds u * prefix mass.
 //   Masses are summed in 2^-40 fixed point, so the draw is exact and deterministic on the
-//   device; it can differ from the CPU's (double sums) only when u * mass falls within
-//   rounding of a cumulative boundary.
+//   device; it can differ from the CPU's (double sums) when u * mass falls within rounding
+//   of a cumulative boundary, or at the top_k cut when tokens of different z share one
+//   rounded p (the CPU orders by z): both are near-zero-mass cases.
 struct SampleParams {
   const float* logits = nullptr;  // [*, vocab]
   int vocab = 0;
