@@ -113,8 +113,10 @@ class ExpertDispatcher {
   std::vector<float> partial_;         // [max_recv_rows, hidden]: combine send
   std::vector<float> returned_;        // [max_send_rows, hidden]: combine receive
   std::vector<int32_t> send_token_;    // token of each send row
+  std::vector<int32_t> token_rows_;    // [max_tokens, top_k]: send rows of each token, -1 after
   std::vector<int32_t> pair_row_;      // received row of each grouped (row, expert) pair
   std::vector<float> pair_weight_;
+  std::vector<int32_t> row_pairs_;     // [max_recv_rows, top_k]: grouped position of each pair
   std::vector<int32_t> expert_rows_;   // per expert
   std::vector<int32_t> expert_cursor_;
   std::vector<int64_t> send_rows_, recv_rows_;  // per rank

@@ -4,6 +4,7 @@
 #include "comm/expert_dispatcher.h"
 
 #include <mpi.h>
+#include <omp.h>
 
 #include <random>
 #include <set>
@@ -132,6 +133,17 @@ TEST_F(DispatcherTest, RandomRoutingsMatchReference) {
   }
 }
 
+// Enough rows x hidden that packing, grouping and both sums run on several threads, with
+// three choices per token so a token can have three rows and a row three pairs.
+TEST_F(DispatcherTest, LargeStepsTakeTheThreadedPath) {
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(3);
+  std::mt19937 rng(4242 + rank_);
+  const int T = 12000, E = 8, K = 3;  // 12000 * 12 floats: over the threading threshold
+  Check(DefaultRouting(1, E, P_), E, K, T, T, RandomRouting(T, E, K, rng));
+  omp_set_num_threads(saved);
+}
+
 TEST_F(DispatcherTest, SixExpertsTopThree) {
   std::mt19937 rng(77 + rank_);
   Check(DefaultRouting(1, 6, P_), 6, 3, 25, 25, RandomRouting(25, 6, 3, rng));
@@ -144,8 +156,11 @@ TEST_F(DispatcherTest, EveryTokenToRankZeroOthersReceiveNothing) {
   int64_t sent = 0, run = 0;
   Check(routing, E, K, 16, 16, RandomRouting(16, E, K, rng), &sent, &run);
   EXPECT_EQ(sent, 16) << "both choices live on rank 0: each token must travel once";
-  if (rank_ != 0) EXPECT_EQ(run, 0);
-  if (rank_ == 0) EXPECT_EQ(run, 16 * K * P_);
+  if (rank_ != 0) {
+    EXPECT_EQ(run, 0);
+  } else {
+    EXPECT_EQ(run, 16 * K * P_);
+  }
 }
 
 TEST_F(DispatcherTest, RanksWithNoTokens) {
