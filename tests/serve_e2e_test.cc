@@ -1,5 +1,6 @@
 // End to end through a real C++ gRPC client against a serving cluster that CTest started
-// under mpirun (tests/serve_cluster.sh; SWITCHYARD_E2E_DIR names its folder).
+// under mpirun (launch/cluster.sh; SWITCHYARD_E2E_DIR names its folder): the 4-rank
+// cluster, and one rank on the CPU or a GPU (tests/serve_single_rank_e2e_test.sh).
 #include <atomic>
 #include <fstream>
 #include <thread>
