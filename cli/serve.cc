@@ -30,6 +30,7 @@ struct ServeArgs {
   std::string model_name;
   std::string port_file;
   int kv_blocks = 0;
+  std::string kv_memory = "1GiB";
   int block_size = 16;
   int max_queue = 256;
   int max_running = 64;
@@ -101,6 +102,8 @@ int RunServe(const ServeArgs& a) {
   std::signal(SIGINT, OnSignal);
   SessionOptions so = ToSessionOptions(a.run, true);
   so.kv_blocks = a.kv_blocks;
+  so.kv_memory = a.kv_memory == "0" ? 0 : *ParseByteSize(a.kv_memory);  // validated at parse
+  so.kv_max_sequences = a.max_running;
   so.block_size = a.block_size;
   auto token = ReadToken(a.auth_token_file);
   if (!token.ok()) return Fail(token.status());
@@ -198,8 +201,20 @@ void RegisterServe(CLI::App& app, Action* action) {
   cmd->add_option("--model-name", a.model_name, "Name clients use (default: the folder name)");
   cmd->add_option("--port-file", a.port_file, "Write the bound port to this file once ready");
   cmd->add_option("--kv-blocks", a.kv_blocks,
-                  "KV-cache blocks per data-parallel rank (0: one full context)")
+                  "KV-cache blocks per data-parallel rank (0: sized by --kv-memory)")
       ->check(CLI::Range(0, 1 << 30));
+  cmd->add_option("--kv-memory", a.kv_memory,
+                  "With --kv-blocks 0: bytes of KV cache per rank (e.g. 1GiB, 0: one full "
+                  "context), at least one full-context sequence, at most --max-running")
+      ->type_name("BYTES")
+      ->check(CLI::Validator(
+          [](std::string& text) {
+            if (text == "0") return std::string();
+            auto bytes = ParseByteSize(text);
+            return bytes.ok() ? std::string() : std::string(bytes.status().message());
+          },
+          ""))
+      ->capture_default_str();
   cmd->add_option("--block-size", a.block_size, "Tokens per KV-cache block")
       ->check(CLI::Range(1, 4096));
   cmd->add_option("--max-queue", a.max_queue, "Waiting requests before UNAVAILABLE")

@@ -1,5 +1,6 @@
 #include "coordinator/model_session.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 
@@ -84,10 +85,24 @@ absl::StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const SessionOp
                                       {.show_progress = options.show_progress &&
                                                         s->is_coordinator()}));
   const int context = s->config.max_position_embeddings;
-  const int blocks = options.kv_blocks > 0
-                         ? options.kv_blocks
-                         : (context + options.block_size - 1) / options.block_size;
-  const KvPoolOptions kv{.num_blocks = blocks, .block_size = options.block_size};
+  const int64_t context_blocks = (context + options.block_size - 1) / options.block_size;
+  int64_t blocks = options.kv_blocks > 0 ? options.kv_blocks : context_blocks;
+  if (options.kv_blocks <= 0 && options.kv_memory > 0) {
+    // Every rank computes the same count: the coordinator's block tables index all of them.
+    int max_stage_layers = 0;
+    for (const auto& [b, e] : s->placement.stage_layers) {
+      max_stage_layers = std::max(max_stage_layers, e - b);
+    }
+    const uint64_t block_bytes = uint64_t{2} * max_stage_layers * options.block_size *
+                                 static_cast<uint64_t>(s->config.kv_dim()) * sizeof(float);
+    const int64_t budget = static_cast<int64_t>(options.kv_memory / std::max<uint64_t>(block_bytes, 1));
+    blocks = std::clamp<int64_t>(budget, context_blocks,
+                                 context_blocks * std::max(1, options.kv_max_sequences));
+  }
+  if (blocks > (int64_t{1} << 30)) {
+    return absl::InvalidArgumentError(absl::StrCat("KV cache of ", blocks, " blocks is too large"));
+  }
+  const KvPoolOptions kv{.num_blocks = static_cast<int>(blocks), .block_size = options.block_size};
   const ForwardLimits limits{.max_tokens = options.max_step_tokens, .max_context = context};
   if (s->world_size == 1) {
     s->world_comm_.reset();  // `mpirun -np 1` runs exactly like a plain process

@@ -37,7 +37,12 @@ struct SessionOptions {
   std::string model_dir;
   int max_step_tokens = 512;  // rows per step on one data-parallel rank
   int block_size = 16;
-  int kv_blocks = 0;  // per data-parallel rank; 0: enough for one full-context sequence
+  // KV-cache blocks per data-parallel rank. 0: as many as kv_memory bytes hold on the rank
+  // with the most layers (fp32 K and V), at least one full-context sequence and at most
+  // kv_max_sequences of them; with kv_memory 0, exactly one full-context sequence.
+  int kv_blocks = 0;
+  uint64_t kv_memory = 0;
+  int kv_max_sequences = 1;
   bool show_progress = true;
   // Distribution (used when the process runs under mpirun with more than one rank).
   int ep = 1;

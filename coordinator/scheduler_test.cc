@@ -147,7 +147,9 @@ TEST_F(SchedulerTest, CancelFreesBlocks) {
   for (int i = 0; i < 20; i += 2) sched->Cancel(ids[i]);
   for (int i = 0; i < 20; ++i) {
     sinks[i]->Wait();
-    if (i % 2 == 0) EXPECT_EQ(sinks[i]->final_event.finish_reason, FinishReason::kCancelled);
+    if (i % 2 == 0) {
+      EXPECT_EQ(sinks[i]->final_event.finish_reason, FinishReason::kCancelled);
+    }
   }
   sched->Drain();
   EXPECT_EQ(sched->Stats().free_blocks[0], idle);

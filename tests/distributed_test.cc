@@ -133,7 +133,7 @@ TEST_P(DistributedEquality, MatchesSingleRank) {
       std::vector<float> la(tokens.size() * V), lb(tokens.size() * V);
       auto keep = [&](std::vector<float>* dst) {
         return [dst, V](int first, int rows, const float* l) {
-          std::copy(l, l + static_cast<size_t>(rows) * V, dst->begin() + size_t{first} * V);
+          std::copy(l, l + static_cast<size_t>(rows) * V, dst->begin() + static_cast<size_t>(first) * V);
         };
       };
       ASSERT_TRUE(dist.Score(tokens, keep(&la)).ok());
