@@ -316,13 +316,18 @@ absl::Status NcclCommunicator::AllToAll(const void* send, void* recv, size_t byt
   return AllToAllV(send, counts, offsets, recv, counts, offsets);
 }
 
-absl::Status NcclCommunicator::Send(const void* data, size_t bytes, int peer, int tag) {
-  constexpr absl::string_view kOp = "Send";
-  RETURN_IF_ERROR(CheckUsable(kOp));
+absl::Status NcclCommunicator::CheckPointToPoint(absl::string_view op, int peer, int tag) const {
+  RETURN_IF_ERROR(CheckUsable(op));
   if (peer < 0 || peer >= size_ || tag < 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat(Describe(kOp, -1), ": bad peer ", peer, " or tag ", tag));
+        absl::StrCat(Describe(op, -1), ": bad peer ", peer, " or tag ", tag));
   }
+  return absl::OkStatus();
+}
+
+absl::Status NcclCommunicator::Send(const void* data, size_t bytes, int peer, int tag) {
+  constexpr absl::string_view kOp = "Send";
+  RETURN_IF_ERROR(CheckPointToPoint(kOp, peer, tag));
   if (bytes == 0) return absl::OkStatus();
   RETURN_IF_ERROR(
       Enqueued(ncclSend(data, bytes, ncclUint8, peer, comm_, stream_), kOp, "ncclSend"));
@@ -331,11 +336,7 @@ absl::Status NcclCommunicator::Send(const void* data, size_t bytes, int peer, in
 
 absl::Status NcclCommunicator::Recv(void* data, size_t bytes, int peer, int tag) {
   constexpr absl::string_view kOp = "Recv";
-  RETURN_IF_ERROR(CheckUsable(kOp));
-  if (peer < 0 || peer >= size_ || tag < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(Describe(kOp, -1), ": bad peer ", peer, " or tag ", tag));
-  }
+  RETURN_IF_ERROR(CheckPointToPoint(kOp, peer, tag));
   if (bytes == 0) return absl::OkStatus();
   RETURN_IF_ERROR(
       Enqueued(ncclRecv(data, bytes, ncclUint8, peer, comm_, stream_), kOp, "ncclRecv"));

@@ -109,6 +109,8 @@ class NcclCommunicator final : public Communicator {
   absl::Status Adopt(ncclComm_t comm, absl::string_view op);
 
   absl::Status CheckUsable(absl::string_view op) const;
+  // CheckUsable, then a peer in [0, size) and a tag >= 0.
+  absl::Status CheckPointToPoint(absl::string_view op, int peer, int tag) const;
   // Aborts the NCCL communicator, marks this one unusable and returns `status`.
   absl::Status Fail(absl::Status status);
   // Checks the result of an enqueueing call (ncclSuccess or ncclInProgress are fine).

@@ -66,6 +66,12 @@ absl::StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const SessionOp
   const bool use_cuda =
       s->world_size == 1 && (options.device == "cuda" ||
                              (options.device == "auto" && CudaDeviceAvailable()));
+  if (s->world_size > 1 && s->world_rank == 0 && options.device == "auto" &&
+      CudaDeviceAvailable()) {
+    std::fprintf(stderr,
+                 "switchyard: note: a GPU is present, but distributed jobs run on the CPU "
+                 "executor (the CUDA executor serves single-process jobs)\n");
+  }
   ASSIGN_OR_RETURN(s->config, LoadModelConfig(dir + "/config.json"));
   if (options.placement_file.empty()) {
     ASSIGN_OR_RETURN(s->placement, PlanPlacement(s->config, options.ep, options.pp));
