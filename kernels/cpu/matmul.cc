@@ -23,6 +23,13 @@ namespace {
 // Weight bytes per row group in the prefill path (kept L2-resident across token blocks).
 constexpr int64_t kRowGroupBytes = 192 * 1024;
 
+// Decode streams each weight row once. Weights are usually a memory-mapped checkpoint in 4 KiB
+// pages, where the hardware prefetchers stop at every page boundary; prefetching this far
+// ahead in each row keeps the stream going. On the 2-core reference machine a plain read of
+// mapped memory went from 18 to 40 GB/s with it, and decode of a Mixtral-shaped layer (1 GB
+// of weights per token) about 15% faster; prefill reuses rows from L2 and needs none.
+constexpr int kPrefetchBytes = 1024;
+
 #ifdef SY_SIMD
 using namespace simd;
 
@@ -44,6 +51,15 @@ inline void Tile(const float* x, const void* w, int K, float* y, int64_t ldy, bo
     Vf xv[TT];
     for (int t = 0; t < TT; ++t) xv[t] = VLoad(x + static_cast<int64_t>(t) * K + k);
     for (int r = 0; r < R; ++r) {
+      if constexpr (TT == 1) {
+        // One prefetch per 64-byte line: every (64 / bytes per step)-th step.
+        constexpr int kStepBytes = kLanes * (D == DType::kF32 ? 4 : 2);
+        if (kStepBytes >= 64 || (k / kLanes) % (64 / kStepBytes) == 0) {
+          _mm_prefetch(static_cast<const char*>(w) +
+                           (static_cast<int64_t>(r) * K + k) * DTypeSize(D) + kPrefetchBytes,
+                       _MM_HINT_T0);
+        }
+      }
       const Vf wv = VLoadW<D>(w, static_cast<int64_t>(r) * K + k);
       for (int t = 0; t < TT; ++t) acc[r][t] = VFma(wv, xv[t], acc[r][t]);
     }
