@@ -40,6 +40,11 @@ int RunGenerate(const GenerateArgs& a) {
   if (!session.ok()) return Fail(session.status());
   ModelSession& s = **session;
   if (!s.is_coordinator()) return WorkerMain(s);
+  if (s.tokenizer == nullptr) {
+    return Finish(s, Fail(absl::FailedPreconditionError(
+                         "generate needs tokenizer.model beside the checkpoint to encode "
+                         "--prompt (score takes token ids)")));
+  }
   SequenceRunner runner(s.executor.get(), s.allocator(0), s.config);
   std::vector<int32_t> prompt = s.tokenizer->Encode(a.prompt, /*add_bos=*/true);
   IncrementalDetokenizer stream(s.tokenizer.get());
@@ -80,6 +85,11 @@ int RunPerplexity(const RunFlags& f, const std::string& file, bool as_json) {
   if (!session.ok()) return Fail(session.status());
   ModelSession& s = **session;
   if (!s.is_coordinator()) return WorkerMain(s);
+  if (s.tokenizer == nullptr) {
+    return Finish(s, Fail(absl::FailedPreconditionError(
+                         "perplexity needs tokenizer.model beside the checkpoint to encode "
+                         "--file (score takes token ids)")));
+  }
   std::vector<int32_t> tokens = s.tokenizer->Encode(ss.str(), /*add_bos=*/true);
   if (tokens.size() < 2) {
     return Finish(s, Fail(absl::InvalidArgumentError(file + " has no text to score")));

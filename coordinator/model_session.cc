@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -80,7 +81,11 @@ absl::StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const SessionOp
                      LoadPlacementFile(options.placement_file, s->config, options.ep, options.pp));
   }
   ASSIGN_OR_RETURN(s->checkpoint, SafetensorsCheckpoint::Open(dir));
-  if (s->is_coordinator()) {
+  // A checkpoint without tokenizer.model (a synthetic one, say) serves token ids only.
+  if (s->is_coordinator() && !std::filesystem::exists(dir + "/tokenizer.model")) {
+    std::fprintf(stderr, "switchyard: note: %s/tokenizer.model not found: token ids only\n",
+                 dir.c_str());
+  } else if (s->is_coordinator()) {
     ASSIGN_OR_RETURN(s->tokenizer, Tokenizer::Load(dir + "/tokenizer.model",
                                                    s->config.bos_token_id,
                                                    s->config.eos_token_id));

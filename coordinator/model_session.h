@@ -60,7 +60,7 @@ struct ModelSession {
 
   ModelConfig config;
   std::unique_ptr<SafetensorsCheckpoint> checkpoint;
-  std::unique_ptr<Tokenizer> tokenizer;  // coordinator only
+  std::unique_ptr<Tokenizer> tokenizer;  // coordinator only; null without tokenizer.model
   std::unique_ptr<ModelWeights> weights;  // this rank's shard
   std::unique_ptr<StepExecutor> executor;  // coordinator only
   std::vector<std::unique_ptr<BlockAllocator>> allocators;  // coordinator: one per DP index

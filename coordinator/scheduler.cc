@@ -75,7 +75,7 @@ absl::StatusOr<RequestId> Scheduler::Submit(GenerateRequest request,
   auto seq = std::make_unique<Sequence>();
   seq->req = std::move(request);
   seq->sink = std::move(sink);
-  seq->detok.emplace(tokenizer_);
+  if (tokenizer_ != nullptr) seq->detok.emplace(tokenizer_);  // else token ids only
   std::lock_guard<std::mutex> lock(mu_);
   if (!failure_.ok()) {
     return absl::UnavailableError(absl::StrCat("the cluster failed: ", failure_.message()));
@@ -290,13 +290,13 @@ std::optional<FinishReason> Scheduler::Append(Sequence* s, int32_t token, Reques
   s->generated.push_back(token);
   ev->token_ids.push_back(token);
   if (s->req.stop_at_eos && token == config_.eos_token_id) {
-    s->text += s->detok->Flush();
+    if (s->detok) s->text += s->detok->Flush();
     return FinishReason::kEos;
   }
   const size_t before = s->text.size();
-  s->text += s->detok->Push(token);
+  if (s->detok) s->text += s->detok->Push(token);
   const bool at_limit = static_cast<int>(s->generated.size()) >= s->req.max_tokens;
-  if (at_limit) s->text += s->detok->Flush();
+  if (at_limit && s->detok) s->text += s->detok->Flush();
   // A stop string can only end inside the new text: search from where it could start.
   const size_t from = before >= static_cast<size_t>(options_.max_stop_length)
                           ? before - options_.max_stop_length

@@ -63,6 +63,9 @@ absl::StatusOr<std::pair<std::vector<int32_t>, std::string>> PromptIds(
   }
   if (has_text) {
     if (p.text->empty()) return Invalid("text", "the prompt is empty");
+    if (ctx.tokenizer == nullptr) {
+      return Invalid("text", "the model has no tokenizer.model; send token_ids");
+    }
     return std::make_pair(ctx.tokenizer->Encode(*p.text, /*add_bos=*/true), std::string("text"));
   }
   RETURN_IF_ERROR(ValidateTokenIds(p.token_ids, ctx.config->vocab_size, "token_ids"));
@@ -87,6 +90,9 @@ absl::StatusOr<GenerateRequest> BuildGenerateRequest(const GenerationParams& par
   RETURN_IF_ERROR(ValidateModel(params.model, ctx.model_name));
   RETURN_IF_ERROR(ValidateSampling(params));
   RETURN_IF_ERROR(ValidateStop(params.stop, ctx.limits));
+  if (!params.stop.empty() && ctx.tokenizer == nullptr) {
+    return Invalid("stop", "the model has no tokenizer.model, so no text to match");
+  }
   ASSIGN_OR_RETURN(auto prompt, PromptIds(params, ctx));
 
   const int64_t context = ctx.config->max_position_embeddings;

@@ -44,7 +44,7 @@ struct ValidationLimits {
 // What requests are validated against. The pointers are borrowed and must outlive every
 // call that uses this context.
 struct ValidationContext {
-  const Tokenizer* tokenizer = nullptr;
+  const Tokenizer* tokenizer = nullptr;  // null: token ids only (no text, no stop strings)
   const ModelConfig* config = nullptr;
   std::string model_name;  // the served model
   ValidationLimits limits;

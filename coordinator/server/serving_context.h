@@ -49,7 +49,7 @@ class ServingContext {
   bool serving() const { return ready_.load() && !draining_.load(); }
 
   GenerationQueue* queue() const { return args_.queue; }
-  const Tokenizer& tokenizer() const { return *args_.tokenizer; }
+  const Tokenizer* tokenizer() const { return args_.tokenizer; }  // null: token ids only
   const ModelConfig& config() const { return args_.config; }
   const std::string& model_name() const { return args_.model_name; }
   const ServingTopology& topology() const { return args_.topology; }

@@ -43,8 +43,12 @@ grpc::ServerUnaryReactor* SwitchyardService::Tokenize(grpc::CallbackServerContex
                                                       const v1::TokenizeRequest* request,
                                                       v1::TokenizeResponse* response) {
   if (absl::Status s = ctx_->Authorize(*call); !s.ok()) return Done(call, s);
+  if (ctx_->tokenizer() == nullptr) {
+    return Done(call, absl::FailedPreconditionError(
+                          "Tokenize: the served model has no tokenizer.model (token ids only)"));
+  }
   const bool add_bos = request->has_add_bos() ? request->add_bos() : true;
-  std::vector<int32_t> ids = ctx_->tokenizer().Encode(request->text(), add_bos);
+  std::vector<int32_t> ids = ctx_->tokenizer()->Encode(request->text(), add_bos);
   response->mutable_token_ids()->Add(ids.begin(), ids.end());
   return Done(call, absl::OkStatus());
 }
@@ -53,12 +57,16 @@ grpc::ServerUnaryReactor* SwitchyardService::Detokenize(grpc::CallbackServerCont
                                                         const v1::DetokenizeRequest* request,
                                                         v1::DetokenizeResponse* response) {
   if (absl::Status s = ctx_->Authorize(*call); !s.ok()) return Done(call, s);
+  if (ctx_->tokenizer() == nullptr) {
+    return Done(call, absl::FailedPreconditionError(
+                          "Detokenize: the served model has no tokenizer.model (token ids only)"));
+  }
   std::vector<int32_t> ids(request->token_ids().begin(), request->token_ids().end());
-  if (absl::Status s = ValidateTokenIds(ids, ctx_->tokenizer().vocab_size(), "token_ids");
+  if (absl::Status s = ValidateTokenIds(ids, ctx_->tokenizer()->vocab_size(), "token_ids");
       !s.ok()) {
     return Done(call, s);
   }
-  response->set_text(ctx_->tokenizer().Decode(ids));
+  response->set_text(ctx_->tokenizer()->Decode(ids));
   return Done(call, absl::OkStatus());
 }
 
