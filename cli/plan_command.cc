@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "cli/commands.h"
+#include "cli/run_flags.h"
 #include "common/progress.h"
 #include "coordinator/placement.h"
 #include "model/config.h"
@@ -162,12 +163,7 @@ void RegisterPlan(CLI::App& app, Action* action) {
                   "Fail naming the first rank whose weights exceed BYTES (e.g. 80GiB; K/M/G/T "
                   "are powers of 1000, KiB/MiB/GiB/TiB of 1024)")
       ->type_name("BYTES")
-      ->check(CLI::Validator(
-          [](std::string& text) {
-            auto bytes = ParseByteSize(text);
-            return bytes.ok() ? std::string() : std::string(bytes.status().message());
-          },
-          ""));
+      ->check(ByteSizeCheck(/*allow_zero=*/false));
   cmd->callback([a, action] { *action = [a] { return RunPlan(*a); }; });
 }
 

@@ -4,6 +4,20 @@
 
 namespace switchyard::cli {
 
+absl::StatusOr<uint64_t> ParseByteSizeFlag(const std::string& text, bool allow_zero) {
+  if (allow_zero && text == "0") return 0;
+  return ParseByteSize(text);
+}
+
+CLI::Validator ByteSizeCheck(bool allow_zero) {
+  return CLI::Validator(
+      [allow_zero](std::string& text) {
+        auto bytes = ParseByteSizeFlag(text, allow_zero);
+        return bytes.ok() ? std::string() : std::string(bytes.status().message());
+      },
+      "");
+}
+
 void AddModelOption(CLI::App* cmd, std::string* dir) {
   cmd->add_option("--model", *dir,
                   "Checkpoint directory (config.json, *.safetensors, tokenizer.model)")

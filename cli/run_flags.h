@@ -5,6 +5,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "coordinator/model_session.h"
 
 namespace switchyard::cli {
@@ -24,6 +25,11 @@ void AddModelOption(CLI::App* cmd, std::string* dir);
 // --model, --ep, --pp, --placement, --comm-timeout, --max-step-tokens.
 void AddRunFlags(CLI::App* cmd, RunFlags* flags);
 SessionOptions ToSessionOptions(const RunFlags& flags, bool show_progress);
+
+// A byte size such as 80GiB or 512M (coordinator/placement.h's ParseByteSize); with
+// allow_zero, also "0". ByteSizeCheck validates an option at parse time with the same rules.
+absl::StatusOr<uint64_t> ParseByteSizeFlag(const std::string& text, bool allow_zero);
+CLI::Validator ByteSizeCheck(bool allow_zero);
 
 // Prints "switchyard: error: MESSAGE" to stderr and returns exit code 1.
 int Fail(const absl::Status& status);

@@ -102,7 +102,7 @@ int RunServe(const ServeArgs& a) {
   std::signal(SIGINT, OnSignal);
   SessionOptions so = ToSessionOptions(a.run, true);
   so.kv_blocks = a.kv_blocks;
-  so.kv_memory = a.kv_memory == "0" ? 0 : *ParseByteSize(a.kv_memory);  // validated at parse
+  so.kv_memory = *ParseByteSizeFlag(a.kv_memory, /*allow_zero=*/true);  // checked at parse
   so.kv_max_sequences = a.max_running;
   so.block_size = a.block_size;
   auto token = ReadToken(a.auth_token_file);
@@ -207,13 +207,7 @@ void RegisterServe(CLI::App& app, Action* action) {
                   "With --kv-blocks 0: bytes of KV cache per rank (e.g. 1GiB, 0: one full "
                   "context), at least one full-context sequence, at most --max-running")
       ->type_name("BYTES")
-      ->check(CLI::Validator(
-          [](std::string& text) {
-            if (text == "0") return std::string();
-            auto bytes = ParseByteSize(text);
-            return bytes.ok() ? std::string() : std::string(bytes.status().message());
-          },
-          ""))
+      ->check(ByteSizeCheck(/*allow_zero=*/true))
       ->capture_default_str();
   cmd->add_option("--block-size", a.block_size, "Tokens per KV-cache block")
       ->check(CLI::Range(1, 4096));

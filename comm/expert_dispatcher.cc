@@ -150,8 +150,7 @@ absl::Status ExpertDispatcher::Forward(int layer, const float* x, int T, const i
 
   // 2. Exchange counts, then rows.
   RETURN_IF_ERROR(comm_->AllToAll(send_rows_.data(), recv_rows_.data(), sizeof(int64_t)));
-  int64_t R = 0;
-  S = 0;
+  int64_t R = 0, sent = 0;
   for (int r = 0; r < P; ++r) {
     if (recv_rows_[r] < 0 || recv_rows_[r] > layout_.max_tokens) {
       return absl::InvalidArgumentError(absl::StrCat("rank ", r, " of ", comm_->name(),
@@ -160,10 +159,10 @@ absl::Status ExpertDispatcher::Forward(int layer, const float* x, int T, const i
                                                      layout_.max_tokens));
     }
     send_counts_[r] = send_rows_[r] * W * 4;
-    send_offsets_[r] = S * W * 4;
+    send_offsets_[r] = sent * W * 4;
     recv_counts_[r] = recv_rows_[r] * W * 4;
     recv_offsets_[r] = R * W * 4;
-    S += send_rows_[r];
+    sent += send_rows_[r];
     R += recv_rows_[r];
   }
   RETURN_IF_ERROR(comm_->AllToAllV(send_.data(), send_counts_, send_offsets_, recv_.data(),

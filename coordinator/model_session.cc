@@ -56,7 +56,8 @@ absl::StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const SessionOp
   if (options.device != "auto" && options.device != "cpu" && options.device != "cuda") {
     return absl::InvalidArgumentError("--device must be auto, cpu or cuda, got " + options.device);
   }
-  if (options.device == "cuda" && !CudaDeviceAvailable()) {
+  const bool gpu = options.device != "cpu" && CudaDeviceAvailable();  // probed once
+  if (options.device == "cuda" && !gpu) {
     return absl::FailedPreconditionError(
         "--device cuda: no usable CUDA device (or this build has no CUDA backend)");
   }
@@ -64,11 +65,8 @@ absl::StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const SessionOp
     return absl::UnimplementedError(
         "--device cuda runs single-process jobs; distributed jobs run with --device cpu");
   }
-  const bool use_cuda =
-      s->world_size == 1 && (options.device == "cuda" ||
-                             (options.device == "auto" && CudaDeviceAvailable()));
-  if (s->world_size > 1 && s->world_rank == 0 && options.device == "auto" &&
-      CudaDeviceAvailable()) {
+  const bool use_cuda = gpu && s->world_size == 1;
+  if (gpu && s->world_size > 1 && s->world_rank == 0) {
     std::fprintf(stderr,
                  "switchyard: note: a GPU is present, but distributed jobs run on the CPU "
                  "executor (the CUDA executor serves single-process jobs)\n");
@@ -82,12 +80,12 @@ absl::StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const SessionOp
   }
   ASSIGN_OR_RETURN(s->checkpoint, SafetensorsCheckpoint::Open(dir));
   // A checkpoint without tokenizer.model (a synthetic one, say) serves token ids only.
-  if (s->is_coordinator() && !std::filesystem::exists(dir + "/tokenizer.model")) {
-    std::fprintf(stderr, "switchyard: note: %s/tokenizer.model not found: token ids only\n",
-                 dir.c_str());
+  const std::string tokenizer_path = dir + "/tokenizer.model";
+  if (s->is_coordinator() && !std::filesystem::exists(tokenizer_path)) {
+    std::fprintf(stderr, "switchyard: note: %s not found: token ids only\n",
+                 tokenizer_path.c_str());
   } else if (s->is_coordinator()) {
-    ASSIGN_OR_RETURN(s->tokenizer, Tokenizer::Load(dir + "/tokenizer.model",
-                                                   s->config.bos_token_id,
+    ASSIGN_OR_RETURN(s->tokenizer, Tokenizer::Load(tokenizer_path, s->config.bos_token_id,
                                                    s->config.eos_token_id));
   }
   const ShardSpec spec = s->placement.ShardFor(s->world_rank, s->config);

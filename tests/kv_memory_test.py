@@ -3,12 +3,12 @@
 never less than one full-context sequence, never more than --max-running of them.
   kv_memory_test.py SWITCHYARD MODEL WORKDIR   (PYTHONPATH: the generated stubs)"""
 import os
-import subprocess
 import sys
-import time
 
-import grpc
-from switchyard.v1 import switchyard_pb2 as pb, switchyard_pb2_grpc as pbg
+from switchyard.v1 import switchyard_pb2 as pb
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serve_process import ServeProcess  # noqa: E402
 
 binary, model, work = sys.argv[1:4]
 os.makedirs(work, exist_ok=True)
@@ -19,26 +19,9 @@ one_context = 1024 // 16 * block  # 2 MiB
 
 
 def kv_bytes(*flags):
-    port_file = os.path.join(work, "port")
-    if os.path.exists(port_file):
-        os.remove(port_file)
-    proc = subprocess.Popen([binary, "serve", "--model", model, "--listen", "127.0.0.1:0",
-                             "--port-file", port_file, *flags],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        for _ in range(300):
-            if os.path.exists(port_file) and os.path.getsize(port_file) > 0:
-                break
-            if proc.poll() is not None:
-                raise AssertionError(f"serve {flags} exited: {proc.stdout.read()}")
-            time.sleep(0.05)
-        port = open(port_file).read().strip()
-        stub = pbg.SwitchyardStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
-        status = stub.GetClusterStatus(pb.GetClusterStatusRequest(), timeout=30)
+    with ServeProcess(binary, model, work, *flags) as server:
+        status = server.stub().GetClusterStatus(pb.GetClusterStatusRequest(), timeout=30)
         return [r.kv_bytes for r in status.ranks]
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=30) == 0, proc.stdout.read()
 
 
 assert kv_bytes("--kv-memory", "0") == [one_context]

@@ -8,10 +8,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import grpc
-from switchyard.v1 import switchyard_pb2 as pb, switchyard_pb2_grpc as pbg
+from switchyard.v1 import switchyard_pb2 as pb
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serve_process import ServeProcess  # noqa: E402
 
 binary, work = sys.argv[1:3]
 shutil.rmtree(work, ignore_errors=True)
@@ -28,18 +30,8 @@ score = subprocess.run([binary, "score", "--model", model, "--tokens", "1 17 42"
                         "--out", os.path.join(work, "s.npy")], capture_output=True, text=True)
 assert score.returncode == 0, score
 
-port_file = os.path.join(work, "port")
-proc = subprocess.Popen([binary, "serve", "--model", model, "--listen", "127.0.0.1:0",
-                         "--port-file", port_file], stdout=subprocess.PIPE,
-                        stderr=subprocess.STDOUT, text=True)
-try:
-    for _ in range(300):
-        if os.path.exists(port_file) and os.path.getsize(port_file) > 0:
-            break
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.05)
-    stub = pbg.SwitchyardStub(grpc.insecure_channel("127.0.0.1:" + open(port_file).read().strip()))
-
+with ServeProcess(binary, model, work) as server:
+    stub = server.stub()
     ids, text, final = [], "", None
     for msg in stub.Generate(pb.GenerateRequest(token_ids=[1, 17, 42], max_tokens=8,
                                                 ignore_eos=True), timeout=60):
@@ -65,9 +57,5 @@ try:
     code, details = code_and_details(
         lambda: stub.Detokenize(pb.DetokenizeRequest(token_ids=[5])))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "tokenizer.model" in details, details
-finally:
-    proc.terminate()
-    out = proc.communicate(timeout=30)[0]
-assert proc.returncode == 0, out
-assert "tokenizer.model not found: token ids only" in out, out
+assert "tokenizer.model not found: token ids only" in server.output, server.output
 print("token ids only: 8 checks passed")
