@@ -47,7 +47,7 @@ int RunGenerate(const GenerateArgs& a) {
   }
   SequenceRunner runner(s.executor.get(), s.allocator(0), s.config);
   std::vector<int32_t> prompt = s.tokenizer->Encode(a.prompt, /*add_bos=*/true);
-  IncrementalDetokenizer stream(s.tokenizer.get());
+  IncrementalDetokenizer stream(s.tokenizer.get(), prompt);
   GenerateOptions opts{.max_tokens = a.max_tokens,
                        .sampling = {.temperature = a.temperature,
                                     .top_k = a.top_k,
@@ -60,7 +60,7 @@ int RunGenerate(const GenerateArgs& a) {
   });
   double secs = std::chrono::duration<double>(Clock::now() - start).count();
   if (!out.ok()) return Finish(s, Fail(out.status()));
-  std::string text = s.tokenizer->Decode(out->tokens);
+  std::string text = s.tokenizer->DecodeCompletion(prompt, out->tokens);
   if (a.json) {
     json j = {{"prompt_ids", prompt},
               {"token_ids", out->tokens},

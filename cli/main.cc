@@ -19,6 +19,8 @@ int main(int argc, char** argv) {
     }
     mpi = std::move(rt).value();
   }
+  // `--help` shows every option's default.
+  app.option_defaults()->always_capture_default();
   switchyard::cli::Action action;
   switchyard::cli::RegisterGenerate(app, &action);
   switchyard::cli::RegisterPerplexity(app, &action);

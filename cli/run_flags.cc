@@ -57,6 +57,7 @@ SessionOptions ToSessionOptions(const RunFlags& f, bool show_progress) {
 }
 
 int Fail(const absl::Status& st) {
+  if (ReportedByCoordinator(st)) return 1;  // rank 0 prints it
   std::fprintf(stderr, "switchyard: error: %s\n", std::string(st.message()).c_str());
   return 1;
 }

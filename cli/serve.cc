@@ -1,6 +1,15 @@
 // `switchyard serve`: every rank of the job loads its shard; rank 0 runs the scheduler and
 // the gRPC front end until SIGTERM/SIGINT, then drains and shuts every rank down cleanly.
+#include <malloc.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <utility>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -11,6 +20,8 @@
 
 #include "cli/commands.h"
 #include "cli/run_flags.h"
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "coordinator/model_session.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/server/front_end.h"
@@ -95,6 +106,70 @@ absl::StatusOr<std::string> ReadToken(const std::string& path) {
   return token;
 }
 
+// "host:port" or "[v6]:port" -> host, port. Ports outside 0..65535 are refused (0: any free
+// port); gRPC would otherwise take them modulo 65536.
+absl::StatusOr<std::pair<std::string, int>> SplitListen(const std::string& listen) {
+  const size_t colon = listen.rfind(':');
+  if (colon == std::string::npos || colon == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--listen ", listen, ": want HOST:PORT, e.g. 127.0.0.1:50051"));
+  }
+  std::string host = listen.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  const std::string port_text = listen.substr(colon + 1);
+  int port = -1;
+  if (!port_text.empty() && port_text.size() <= 6 &&
+      port_text.find_first_not_of("0123456789") == std::string::npos) {
+    port = std::stoi(port_text);
+  }
+  if (port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("--listen ", listen, ": port ", port_text,
+                                                   " is not in 1-65535 (0 picks a free port)"));
+  }
+  return std::make_pair(host, port);
+}
+
+// Binds (and releases) the address the server will listen on, so that a port in use is
+// reported with the system's reason before anything loads.
+absl::Status CheckListen(const std::string& listen) {
+  ASSIGN_OR_RETURN(auto host_port, SplitListen(listen));
+  const auto& [host, port] = host_port;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* found = nullptr;
+  const std::string port_text = std::to_string(port);
+  if (int rc = getaddrinfo(host.c_str(), port_text.c_str(), &hints, &found); rc != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--listen ", listen, ": cannot resolve \"", host, "\": ", gai_strerror(rc)));
+  }
+  std::unique_ptr<addrinfo, decltype(&freeaddrinfo)> guard(found, &freeaddrinfo);
+  const int fd = socket(found->ai_family, found->ai_socktype | SOCK_CLOEXEC, found->ai_protocol);
+  if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
+  const int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));  // as gRPC does
+  const int rc = bind(fd, found->ai_addr, found->ai_addrlen);
+  const int err = errno;
+  close(fd);
+  if (rc == 0) return absl::OkStatus();
+  if (err == EADDRINUSE) {
+    return absl::UnavailableError(absl::StrCat(
+        "--listen ", listen, ": address already in use (another server on this port?)"));
+  }
+  return absl::UnavailableError(absl::StrCat("--listen ", listen, ": ", std::strerror(err)));
+}
+
+// What can fail at start without loading anything, checked on rank 0 before any rank loads
+// weights: the address, the TLS files, the token file.
+absl::Status CheckServeFlags(const ServeArgs& a) {
+  RETURN_IF_ERROR(CheckListen(a.listen));
+  RETURN_IF_ERROR(CheckTlsFiles(a.tls_cert, a.tls_key, "--tls-cert", "--tls-key"));
+  return ReadToken(a.auth_token_file).status();
+}
+
 int RunServe(const ServeArgs& a) {
   // Every rank ignores SIGTERM/SIGINT's default action: rank 0 drains and then releases the
   // workers, so the whole job exits 0 together (mpirun forwards the signal to every rank).
@@ -105,12 +180,18 @@ int RunServe(const ServeArgs& a) {
   so.kv_memory = *ParseByteSizeFlag(a.kv_memory, /*allow_zero=*/true);  // checked at parse
   so.kv_max_sequences = a.max_running;
   so.block_size = a.block_size;
-  auto token = ReadToken(a.auth_token_file);
-  if (!token.ok()) return Fail(token.status());
+  so.coordinator_check = [&a] { return CheckServeFlags(a); };
   auto opened = ModelSession::Open(so);
   if (!opened.ok()) return Fail(opened.status());
   ModelSession& s = **opened;
   if (!s.is_coordinator()) return WorkerMain(s);
+  auto token = ReadToken(a.auth_token_file);  // checked before loading; read again here
+  if (!token.ok()) return Finish(s, Fail(token.status()));
+
+  // Request-sized buffers (a prompt of megabytes, its gRPC message) are mapped on their own
+  // and unmapped when freed, so a burst of large requests leaves no heap behind: glibc's
+  // default threshold rises to 32 MiB after the first such free and keeps them in arenas.
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
 
   StatusSnapshot snapshot;
   const int ep = a.run.ep, pp = a.run.pp;
@@ -155,9 +236,20 @@ int RunServe(const ServeArgs& a) {
   std::fprintf(stderr, "switchyard: serving %s on port %d (%d ranks: ep %d x pp %d)\n",
                name.c_str(), front.bound_port(), s.world_size, ep, pp);
 
-  // Wait for a signal or a failed cluster.
+  // Wait for a signal or a failed cluster. After requests with large texts (refused or
+  // tokenized), give the heap glibc keeps on the gRPC and pool threads back to the system,
+  // a few times a second at most, so rank 0 returns to its steady size.
+  uint64_t trimmed_at = front.large_requests();
+  auto last_trim = std::chrono::steady_clock::now();
   while (g_signal.load() == 0 && scheduler.failure().ok()) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    const uint64_t large = front.large_requests();
+    if (large != trimmed_at &&
+        std::chrono::steady_clock::now() - last_trim >= std::chrono::milliseconds(250)) {
+      malloc_trim(0);
+      trimmed_at = large;
+      last_trim = std::chrono::steady_clock::now();
+    }
   }
   absl::Status failure = scheduler.failure();
   if (!failure.ok()) {
@@ -175,7 +267,9 @@ int RunServe(const ServeArgs& a) {
   while (absl::Now() < give_up && scheduler.Stats().running + scheduler.Stats().waiting > 0) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  scheduler.Stop();
+  scheduler.Stop(absl::UnavailableError(absl::StrCat(
+      "server drained: the request did not finish within --drain-timeout (", a.drain_timeout_s,
+      " s) of the shutdown; retry on another server")));
   drainer.join();
   front.Shutdown(absl::Now() + absl::Seconds(5));
   std::fprintf(stderr, "switchyard: drained; shutting down %d rank(s)\n", s.world_size);

@@ -1,13 +1,20 @@
 #include "coordinator/model_session.h"
 
+#include <omp.h>
+#include <sched.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "comm/mpi_communicator.h"
+#include "common/cpu_threads.h"
 #include "common/progress.h"
 #include "common/status_macros.h"
 #include "worker/cuda_executor.h"
@@ -42,7 +49,77 @@ void LogShard(const ModelSession& s, const ShardSpec& spec, uint64_t kv_bytes) {
                ByteProgress::FormatBytes(kv_bytes).c_str());
 }
 
+// Sets this rank's OpenMP threads from the CPUs the ranks on its node may use (see
+// common/cpu_threads.h); the lowest rank of each node says what it chose. `world` is null in
+// a single-process job.
+absl::Status ConfigureThreads(MpiCommunicator* world) {
+  struct Record {
+    char host[64];
+    uint8_t cpus[CPU_SETSIZE / 8];
+  };
+  Record mine{};
+  if (gethostname(mine.host, sizeof(mine.host) - 1) != 0) mine.host[0] = '\0';
+  for (int c : OwnCpus()) mine.cpus[c / 8] |= uint8_t(1u << (c % 8));
+  const int size = world == nullptr ? 1 : world->size();
+  const int rank = world == nullptr ? 0 : world->rank();
+  std::vector<Record> all(size);
+  if (world == nullptr) {
+    all[0] = mine;
+  } else {
+    RETURN_IF_ERROR(world->Gather(&mine, sizeof(Record), all.data(), 0));
+    RETURN_IF_ERROR(world->Broadcast(all.data(), sizeof(Record) * all.size(), 0));
+  }
+  std::vector<RankCpus> node;
+  size_t me = 0;
+  for (int r = 0; r < size; ++r) {
+    if (std::strncmp(all[r].host, mine.host, sizeof(mine.host)) != 0) continue;
+    if (r == rank) me = node.size();
+    RankCpus rc{.world_rank = r};
+    for (int c = 0; c < CPU_SETSIZE; ++c) {
+      if (all[r].cpus[c / 8] & (1u << (c % 8))) rc.cpus.push_back(c);
+    }
+    node.push_back(std::move(rc));
+  }
+  const NodeThreads plan = ChooseThreads(std::getenv("OMP_NUM_THREADS"), node);
+  if (!plan.explicit_env) omp_set_num_threads(plan.threads[me]);
+  if (me == 0) {  // the node's lowest rank speaks for it
+    if (world == nullptr) {
+      std::fprintf(stderr, "switchyard: %s\n", plan.summary.c_str());
+    } else {
+      std::fprintf(stderr, "switchyard: node %s: %s\n", mine.host, plan.summary.c_str());
+    }
+    if (!plan.oversubscribed.empty()) {
+      std::fprintf(stderr, "switchyard: warning: %s\n", plan.oversubscribed.c_str());
+    }
+  }
+  return absl::OkStatus();
+}
+
+constexpr char kReportedByCoordinator[] = "switchyard/reported-by-rank-0";
+
+// Runs `check` on rank 0 and shares its outcome with every rank (a code and the message).
+absl::Status RunCoordinatorCheck(const std::function<absl::Status()>& check,
+                                 MpiCommunicator* world, bool coordinator) {
+  absl::Status st = coordinator ? check() : absl::OkStatus();
+  if (world == nullptr) return st;
+  struct Outcome {
+    int32_t code;
+    char message[1020];
+  } out{};
+  out.code = static_cast<int32_t>(st.code());
+  std::snprintf(out.message, sizeof(out.message), "%s", std::string(st.message()).c_str());
+  RETURN_IF_ERROR(world->Broadcast(&out, sizeof(out), 0));
+  if (coordinator || out.code == 0) return st;
+  absl::Status theirs(static_cast<absl::StatusCode>(out.code), out.message);
+  theirs.SetPayload(kReportedByCoordinator, absl::Cord("1"));
+  return theirs;
+}
+
 }  // namespace
+
+bool ReportedByCoordinator(const absl::Status& status) {
+  return status.GetPayload(kReportedByCoordinator).has_value();
+}
 
 absl::StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const SessionOptions& options) {
   auto s = std::make_unique<ModelSession>();
@@ -53,6 +130,11 @@ absl::StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const SessionOp
     s->world_size = s->world_comm_->size();
   }
   RETURN_IF_ERROR(CheckWorldSize(s->world_size, options.ep, options.pp));
+  RETURN_IF_ERROR(ConfigureThreads(s->world_comm_.get()));
+  if (options.coordinator_check) {
+    RETURN_IF_ERROR(
+        RunCoordinatorCheck(options.coordinator_check, s->world_comm_.get(), s->world_rank == 0));
+  }
   if (options.device != "auto" && options.device != "cpu" && options.device != "cuda") {
     return absl::InvalidArgumentError("--device must be auto, cpu or cuda, got " + options.device);
   }

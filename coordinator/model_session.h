@@ -13,6 +13,7 @@
 // included, holds its shard and a DistributedWorker. With one process nothing touches MPI.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -52,7 +53,15 @@ struct SessionOptions {
   // "cpu", "cuda", or "auto" (cuda when this build has CUDA and a GPU is present, else cpu).
   // The CUDA executor runs single-process jobs; a distributed job runs on CPUs.
   std::string device = "auto";
+  // Runs on rank 0 before any rank loads weights (serve checks its address and TLS files
+  // there); its error ends every rank at once. On the other ranks Open returns an error
+  // marked ReportedByCoordinator, so only rank 0 prints it.
+  std::function<absl::Status()> coordinator_check;
 };
+
+// True for the error a rank other than 0 gets when rank 0's coordinator_check failed (rank 0
+// reports it; the others need not repeat it).
+bool ReportedByCoordinator(const absl::Status& status);
 
 struct ModelSession {
   ModelSession();

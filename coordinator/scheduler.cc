@@ -75,15 +75,18 @@ absl::StatusOr<RequestId> Scheduler::Submit(GenerateRequest request,
   auto seq = std::make_unique<Sequence>();
   seq->req = std::move(request);
   seq->sink = std::move(sink);
-  if (tokenizer_ != nullptr) seq->detok.emplace(tokenizer_);  // else token ids only
+  if (tokenizer_ != nullptr) seq->detok.emplace(tokenizer_, seq->req.prompt_ids);  // else ids only
   std::lock_guard<std::mutex> lock(mu_);
   if (!failure_.ok()) {
     return absl::UnavailableError(absl::StrCat("the cluster failed: ", failure_.message()));
   }
   if (draining_ || stopping_) return absl::UnavailableError("server is draining");
-  if (static_cast<int>(waiting_.size()) >= options_.max_queue) {
-    return absl::UnavailableError(
-        absl::StrCat("request queue is full (", options_.max_queue, " waiting)"));
+  // Requests that free running slots will take at the next step are not queued: refuse only
+  // when the queue is full beyond them.
+  const int free_slots = std::max(0, options_.max_running - stats_.running);
+  if (static_cast<int>(waiting_.size()) >= options_.max_queue + free_slots) {
+    return absl::UnavailableError(absl::StrCat("request queue is full (", options_.max_queue,
+                                               " waiting, ", stats_.running, " running)"));
   }
   seq->id = next_id_++;
   const RequestId id = seq->id;
@@ -109,9 +112,10 @@ void Scheduler::Drain() {
   });
 }
 
-void Scheduler::Stop() {
+void Scheduler::Stop(absl::Status reason) {
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (!stopping_) stop_reason_ = std::move(reason);
     stopping_ = true;
     cv_.notify_all();
   }
@@ -163,6 +167,7 @@ bool Scheduler::TakeWork(std::vector<std::unique_ptr<Sequence>>* admitted) {
   std::vector<RequestId> cancelled;
   std::vector<std::unique_ptr<Sequence>> dropped;  // cancelled while waiting
   bool stopping;
+  absl::Status stop_reason;
   {
     std::unique_lock<std::mutex> lock(mu_);
     auto has_work = [this] {
@@ -183,6 +188,7 @@ bool Scheduler::TakeWork(std::vector<std::unique_ptr<Sequence>>* admitted) {
       }
     }
     stopping = stopping_;
+    stop_reason = stop_reason_;
     cancelled.swap(cancelled_);
     for (auto it = waiting_.begin(); it != waiting_.end();) {
       const bool cancel =
@@ -213,11 +219,21 @@ bool Scheduler::TakeWork(std::vector<std::unique_ptr<Sequence>>* admitted) {
       waiting_.pop_front();
     }
     stats_.waiting = static_cast<int>(waiting_.size());
+    // Admitted now, before they reach running_ (Submit counts free running slots).
+    stats_.running = static_cast<int>(running_.size() + admitted->size());
   }
-  for (auto& s : dropped) Finish(s.get(), FinishReason::kCancelled);
+  // A client's own cancel ends as cancelled; a stop, with its reason when it has one.
+  auto is_cancelled = [&cancelled](const Sequence* s) {
+    return std::find(cancelled.begin(), cancelled.end(), s->id) != cancelled.end();
+  };
+  for (auto& s : dropped) {
+    Finish(s.get(), FinishReason::kCancelled, is_cancelled(s.get()) ? absl::OkStatus() : stop_reason);
+  }
   for (auto& s : running_) {
-    if (stopping || std::find(cancelled.begin(), cancelled.end(), s->id) != cancelled.end()) {
+    if (is_cancelled(s.get())) {
       Finish(s.get(), FinishReason::kCancelled);
+    } else if (stopping) {
+      Finish(s.get(), FinishReason::kCancelled, stop_reason);
     }
   }
   std::erase_if(running_, [](const std::unique_ptr<Sequence>& s) { return s->done; });

@@ -70,7 +70,8 @@ class RequestSink {
 };
 
 struct SchedulerOptions {
-  int max_queue = 256;          // waiting requests before Submit answers kUnavailable
+  int max_queue = 256;          // waiting requests (beyond free running slots) before
+                                // Submit answers kUnavailable
   int max_running = 64;         // sequences decoding at once (per job)
   int step_token_budget = 512;  // tokens per step per data-parallel rank (decode + prefill)
   int prefill_chunk = 256;      // most prompt tokens one sequence prefills per step
@@ -115,7 +116,8 @@ class Scheduler : public GenerationQueue {
   // Validates against the scheduler's own limits and queues the request.
   // Errors: kInvalidArgument (prompt + max_tokens over the context; a request whose KV need
   // exceeds a whole data-parallel pool; too many/too long stop strings),
-  // kUnavailable (queue full, draining, or the executor failed).
+  // kUnavailable (queue full: max_queue waiting beyond the running slots still free;
+  // draining; or the executor failed).
   absl::StatusOr<RequestId> Submit(GenerateRequest request,
                                    std::shared_ptr<RequestSink> sink) override;
   // Removes the request at the next step boundary; its sink gets a final event with
@@ -123,8 +125,10 @@ class Scheduler : public GenerationQueue {
   void Cancel(RequestId id) override;
   // Stop admitting (Submit answers kUnavailable) and return once in-flight requests finished.
   void Drain();
-  // Cancels whatever remains and joins the thread.
-  void Stop();
+  // Ends whatever remains and joins the thread: with `reason` (an error) when given, so
+  // that a drain that ran out of time tells clients why (kUnavailable: retry elsewhere),
+  // else as cancelled.
+  void Stop(absl::Status reason = absl::OkStatus());
   SchedulerStats Stats() const override;
   // Set when a step failed; the job must end.
   absl::Status failure() const;
@@ -159,6 +163,7 @@ class Scheduler : public GenerationQueue {
   std::vector<RequestId> cancelled_;                // GUARDED_BY(mu_)
   bool draining_ = false;                           // GUARDED_BY(mu_)
   bool stopping_ = false;                           // GUARDED_BY(mu_)
+  absl::Status stop_reason_;                        // GUARDED_BY(mu_)
   absl::Status failure_;                            // GUARDED_BY(mu_)
   SchedulerStats stats_;                            // GUARDED_BY(mu_)
   RequestId next_id_ = 1;                           // GUARDED_BY(mu_)

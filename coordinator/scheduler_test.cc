@@ -110,7 +110,12 @@ TEST_F(SchedulerTest, StreamedTextEqualsDecodedTokens) {
   sink->Wait();
   std::vector<int32_t> ids = sink->tokens;
   if (!ids.empty() && ids.back() == session_->config.eos_token_id) ids.pop_back();
-  EXPECT_EQ(sink->text, session_->tokenizer->Decode(ids));
+  const std::vector<int32_t> prompt = Request("In the morning, the old man", 40).prompt_ids;
+  EXPECT_EQ(sink->text, session_->tokenizer->DecodeCompletion(prompt, ids));
+  // Decoded in the prompt's context: the first word keeps its leading space.
+  std::vector<int32_t> all = prompt;
+  all.insert(all.end(), ids.begin(), ids.end());
+  EXPECT_EQ(session_->tokenizer->Decode(prompt) + sink->text, session_->tokenizer->Decode(all));
   EXPECT_EQ(sink->final_event.completion_tokens, static_cast<int>(sink->tokens.size()));
   EXPECT_GT(sink->events.size(), 2u) << "expected incremental events";
 }
@@ -192,17 +197,61 @@ TEST_F(SchedulerTest, LongPromptIsPrefilledInChunksWhileOthersStream) {
 TEST_F(SchedulerTest, QueueLimitAndDrainAnswerUnavailable) {
   SchedulerOptions opts;
   opts.max_queue = 2;
+  opts.max_running = 3;
   auto sched = Make(opts);  // not started: requests stay queued
   auto a = std::make_shared<CollectingSink>();
-  ASSERT_TRUE(sched->Submit(Request("The jury", 4), a).ok());
-  ASSERT_TRUE(sched->Submit(Request("The jury", 4), a).ok());
-  auto third = sched->Submit(Request("The jury", 4), a);
-  EXPECT_EQ(third.status().code(), absl::StatusCode::kUnavailable);
+  // Room for 3 running and 2 waiting: the sixth is refused.
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(sched->Submit(Request("The jury", 4), a).ok()) << i;
+  auto sixth = sched->Submit(Request("The jury", 4), a);
+  EXPECT_EQ(sixth.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(sixth.status().message()), testing::HasSubstr("queue is full"));
   sched->Start();
   sched->Drain();
   auto after = sched->Submit(Request("The jury", 4), a);
   EXPECT_EQ(after.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(std::string(after.status().message()), testing::HasSubstr("draining"));
+}
+
+TEST_F(SchedulerTest, ABurstFillsTheRunningSlotsAndTheQueue) {
+  // The reliability issue's defect 6: --max-queue 50 with 50 running slots took 74-92 of a
+  // burst of 200, because the queue was counted before admission freed it.
+  SchedulerOptions opts;
+  opts.max_queue = 50;
+  opts.max_running = 50;
+  auto sched = Make(opts);
+  sched->Start();
+  std::vector<std::shared_ptr<CollectingSink>> sinks;
+  int accepted = 0;
+  for (int i = 0; i < 200; ++i) {
+    auto sink = std::make_shared<CollectingSink>();
+    if (sched->Submit(Request("The jury", 200), sink).ok()) {
+      ++accepted;
+      sinks.push_back(sink);
+    }
+  }
+  EXPECT_EQ(accepted, 100);
+  sched->Stop();
+}
+
+TEST_F(SchedulerTest, StopWithAReasonEndsRequestsWithIt) {
+  auto sched = Make();
+  sched->Start();
+  auto running = std::make_shared<CollectingSink>();
+  auto cancelled = std::make_shared<CollectingSink>();
+  GenerateRequest long_one = Request("The jury", 900);
+  long_one.stop_at_eos = false;
+  ASSERT_TRUE(sched->Submit(long_one, running).ok());
+  auto id = sched->Submit(long_one, cancelled);
+  ASSERT_TRUE(id.ok());
+  sched->Cancel(*id);
+  cancelled->Wait();
+  sched->Stop(absl::UnavailableError("server drained: retry elsewhere"));
+  running->Wait();
+  EXPECT_EQ(running->final_event.error.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(running->final_event.error.message(), "server drained: retry elsewhere");
+  // A client's own cancel stays a cancel.
+  EXPECT_TRUE(cancelled->final_event.error.ok());
+  EXPECT_EQ(cancelled->final_event.finish_reason, FinishReason::kCancelled);
 }
 
 TEST_F(SchedulerTest, RefusesRequestsThatCanNeverFit) {

@@ -12,7 +12,10 @@ start)
   np=$3 ep=$4 pp=$5 bin=$6 model=$7
   shift 7
   rm -rf "$dir" && mkdir -p "$dir"
-  flags=(--oversubscribe --bind-to none -x OMP_NUM_THREADS=1)
+  # Each rank sizes its threads to its share of the CPUs. One node: shared memory between
+  # ranks and Open MPI's control channel on loopback, so no rank listens on the network.
+  flags=(--oversubscribe --bind-to none --mca btl self,vader --mca oob_tcp_if_include lo)
+  [ -n "${OMP_NUM_THREADS:-}" ] && flags+=(-x OMP_NUM_THREADS)
   [ "$(id -u)" -eq 0 ] && flags+=(--allow-run-as-root)
   # setsid: the cluster outlives this script; `wait` in the subshell records its exit code.
   setsid bash -c "mpirun ${flags[*]} -np $np $bin serve --model $model --ep $ep --pp $pp \

@@ -6,7 +6,16 @@ set -euo pipefail
 np=$1
 shift
 here="$(cd "$(dirname "$0")/.." && pwd)"
-args=(-np "$np" --oversubscribe --bind-to none -x OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}")
-[ -n "${HOSTFILE:-}" ] && args+=(--hostfile "$HOSTFILE")
+# Each rank picks its OpenMP threads from the CPUs the ranks on its node share; an
+# OMP_NUM_THREADS set here is passed on and wins.
+args=(-np "$np" --oversubscribe --bind-to none)
+[ -n "${OMP_NUM_THREADS:-}" ] && args+=(-x OMP_NUM_THREADS)
+if [ -n "${HOSTFILE:-}" ]; then
+  args+=(--hostfile "$HOSTFILE")
+else
+  # One node: shared memory between ranks, Open MPI's control channel on loopback, so no rank
+  # listens on a network interface (see docs/parallelism.md for clusters).
+  args+=(--mca btl self,vader --mca oob_tcp_if_include lo)
+fi
 [ "$(id -u)" -eq 0 ] && args+=(--allow-run-as-root)
 exec mpirun "${args[@]}" "$here/build/cli/switchyard" "$@"

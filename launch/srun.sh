@@ -6,5 +6,7 @@ set -euo pipefail
 nodes=$1 per_node=$2
 shift 2
 here="$(cd "$(dirname "$0")/.." && pwd)"
+# Each rank picks its OpenMP threads from its share of the node's CPUs (OMP_NUM_THREADS, when
+# set, is exported and wins).
 exec srun --nodes="$nodes" --ntasks-per-node="$per_node" --mpi=pmix \
-  --export=ALL,OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" "$here/build/cli/switchyard" "$@"
+  "$here/build/cli/switchyard" "$@"

@@ -28,7 +28,13 @@ std::string Decode(const void* m, const std::vector<int>& ids) {
 int PieceSize(const void* m) { return static_cast<const Processor*>(m)->GetPieceSize(); }
 bool IsControl(const void* m, int id) { return static_cast<const Processor*>(m)->IsControl(id); }
 
-const SentencePieceApi kApi = {Create, Destroy, Load, Encode, Decode, PieceSize, IsControl};
+bool IsByte(const void* m, int id) { return static_cast<const Processor*>(m)->IsByte(id); }
+std::string IdToPiece(const void* m, int id) {
+  return static_cast<const Processor*>(m)->IdToPiece(id);
+}
+
+const SentencePieceApi kApi = {Create,    Destroy,   Load,   Encode,   Decode,
+                               PieceSize, IsControl, IsByte, IdToPiece};
 
 }  // namespace
 

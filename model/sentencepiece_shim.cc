@@ -76,5 +76,7 @@ std::string SentencePieceModel::Decode(const std::vector<int>& ids) const {
 }
 int SentencePieceModel::PieceSize() const { return api_->piece_size(model_); }
 bool SentencePieceModel::IsControl(int id) const { return api_->is_control(model_, id); }
+bool SentencePieceModel::IsByte(int id) const { return api_->is_byte(model_, id); }
+std::string SentencePieceModel::IdToPiece(int id) const { return api_->id_to_piece(model_, id); }
 
 }  // namespace switchyard::internal

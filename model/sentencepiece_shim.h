@@ -28,6 +28,8 @@ struct SentencePieceApi {
   std::string (*decode)(const void* model, const std::vector<int>& ids);
   int (*piece_size)(const void* model);
   bool (*is_control)(const void* model, int id);
+  bool (*is_byte)(const void* model, int id);
+  std::string (*id_to_piece)(const void* model, int id);
 };
 
 class SentencePieceModel {
@@ -40,6 +42,8 @@ class SentencePieceModel {
   std::string Decode(const std::vector<int>& ids) const;
   int PieceSize() const;
   bool IsControl(int id) const;
+  bool IsByte(int id) const;  // a byte-fallback piece "<0xNN>"
+  std::string IdToPiece(int id) const;
 
  private:
   const SentencePieceApi* api_ = nullptr;

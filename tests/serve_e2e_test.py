@@ -49,6 +49,21 @@ past = stub.Complete(switchyard_pb2.GenerateRequest(text="The jury said that", m
 assert past.finish_reason == switchyard_pb2.FINISH_REASON_LENGTH, past
 assert past.completion_tokens == 20 and list(past.token_ids[:13]) == list(eos.token_ids), past
 
+# The completion's text is Detokenize(prompt + completion) with Detokenize(prompt) removed from
+# its front: the first token keeps its leading space, for text and token-id prompts alike.
+for prompt in ["The jury said that", "The jury sa", "The jury said ", "Le café"]:
+    pids = list(stub.Tokenize(switchyard_pb2.TokenizeRequest(text=prompt)).token_ids)
+    for req in (switchyard_pb2.GenerateRequest(text=prompt, max_tokens=12),
+                switchyard_pb2.GenerateRequest(token_ids=pids, max_tokens=12)):
+        got = stub.Complete(req)
+        head = stub.Detokenize(switchyard_pb2.DetokenizeRequest(token_ids=pids)).text
+        full = stub.Detokenize(switchyard_pb2.DetokenizeRequest(token_ids=pids + list(got.token_ids))).text
+        assert full.startswith(head) and got.text == full[len(head):], (prompt, got.text, full)
+        streamed = "".join(m.text for m in stub.Generate(req))
+        assert streamed == got.text, (prompt, streamed, got.text)
+first = stub.Complete(switchyard_pb2.GenerateRequest(text="The jury said that", max_tokens=3))
+assert first.text.startswith(" "), first.text
+
 info = stub.GetModelInfo(switchyard_pb2.GetModelInfoRequest())
 assert info.name == "brown-moe" and info.config.num_local_experts == 8, info
-print("python end-to-end: 6 checks passed")
+print("python end-to-end: 7 checks passed")

@@ -4,7 +4,12 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <utility>
 
@@ -41,9 +46,7 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, const char* option
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(
     const ServingFrontEnd::Options& o) {
   if (o.tls_cert.empty() && o.tls_key.empty()) return grpc::InsecureServerCredentials();
-  if (o.tls_cert.empty() || o.tls_key.empty()) {
-    return absl::InvalidArgumentError("tls_cert and tls_key: give both PEM files, or neither");
-  }
+  RETURN_IF_ERROR(CheckTlsFiles(o.tls_cert, o.tls_key));
   grpc::SslServerCredentialsOptions ssl;
   grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
   ASSIGN_OR_RETURN(pair.cert_chain, ReadFile(o.tls_cert, "tls_cert"));
@@ -53,6 +56,43 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(
 }
 
 }  // namespace
+
+absl::Status CheckTlsFiles(const std::string& cert, const std::string& key,
+                           const std::string& cert_name, const std::string& key_name) {
+  if (cert.empty() && key.empty()) return absl::OkStatus();
+  if (cert.empty() || key.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(cert_name, " and ", key_name, ": give both PEM files, or neither"));
+  }
+  ASSIGN_OR_RETURN(std::string cert_pem, ReadFile(cert, cert_name.c_str()));
+  ASSIGN_OR_RETURN(std::string key_pem, ReadFile(key, key_name.c_str()));
+  auto bio = [](const std::string& pem) {
+    return std::unique_ptr<BIO, decltype(&BIO_free)>(
+        BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())), &BIO_free);
+  };
+  auto cert_bio = bio(cert_pem);
+  std::unique_ptr<X509, decltype(&X509_free)> x509(
+      PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr), &X509_free);
+  if (x509 == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(cert_name, ": ", cert, " holds no PEM certificate"));
+  }
+  auto key_bio = bio(key_pem);
+  std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> pkey(
+      PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr), &EVP_PKEY_free);
+  if (pkey == nullptr) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError(absl::StrCat(
+        key_name, ": ", key, " holds no PEM private key (or it is encrypted; give it unencrypted)"));
+  }
+  if (X509_check_private_key(x509.get(), pkey.get()) != 1) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError(absl::StrCat(key_name, ": the private key in ", key,
+                                                   " does not match the certificate in ", cert,
+                                                   " (", cert_name, ")"));
+  }
+  return absl::OkStatus();
+}
 
 ServingFrontEnd::ServingFrontEnd(GenerationQueue* queue, const Tokenizer* tokenizer,
                                  const ModelConfig& config,
@@ -144,6 +184,8 @@ void ServingFrontEnd::Shutdown(absl::Time deadline) {
   server->Shutdown(absl::ToChronoTime(deadline));
   server->Wait();
 }
+
+uint64_t ServingFrontEnd::large_requests() const { return context_->large_requests(); }
 
 int ServingFrontEnd::bound_port() const {
   std::lock_guard lock(mu_);

@@ -42,6 +42,14 @@ class ServingContext;
 class SwitchyardService;
 class KServeService;
 
+// Checks a TLS certificate chain and private key before serving: both given or neither, both
+// readable PEM, and the key matching the certificate. Errors name the option as `cert_name` /
+// `key_name` (the command line passes its flag names): kInvalidArgument, or kNotFound for an
+// unreadable file.
+absl::Status CheckTlsFiles(const std::string& cert, const std::string& key,
+                           const std::string& cert_name = "tls_cert",
+                           const std::string& key_name = "tls_key");
+
 class ServingFrontEnd {
  public:
   struct Options {
@@ -86,6 +94,10 @@ class ServingFrontEnd {
 
   // The port bound by Start (the chosen one for port 0); 0 before Start.
   int bound_port() const;
+
+  // Requests seen so far with a large text (ServingContext::NoteText): when it moves, the
+  // caller trims the heap once the burst is over.
+  uint64_t large_requests() const;
 
  private:
   void SetHealthLocked(bool serving);

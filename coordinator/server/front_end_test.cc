@@ -38,13 +38,13 @@ std::vector<BadCase> BadCases() {
   };
   return {
       {"empty text", [](auto* r) { r->set_text(""); }, "text:"},
-      {"neither prompt", [](auto* r) {}, "exactly one of text, token_ids"},
+      {"neither prompt", [](auto* r) {}, "text, token_ids:"},
       {"both prompts",
        [](auto* r) {
          r->set_text("hi");
          r->add_token_ids(1);
        },
-       "exactly one of text, token_ids"},
+       "text, token_ids:"},
       {"id >= vocab",
        [](auto* r) {
          for (int id : {1, 17, 4096}) r->add_token_ids(id);
@@ -315,6 +315,29 @@ TEST_F(ServingTest, OversizeRequestIsResourceExhausted) {
   std::vector<v1::GenerateResponse> msgs;
   grpc::Status s = ReadStream(req, &msgs);
   EXPECT_EQ(s.error_code(), StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_TRUE(fake_.submitted().empty());
+}
+
+TEST_F(ServingTest, TextOverWhatTheContextHoldsIsRefusedBeforeTokenizing) {
+  // Under the message limit, far over the context: every entry point refuses it by size.
+  const std::string big(1 << 20, 'a');
+  const std::string want = "text: 1048576 bytes; the model's context of 1024 tokens holds";
+  std::vector<v1::GenerateResponse> msgs;
+  grpc::Status s = ReadStream(TextRequest(big), &msgs);
+  EXPECT_EQ(s.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), testing::StartsWith(want));
+  grpc::ClientContext c1;
+  v1::CompleteResponse cresp;
+  s = stub_->Complete(&c1, TextRequest(big), &cresp);
+  EXPECT_EQ(s.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), testing::StartsWith(want));
+  grpc::ClientContext c2;
+  v1::TokenizeRequest treq;
+  treq.set_text(big);
+  v1::TokenizeResponse tresp;
+  s = stub_->Tokenize(&c2, treq, &tresp);
+  EXPECT_EQ(s.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), testing::StartsWith(want));
   EXPECT_TRUE(fake_.submitted().empty());
 }
 
@@ -619,6 +642,36 @@ TEST_F(ServingTest, TlsWithTokenServes) {
   c2.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   c2.AddMetadata("authorization", "Bearer tls-token");
   EXPECT_FALSE(plain->Tokenize(&c2, req, &resp).ok());
+}
+
+TEST(CheckTlsFiles, NamesTheFileAndTheProblem) {
+  const std::string dir = kTestRoot + "/coordinator/server/testdata/";
+  EXPECT_TRUE(CheckTlsFiles(dir + "server.crt", dir + "server.key").ok());
+  EXPECT_TRUE(CheckTlsFiles("", "").ok());
+  absl::Status s = CheckTlsFiles(dir + "server.crt", dir + "other.key", "--tls-cert", "--tls-key");
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()),
+              testing::StartsWith("--tls-key: the private key in " + dir + "other.key" +
+                                  " does not match the certificate in " + dir + "server.crt"));
+  s = CheckTlsFiles(dir + "server.crt", "", "--tls-cert", "--tls-key");
+  EXPECT_EQ(std::string(s.message()), "--tls-cert and --tls-key: give both PEM files, or neither");
+  s = CheckTlsFiles(dir + "server.crt", dir + "server.crt", "--tls-cert", "--tls-key");
+  EXPECT_THAT(std::string(s.message()), HasSubstr("--tls-key: " + dir + "server.crt holds no PEM"));
+  s = CheckTlsFiles(dir + "server.key", dir + "server.key", "--tls-cert", "--tls-key");
+  EXPECT_THAT(std::string(s.message()), HasSubstr("holds no PEM certificate"));
+  s = CheckTlsFiles(dir + "missing.crt", dir + "server.key", "--tls-cert", "--tls-key");
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("--tls-cert: cannot read"));
+}
+
+TEST_F(ServingTest, AKeyThatDoesNotMatchIsNotReportedAsAnAddressInUse) {
+  ServingFrontEnd::Options o = DefaultOptions();
+  o.tls_cert = kTestRoot + "/coordinator/server/testdata/server.crt";
+  o.tls_key = kTestRoot + "/coordinator/server/testdata/other.key";
+  ServingFrontEnd front(&fake_, tokenizer_, *config_, nullptr, {}, o);
+  absl::Status s = front.Start();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("does not match the certificate"));
 }
 
 TEST_F(ServingTest, StartErrorsNameTheProblem) {

@@ -6,6 +6,7 @@
 #include <optional>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "coordinator/server/grpc_status.h"
 #include "coordinator/server/proto_convert.h"
 
@@ -35,6 +36,11 @@ class QueuedRequest {
     if (!cancelled_) return;
     lock.unlock();
     queue_->Cancel(id);
+  }
+
+  bool cancelled() {
+    std::lock_guard lock(mu_);
+    return cancelled_;
   }
 
   // Idempotent.
@@ -148,27 +154,52 @@ class StreamBridge final : public RequestSink {
   v1::GenerateResponse writing_;  // owned by the pumping thread; alive until OnWriteDone
 };
 
+// Runs `build` on `pool` (or here when null), then submits; a failure closes `bridge`.
+template <typename Bridge>
+void PrepareAndSubmit(GenerationQueue* queue, WorkPool* pool, RequestBuilder build,
+                      std::shared_ptr<QueuedRequest> request, std::shared_ptr<Bridge> bridge) {
+  auto job = [queue, build = std::move(build), request, bridge]() {
+    if (request->cancelled()) return;  // the call ended while waiting
+    absl::StatusOr<GenerateRequest> req = build();
+    if (!req.ok()) {
+      bridge->Close(ToGrpcStatus(req.status()));
+      return;
+    }
+    absl::StatusOr<RequestId> id = queue->Submit(*std::move(req), bridge);
+    if (!id.ok()) {
+      bridge->Close(ToGrpcStatus(id.status()));
+      return;
+    }
+    request->SetId(*id);
+  };
+  if (pool == nullptr) {
+    job();
+  } else if (!pool->Post(std::move(job))) {
+    bridge->Close(grpc::Status(
+        grpc::StatusCode::RESOURCE_EXHAUSTED,
+        absl::StrCat("server is busy: ", pool->max_pending(),
+                     " requests are waiting to be tokenized; retry later")));
+  }
+}
+
 class GenerateStreamReactor final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
  public:
   explicit GenerateStreamReactor(GenerationQueue* queue)
-      : queue_(queue), request_(queue), bridge_(std::make_shared<StreamBridge>(this)) {}
+      : queue_(queue),
+        request_(std::make_shared<QueuedRequest>(queue)),
+        bridge_(std::make_shared<StreamBridge>(this)) {}
 
-  void Begin(GenerateRequest request) {
-    absl::StatusOr<RequestId> id = queue_->Submit(std::move(request), bridge_);
-    if (!id.ok()) {
-      bridge_->Close(ToGrpcStatus(id.status()));
-      return;
-    }
-    request_.SetId(*id);
+  void Begin(WorkPool* pool, RequestBuilder build) {
+    PrepareAndSubmit(queue_, pool, std::move(build), request_, bridge_);
   }
 
   void OnWriteDone(bool ok) override {
-    if (!ok) request_.Cancel();
+    if (!ok) request_->Cancel();
     bridge_->WriteDone(ok);
   }
 
   void OnCancel() override {
-    request_.Cancel();
+    request_->Cancel();
     bridge_->Close(kCallCancelled);
   }
 
@@ -176,7 +207,7 @@ class GenerateStreamReactor final : public grpc::ServerWriteReactor<v1::Generate
 
  private:
   GenerationQueue* const queue_;
-  QueuedRequest request_;
+  const std::shared_ptr<QueuedRequest> request_;
   const std::shared_ptr<StreamBridge> bridge_;
 };
 
@@ -229,20 +260,15 @@ class UnaryGenerationReactor final : public grpc::ServerUnaryReactor {
  public:
   UnaryGenerationReactor(GenerationQueue* queue, std::function<void(const GenerationResult&)> fill)
       : queue_(queue),
-        request_(queue),
+        request_(std::make_shared<QueuedRequest>(queue)),
         bridge_(std::make_shared<UnaryBridge>(this, std::move(fill))) {}
 
-  void Begin(GenerateRequest request) {
-    absl::StatusOr<RequestId> id = queue_->Submit(std::move(request), bridge_);
-    if (!id.ok()) {
-      bridge_->Close(ToGrpcStatus(id.status()));
-      return;
-    }
-    request_.SetId(*id);
+  void Begin(WorkPool* pool, RequestBuilder build) {
+    PrepareAndSubmit(queue_, pool, std::move(build), request_, bridge_);
   }
 
   void OnCancel() override {
-    request_.Cancel();
+    request_->Cancel();
     bridge_->Close(kCallCancelled);
   }
 
@@ -250,16 +276,17 @@ class UnaryGenerationReactor final : public grpc::ServerUnaryReactor {
 
  private:
   GenerationQueue* const queue_;
-  QueuedRequest request_;
+  const std::shared_ptr<QueuedRequest> request_;
   const std::shared_ptr<UnaryBridge> bridge_;
 };
 
 }  // namespace
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* StartGenerateStream(GenerationQueue* queue,
-                                                                    GenerateRequest request) {
+                                                                    WorkPool* pool,
+                                                                    RequestBuilder build) {
   auto* reactor = new GenerateStreamReactor(queue);
-  reactor->Begin(std::move(request));
+  reactor->Begin(pool, std::move(build));
   return reactor;
 }
 
@@ -267,10 +294,11 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* FailedGenerateStream(const absl:
   return new FailedStreamReactor(ToGrpcStatus(status));
 }
 
-grpc::ServerUnaryReactor* StartUnaryGeneration(GenerationQueue* queue, GenerateRequest request,
+grpc::ServerUnaryReactor* StartUnaryGeneration(GenerationQueue* queue, WorkPool* pool,
+                                               RequestBuilder build,
                                                std::function<void(const GenerationResult&)> fill) {
   auto* reactor = new UnaryGenerationReactor(queue, std::move(fill));
-  reactor->Begin(std::move(request));
+  reactor->Begin(pool, std::move(build));
   return reactor;
 }
 

@@ -25,6 +25,13 @@ bool IsServedModel(const std::string& name, const std::string& version, const st
   return name == served && (version.empty() || version == kKServeModelVersion);
 }
 
+absl::Status UnknownModel(const std::string& name, const std::string& version,
+                          const std::string& served) {
+  return absl::NotFoundError(absl::StrCat("name: unknown model \"", name, "\" version \"", version,
+                                          "\"; this server serves \"", served, "\" version ",
+                                          kKServeModelVersion));
+}
+
 void AddTensor(
     const char* name,
     google::protobuf::RepeatedPtrField<inference::ModelMetadataResponse::TensorMetadata>* out) {
@@ -56,8 +63,10 @@ grpc::ServerUnaryReactor* KServeService::ModelReady(grpc::CallbackServerContext*
                                                     const inference::ModelReadyRequest* request,
                                                     inference::ModelReadyResponse* response) {
   if (absl::Status s = ctx_->Authorize(*call); !s.ok()) return Done(call, s);
-  response->set_ready(ctx_->serving() &&
-                      IsServedModel(request->name(), request->version(), ctx_->model_name()));
+  if (!IsServedModel(request->name(), request->version(), ctx_->model_name())) {
+    return Done(call, UnknownModel(request->name(), request->version(), ctx_->model_name()));
+  }
+  response->set_ready(ctx_->serving());
   return Done(call, absl::OkStatus());
 }
 
@@ -75,10 +84,7 @@ grpc::ServerUnaryReactor* KServeService::ModelMetadata(
     inference::ModelMetadataResponse* response) {
   if (absl::Status s = ctx_->Authorize(*call); !s.ok()) return Done(call, s);
   if (!IsServedModel(request->name(), request->version(), ctx_->model_name())) {
-    return Done(call, absl::NotFoundError(
-                          absl::StrCat("name: unknown model \"", request->name(), "\" version \"",
-                                       request->version(), "\"; this server serves \"",
-                                       ctx_->model_name(), "\" version ", kKServeModelVersion)));
+    return Done(call, UnknownModel(request->name(), request->version(), ctx_->model_name()));
   }
   response->set_name(ctx_->model_name());
   response->add_versions(std::string(kKServeModelVersion));
@@ -94,11 +100,15 @@ grpc::ServerUnaryReactor* KServeService::ModelInfer(grpc::CallbackServerContext*
   if (absl::Status s = ctx_->AdmitGeneration(*call); !s.ok()) return Done(call, s);
   absl::StatusOr<GenerationParams> params = ParseModelInferRequest(*request, ctx_->model_name());
   if (!params.ok()) return Done(call, params.status());
-  absl::StatusOr<GenerateRequest> req = BuildGenerateRequest(*params, ctx_->validation());
-  if (!req.ok()) return Done(call, req.status());
+  if (params->text.has_value() && ctx_->tokenizer() != nullptr) {
+    ctx_->NoteText(params->text->size());
+    if (absl::Status s = CheckPromptBytes(params->text->size(), ctx_->validation()); !s.ok()) {
+      return Done(call, s);
+    }
+  }
   // `request` and `response` stay valid until the call is finished, after `fill` ran.
   return StartUnaryGeneration(
-      ctx_->queue(), *std::move(req),
+      ctx_->queue(), ctx_->pool(), ctx_->Builder(*std::move(params)),
       [request, response, model = ctx_->model_name()](const GenerationResult& result) {
         FillModelInferResponse(*request, model, result, response);
       });

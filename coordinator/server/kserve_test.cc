@@ -58,8 +58,9 @@ TEST_F(KServeTest, LivenessReadinessAndMetadata) {
   EXPECT_TRUE(mready.ready());
   grpc::ClientContext c4;
   mr.set_name("other-model");
-  ASSERT_TRUE(kserve_->ModelReady(&c4, mr, &mready).ok());
-  EXPECT_FALSE(mready.ready());
+  grpc::Status unknown = kserve_->ModelReady(&c4, mr, &mready);
+  EXPECT_EQ(unknown.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(unknown.error_message(), testing::StartsWith("name: unknown model \"other-model\""));
 
   grpc::ClientContext c5;
   inference::ServerMetadataResponse sm;

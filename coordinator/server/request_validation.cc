@@ -1,6 +1,8 @@
 #include "coordinator/server/request_validation.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -20,14 +22,22 @@ absl::Status ValidateModel(const std::string& model, const std::string& served) 
 }
 
 absl::Status ValidateSampling(const GenerationParams& p) {
-  if (p.temperature.has_value() && !(std::isfinite(*p.temperature) && *p.temperature >= 0)) {
-    return Invalid("temperature", absl::StrCat("must be finite and >= 0, got ", *p.temperature));
+  // Checked as the float the sampler uses: 1e300 would become inf, 1e-300 zero.
+  if (p.temperature.has_value()) {
+    const float t = static_cast<float>(*p.temperature);
+    if (!(std::isfinite(*p.temperature) && std::isfinite(t) && t >= 0)) {
+      return Invalid("temperature",
+                     absl::StrCat("must be finite (as a float) and >= 0, got ", *p.temperature));
+    }
   }
   if (p.top_k.has_value() && *p.top_k < 0) {
     return Invalid("top_k", absl::StrCat("must be >= 0, got ", *p.top_k));
   }
-  if (p.top_p.has_value() && !(std::isfinite(*p.top_p) && *p.top_p > 0 && *p.top_p <= 1)) {
-    return Invalid("top_p", absl::StrCat("must be in (0, 1], got ", *p.top_p));
+  if (p.top_p.has_value()) {
+    const float top_p = static_cast<float>(*p.top_p);
+    if (!(std::isfinite(*p.top_p) && top_p > 0 && *p.top_p <= 1)) {
+      return Invalid("top_p", absl::StrCat("must be in (0, 1] (as a float), got ", *p.top_p));
+    }
   }
   if (p.max_tokens.has_value() && *p.max_tokens < 1) {
     return Invalid("max_tokens", absl::StrCat("must be >= 1, got ", *p.max_tokens));
@@ -58,7 +68,7 @@ absl::StatusOr<std::pair<std::vector<int32_t>, std::string>> PromptIds(
   const bool has_ids = !p.token_ids.empty();
   if (has_text == has_ids) {
     return absl::InvalidArgumentError(
-        absl::StrCat("exactly one of text, token_ids must be set; got ",
+        absl::StrCat("text, token_ids: exactly one must be set; got ",
                      has_text ? "both" : "neither (token_ids is empty)"));
   }
   if (has_text) {
@@ -66,6 +76,7 @@ absl::StatusOr<std::pair<std::vector<int32_t>, std::string>> PromptIds(
     if (ctx.tokenizer == nullptr) {
       return Invalid("text", "the model has no tokenizer.model; send token_ids");
     }
+    RETURN_IF_ERROR(CheckPromptBytes(p.text->size(), ctx));
     return std::make_pair(ctx.tokenizer->Encode(*p.text, /*add_bos=*/true), std::string("text"));
   }
   RETURN_IF_ERROR(ValidateTokenIds(p.token_ids, ctx.config->vocab_size, "token_ids"));
@@ -73,6 +84,20 @@ absl::StatusOr<std::pair<std::vector<int32_t>, std::string>> PromptIds(
 }
 
 }  // namespace
+
+int64_t MaxPromptBytes(const ValidationContext& ctx) {
+  if (ctx.limits.max_prompt_bytes > 0) return ctx.limits.max_prompt_bytes;
+  const int piece = ctx.tokenizer != nullptr ? ctx.tokenizer->max_piece_bytes() : 1;
+  return int64_t{ctx.config->max_position_embeddings} * std::max(piece, 1);
+}
+
+absl::Status CheckPromptBytes(size_t bytes, const ValidationContext& ctx) {
+  const int64_t limit = MaxPromptBytes(ctx);
+  if (static_cast<int64_t>(std::min<size_t>(bytes, INT64_MAX)) <= limit) return absl::OkStatus();
+  return Invalid("text", absl::StrCat(bytes, " bytes; the model's context of ",
+                                      ctx.config->max_position_embeddings,
+                                      " tokens holds at most ", limit, " bytes of text"));
+}
 
 absl::Status ValidateTokenIds(const std::vector<int32_t>& ids, int vocab,
                               const std::string& field) {
@@ -102,7 +127,7 @@ absl::StatusOr<GenerateRequest> BuildGenerateRequest(const GenerationParams& par
     return Invalid(prompt.second, absl::StrCat("the prompt is ", prompt_tokens,
                                                " tokens; the model's context is ", context));
   }
-  if (prompt_tokens + max_tokens > context) {
+  if (max_tokens > context - prompt_tokens) {  // no overflow for max_tokens near 2^63
     return Invalid("max_tokens",
                    absl::StrCat(prompt_tokens, " prompt tokens + ", max_tokens,
                                 " max_tokens exceed the model's context of ", context,

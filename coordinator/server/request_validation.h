@@ -39,6 +39,10 @@ struct ValidationLimits {
   int default_max_tokens = 64;
   int max_stop_strings = 8;  // as SchedulerOptions::max_stop_strings
   int max_stop_bytes = 64;   // as SchedulerOptions::max_stop_length
+  // Text prompts longer than this are refused before tokenizing. 0: the context times the
+  // tokenizer's longest piece (Tokenizer::max_piece_bytes), more than any prompt that fits
+  // the context can have.
+  int64_t max_prompt_bytes = 0;
 };
 
 // What requests are validated against. The pointers are borrowed and must outlive every
@@ -52,13 +56,20 @@ struct ValidationContext {
 
 // Checks `params` and builds the scheduler request: text is tokenized with BOS, token ids
 // are used as given. Thread-safe (the tokenizer is read-only).
-// Errors (kInvalidArgument, message naming the field): model (unknown name); text (empty);
-// "exactly one of text, token_ids" (both or neither); token_ids[i] (outside [0, vocab));
+// Errors (kInvalidArgument, message naming the field): model (unknown name); text (empty, or
+// over MaxPromptBytes: refused before tokenizing);
+// "text, token_ids" (both or neither); token_ids[i] (outside [0, vocab));
 // max_tokens (< 1, or prompt + max_tokens over max_position_embeddings); text/token_ids
 // (the prompt alone fills the context); temperature (negative or not finite); top_k (< 0);
 // top_p (outside (0, 1] or not finite); stop (too many), stop[i] (empty or too long).
 absl::StatusOr<GenerateRequest> BuildGenerateRequest(const GenerationParams& params,
                                                      const ValidationContext& ctx);
+
+// The most bytes a text prompt may have (ValidationLimits::max_prompt_bytes, resolved).
+int64_t MaxPromptBytes(const ValidationContext& ctx);
+// kInvalidArgument naming `text` when a text prompt of `bytes` is over MaxPromptBytes: cheap,
+// so the front end calls it before copying or tokenizing anything.
+absl::Status CheckPromptBytes(size_t bytes, const ValidationContext& ctx);
 
 // Checks that every id is in [0, vocab). Error: kInvalidArgument naming `field`[i].
 absl::Status ValidateTokenIds(const std::vector<int32_t>& ids, int vocab, const std::string& field);

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <limits>
 
+#include "absl/strings/str_cat.h"
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -31,7 +33,8 @@ class RequestValidationTest : public testing::Test {
     absl::StatusOr<GenerateRequest> r = BuildGenerateRequest(p, ctx_);
     ASSERT_FALSE(r.ok()) << "expected an error naming " << field;
     EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
-    EXPECT_THAT(std::string(r.status().message()), HasSubstr(field));
+    // Every refusal starts with the field it concerns.
+    EXPECT_THAT(std::string(r.status().message()), testing::StartsWith(field));
   }
 
   std::unique_ptr<Tokenizer> tok_;
@@ -98,10 +101,10 @@ TEST_F(RequestValidationTest, EachBadFieldIsNamed) {
   GenerationParams p;
 
   ExpectInvalid(text(""), "text");
-  ExpectInvalid(GenerationParams{}, "exactly one of text, token_ids");
+  ExpectInvalid(GenerationParams{}, "text, token_ids:");
   p = text("a");
   p.token_ids = {1};
-  ExpectInvalid(p, "exactly one of text, token_ids");
+  ExpectInvalid(p, "text, token_ids:");
   p = GenerationParams{};
   p.token_ids = {1, 4096};
   ExpectInvalid(p, "token_ids[1]");
@@ -138,6 +141,45 @@ TEST_F(RequestValidationTest, EachBadFieldIsNamed) {
   p = text("a");
   p.model = "mixtral-8x7b";
   ExpectInvalid(p, "model");
+  // Values a double holds but the sampler's float does not.
+  p = text("a");
+  p.temperature = 1e300;  // inf as a float
+  ExpectInvalid(p, "temperature");
+  p = text("a");
+  p.top_p = 1e-300;  // zero as a float
+  ExpectInvalid(p, "top_p");
+  p = text("a");
+  p.max_tokens = std::numeric_limits<int64_t>::max();  // the sum with the prompt overflows
+  ExpectInvalid(p, "max_tokens");
+  p.max_tokens = std::numeric_limits<int64_t>::max() - 1;
+  ExpectInvalid(p, "max_tokens");
+}
+
+TEST_F(RequestValidationTest, OversizedTextIsRefusedBeforeTokenizing) {
+  const int64_t limit = MaxPromptBytes(ctx_);
+  EXPECT_EQ(limit, int64_t{cfg_.max_position_embeddings} * tok_->max_piece_bytes());
+  GenerationParams p;
+  p.text = std::string(4 << 20, 'a');
+  absl::StatusOr<GenerateRequest> r = BuildGenerateRequest(p, ctx_);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(std::string(r.status().message()),
+            absl::StrCat("text: 4194304 bytes; the model's context of ",
+                         cfg_.max_position_embeddings, " tokens holds at most ", limit,
+                         " bytes of text"));
+  EXPECT_TRUE(CheckPromptBytes(limit, ctx_).ok());
+  EXPECT_FALSE(CheckPromptBytes(limit + 1, ctx_).ok());
+  // Within the byte limit but over the context in tokens: tokenized, then refused by count.
+  p.text = std::string(limit, ' ');
+  for (int64_t i = 0; i + 1 < limit; i += 2) (*p.text)[i] = 'x';
+  r = BuildGenerateRequest(p, ctx_);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), testing::StartsWith("text: the prompt is "));
+  // An explicit limit replaces the derived one.
+  ctx_.limits.max_prompt_bytes = 10;
+  p.text = "The jury said that";
+  r = BuildGenerateRequest(p, ctx_);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("at most 10 bytes"));
 }
 
 }  // namespace

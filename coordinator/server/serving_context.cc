@@ -21,7 +21,9 @@ bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
 
 }  // namespace
 
-ServingContext::ServingContext(ServingContextArgs args) : args_(std::move(args)) {
+ServingContext::ServingContext(ServingContextArgs args)
+    : args_(std::move(args)), pool_(args_.prepare_threads, args_.max_pending_prepare) {
+  validation_.limits = args_.limits;
   validation_.tokenizer = args_.tokenizer;
   validation_.config = &args_.config;
   validation_.model_name = args_.model_name;
@@ -49,6 +51,11 @@ absl::Status ServingContext::AdmitGeneration(const grpc::CallbackServerContext& 
   if (draining_.load()) return absl::UnavailableError("server is draining");
   if (!ready_.load()) return absl::UnavailableError("server is not ready");
   return absl::OkStatus();
+}
+
+RequestBuilder ServingContext::Builder(GenerationParams params) const {
+  if (params.text.has_value()) NoteText(params.text->size());
+  return [this, params = std::move(params)]() { return BuildGenerateRequest(params, validation_); };
 }
 
 ClusterStatusInfo ServingContext::cluster_status() const {

@@ -12,7 +12,9 @@
 #include "absl/status/status.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/server/cluster_status.h"
+#include "coordinator/server/generation_reactors.h"
 #include "coordinator/server/request_validation.h"
+#include "coordinator/server/work_pool.h"
 #include "model/config.h"
 #include "model/tokenizer.h"
 
@@ -27,6 +29,9 @@ struct ServingContextArgs {
   // Called on gRPC threads, possibly concurrently; must be thread-safe. May be empty.
   std::function<ClusterStatusInfo()> cluster_status;
   std::string auth_token;  // empty: no authentication
+  ValidationLimits limits;
+  int prepare_threads = 2;             // WorkPool threads that validate and tokenize prompts
+  size_t max_pending_prepare = 1024;   // requests waiting for them before RESOURCE_EXHAUSTED
 };
 
 class ServingContext {
@@ -54,12 +59,26 @@ class ServingContext {
   const std::string& model_name() const { return args_.model_name; }
   const ServingTopology& topology() const { return args_.topology; }
   const ValidationContext& validation() const { return validation_; }
+  // Where prompts are validated and tokenized, off the gRPC threads.
+  WorkPool* pool() const { return &pool_; }
+  // Validates and tokenizes `params` when run (on pool()).
+  RequestBuilder Builder(GenerationParams params) const;
+  // Counts requests that carried a large text (kLargeTextBytes or more, refused or not).
+  // Their buffers are freed on gRPC and pool threads, whose heap glibc keeps; the serve loop
+  // trims the heap (malloc_trim) when this count moves, so memory returns to its steady size.
+  static constexpr size_t kLargeTextBytes = 256 << 10;
+  void NoteText(size_t bytes) const {
+    if (bytes >= kLargeTextBytes) large_requests_.fetch_add(1, std::memory_order_relaxed);
+  }
+  uint64_t large_requests() const { return large_requests_.load(std::memory_order_relaxed); }
   // An empty ClusterStatusInfo when no callback was given.
   ClusterStatusInfo cluster_status() const;
 
  private:
   const ServingContextArgs args_;
   ValidationContext validation_;
+  mutable WorkPool pool_;
+  mutable std::atomic<uint64_t> large_requests_{0};
   std::atomic<bool> ready_{false};
   std::atomic<bool> draining_{false};
 };

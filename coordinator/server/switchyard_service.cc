@@ -18,24 +18,29 @@ grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* call, const absl::St
 
 }  // namespace
 
+absl::Status SwitchyardService::CheckTextBytes(const v1::GenerateRequest& request) const {
+  // Refused before the text is copied or tokenized (a tokenizer-less model refuses text
+  // later, naming that instead).
+  if (!request.has_text() || ctx_->tokenizer() == nullptr) return absl::OkStatus();
+  ctx_->NoteText(request.text().size());
+  return CheckPromptBytes(request.text().size(), ctx_->validation());
+}
+
 grpc::ServerWriteReactor<v1::GenerateResponse>* SwitchyardService::Generate(
     grpc::CallbackServerContext* call, const v1::GenerateRequest* request) {
   if (absl::Status s = ctx_->AdmitGeneration(*call); !s.ok()) return FailedGenerateStream(s);
-  absl::StatusOr<GenerateRequest> req =
-      BuildGenerateRequest(ParamsFromProto(*request), ctx_->validation());
-  if (!req.ok()) return FailedGenerateStream(req.status());
-  return StartGenerateStream(ctx_->queue(), *std::move(req));
+  if (absl::Status s = CheckTextBytes(*request); !s.ok()) return FailedGenerateStream(s);
+  return StartGenerateStream(ctx_->queue(), ctx_->pool(),
+                             ctx_->Builder(ParamsFromProto(*request)));
 }
 
 grpc::ServerUnaryReactor* SwitchyardService::Complete(grpc::CallbackServerContext* call,
                                                       const v1::GenerateRequest* request,
                                                       v1::CompleteResponse* response) {
   if (absl::Status s = ctx_->AdmitGeneration(*call); !s.ok()) return Done(call, s);
-  absl::StatusOr<GenerateRequest> req =
-      BuildGenerateRequest(ParamsFromProto(*request), ctx_->validation());
-  if (!req.ok()) return Done(call, req.status());
+  if (absl::Status s = CheckTextBytes(*request); !s.ok()) return Done(call, s);
   return StartUnaryGeneration(
-      ctx_->queue(), *std::move(req),
+      ctx_->queue(), ctx_->pool(), ctx_->Builder(ParamsFromProto(*request)),
       [response](const GenerationResult& result) { ResultToProto(result, response); });
 }
 
@@ -47,10 +52,26 @@ grpc::ServerUnaryReactor* SwitchyardService::Tokenize(grpc::CallbackServerContex
     return Done(call, absl::FailedPreconditionError(
                           "Tokenize: the served model has no tokenizer.model (token ids only)"));
   }
-  const bool add_bos = request->has_add_bos() ? request->add_bos() : true;
-  std::vector<int32_t> ids = ctx_->tokenizer()->Encode(request->text(), add_bos);
-  response->mutable_token_ids()->Add(ids.begin(), ids.end());
-  return Done(call, absl::OkStatus());
+  // No text longer than the longest prompt is tokenized (work and memory stay bounded), and
+  // never on this gRPC thread.
+  ctx_->NoteText(request->text().size());
+  if (absl::Status s = CheckPromptBytes(request->text().size(), ctx_->validation()); !s.ok()) {
+    return Done(call, s);
+  }
+  grpc::ServerUnaryReactor* reactor = call->DefaultReactor();
+  const Tokenizer* tokenizer = ctx_->tokenizer();
+  // `request` and `response` stay valid until Finish.
+  const bool posted = ctx_->pool()->Post([reactor, tokenizer, request, response] {
+    const bool add_bos = request->has_add_bos() ? request->add_bos() : true;
+    std::vector<int32_t> ids = tokenizer->Encode(request->text(), add_bos);
+    response->mutable_token_ids()->Add(ids.begin(), ids.end());
+    reactor->Finish(grpc::Status::OK);
+  });
+  if (!posted) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                 "server is busy: too many requests waiting to be tokenized"));
+  }
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* SwitchyardService::Detokenize(grpc::CallbackServerContext* call,

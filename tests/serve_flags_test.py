@@ -1,0 +1,54 @@
+#!/usr/bin/python3
+"""`serve` refuses bad flags with a message naming the flag, before any rank loads weights:
+ports outside 1-65535, an address in use (with the system's reason), a TLS key that does not
+match its certificate, one TLS file without the other; under mpirun only rank 0 says so.
+`serve --help` shows every default.
+
+usage: serve_flags_test.py SWITCHYARD MODEL TESTDATA"""
+import os
+import socket
+import subprocess
+import sys
+
+binary, model, testdata = sys.argv[1:4]
+root = ["--allow-run-as-root"] if os.getuid() == 0 else []
+crt, key, other = (os.path.join(testdata, f) for f in ("server.crt", "server.key", "other.key"))
+
+
+def refused(*flags, np=1):
+    cmd = [binary, "serve", "--model", model, *flags]
+    if np > 1:
+        cmd = ["mpirun", *root, "--oversubscribe", "--bind-to", "none", "--mca", "btl", "self,vader",
+               "--mca", "oob_tcp_if_include", "lo", "-np", str(np), *cmd, "--ep", str(np)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0, (cmd, p.stderr)
+    errors = [l for l in p.stderr.splitlines() if l.startswith("switchyard: error: ")]
+    assert len(errors) == 1, (cmd, p.stderr)  # once, from rank 0
+    # Nothing was loaded: the shard line every rank prints after loading never appears.
+    assert "weights" not in p.stderr, p.stderr
+    return errors[0][len("switchyard: error: "):]
+
+
+assert refused("--listen", "127.0.0.1:99999") == \
+    "--listen 127.0.0.1:99999: port 99999 is not in 1-65535 (0 picks a free port)"
+assert refused("--listen", "127.0.0.1:http").startswith("--listen 127.0.0.1:http: port http")
+assert refused("--listen", "localhost").startswith("--listen localhost: want HOST:PORT")
+busy = socket.socket()
+busy.bind(("127.0.0.1", 0))
+busy.listen()
+port = busy.getsockname()[1]
+msg = refused("--listen", f"127.0.0.1:{port}")
+assert msg == f"--listen 127.0.0.1:{port}: address already in use (another server on this port?)", msg
+msg = refused("--listen", f"127.0.0.1:{port}", np=2)
+assert "address already in use" in msg, msg
+assert refused("--tls-cert", crt, "--tls-key", other).startswith(
+    f"--tls-key: the private key in {other} does not match the certificate in {crt}")
+assert refused("--tls-cert", crt) == "--tls-cert and --tls-key: give both PEM files, or neither"
+msg = refused("--tls-cert", crt, "--tls-key", other, np=2)
+assert "does not match" in msg, msg
+
+help_text = subprocess.run([binary, "serve", "--help"], capture_output=True, text=True).stdout
+for default in ["--listen TEXT=127.0.0.1:50051", "--max-queue INT:INT in [1 - 1048576]=256",
+                "--drain-timeout FLOAT:FLOAT in [0 - 3600]=30", "--kv-memory BYTES=1GiB"]:
+    assert default in help_text, (default, help_text)
+print("serve flags: 11 checks passed")
