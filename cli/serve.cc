@@ -36,7 +36,8 @@ void OnSignal(int sig) { g_signal.store(sig); }
 struct ServeArgs {
   RunFlags run;
   std::string listen = "127.0.0.1:50051";
-  std::string tls_cert, tls_key, auth_token_file;
+  std::string tls_cert, tls_key, tls_client_ca, auth_token_file;
+  bool expose_reflection = false;
   int max_message_bytes = 4 << 20;
   std::string model_name;
   std::string port_file;
@@ -167,7 +168,22 @@ absl::Status CheckListen(const std::string& listen) {
 absl::Status CheckServeFlags(const ServeArgs& a) {
   RETURN_IF_ERROR(CheckListen(a.listen));
   RETURN_IF_ERROR(CheckTlsFiles(a.tls_cert, a.tls_key, "--tls-cert", "--tls-key"));
-  return ReadToken(a.auth_token_file).status();
+  if (!a.tls_client_ca.empty() && a.tls_cert.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls-client-ca: mutual TLS needs the server's own --tls-cert and --tls-key");
+  }
+  RETURN_IF_ERROR(ReadToken(a.auth_token_file).status());
+  // A token sent in plaintext across a network can be read by anyone on the path.
+  const auto host_port = SplitListen(a.listen);
+  const std::string host = host_port.ok() ? host_port->first : "";
+  const bool loopback = host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+  if (!a.auth_token_file.empty() && a.tls_cert.empty() && !loopback) {
+    std::fprintf(stderr,
+                 "switchyard: warning: --auth-token-file without TLS on %s: clients send the "
+                 "token in plaintext over the network; add --tls-cert/--tls-key\n",
+                 a.listen.c_str());
+  }
+  return absl::OkStatus();
 }
 
 int RunServe(const ServeArgs& a) {
@@ -224,6 +240,8 @@ int RunServe(const ServeArgs& a) {
                         {.listen = a.listen,
                          .tls_cert = a.tls_cert,
                          .tls_key = a.tls_key,
+                         .tls_client_ca = a.tls_client_ca,
+                         .expose_reflection = a.expose_reflection,
                          .auth_token = *token,
                          .max_message_bytes = a.max_message_bytes,
                          .model_name = name});
@@ -288,6 +306,11 @@ void RegisterServe(CLI::App& app, Action* action) {
       ->check(CLI::ExistingFile);
   cmd->add_option("--tls-key", a.tls_key, "PEM private key for --tls-cert")
       ->check(CLI::ExistingFile);
+  cmd->add_option("--tls-client-ca", a.tls_client_ca,
+                  "PEM CA bundle: clients must present a certificate it signed (mutual TLS)")
+      ->check(CLI::ExistingFile);
+  cmd->add_flag("--expose-reflection", a.expose_reflection,
+                "Serve gRPC reflection even with --auth-token-file (it cannot check the token)");
   cmd->add_option("--auth-token-file", a.auth_token_file,
                   "File holding a bearer token every RPC but health must present");
   cmd->add_option("--max-message-bytes", a.max_message_bytes, "Largest request accepted")

@@ -47,8 +47,26 @@ assert refused("--tls-cert", crt) == "--tls-cert and --tls-key: give both PEM fi
 msg = refused("--tls-cert", crt, "--tls-key", other, np=2)
 assert "does not match" in msg, msg
 
+assert refused("--tls-client-ca", crt).startswith("--tls-client-ca: mutual TLS needs")
+
+# A bearer token over plaintext on a non-loopback address is served, with a warning.
+token = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"serve_flags_token_{os.getpid()}")
+with open(token, "w") as f:
+    f.write("s3cret\n")
+server = subprocess.Popen([binary, "serve", "--model", model, "--listen", "0.0.0.0:0",
+                           "--auth-token-file", token], stderr=subprocess.PIPE, text=True)
+lines = []
+for line in server.stderr:
+    lines.append(line)
+    if "serving" in line:
+        break
+server.terminate()
+server.communicate(timeout=60)
+os.remove(token)
+assert any("warning: --auth-token-file without TLS on 0.0.0.0:0" in l for l in lines), lines
+
 help_text = subprocess.run([binary, "serve", "--help"], capture_output=True, text=True).stdout
 for default in ["--listen TEXT=127.0.0.1:50051", "--max-queue INT:INT in [1 - 1048576]=256",
                 "--drain-timeout FLOAT:FLOAT in [0 - 3600]=30", "--kv-memory BYTES=1GiB"]:
     assert default in help_text, (default, help_text)
-print("serve flags: 11 checks passed")
+print("serve flags: 13 checks passed")

@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "coordinator/server/call_interceptor.h"
 #include "coordinator/server/kserve_service.h"
 #include "coordinator/server/serving_context.h"
 #include "coordinator/server/switchyard_service.h"
@@ -26,14 +27,30 @@ namespace {
 constexpr const char* kHealthServices[] = {"", "switchyard.v1.Switchyard",
                                            "inference.GRPCInferenceService"};
 
-// Process-wide gRPC settings; both only affect servers built afterwards.
+// Process-wide gRPC setting; only affects servers built afterwards.
 void InitGrpcPluginsOnce() {
   static std::once_flag once;
-  std::call_once(once, [] {
-    grpc::EnableDefaultHealthCheckService(true);
-    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  });
+  std::call_once(once, [] { grpc::EnableDefaultHealthCheckService(true); });
 }
+
+// Server reflection on this server or not. Linking gRPC's reflection library registers its
+// plugin for every server of the process (a static initializer); this option removes it and
+// adds it back only where wanted.
+class ReflectionOption final : public grpc::ServerBuilderOption {
+ public:
+  explicit ReflectionOption(bool enable) : enable_(enable) {}
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    grpc::reflection::ProtoServerReflectionPlugin probe;
+    std::erase_if(*plugins, [&probe](const std::unique_ptr<grpc::ServerBuilderPlugin>& p) {
+      return p->name() == probe.name();
+    });
+    if (enable_) plugins->push_back(std::make_unique<grpc::reflection::ProtoServerReflectionPlugin>());
+  }
+
+ private:
+  const bool enable_;
+};
 
 absl::StatusOr<std::string> ReadFile(const std::string& path, const char* option) {
   std::ifstream in(path, std::ios::binary);
@@ -45,9 +62,18 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, const char* option
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(
     const ServingFrontEnd::Options& o) {
-  if (o.tls_cert.empty() && o.tls_key.empty()) return grpc::InsecureServerCredentials();
+  if (o.tls_cert.empty() && o.tls_key.empty()) {
+    if (!o.tls_client_ca.empty()) {
+      return absl::InvalidArgumentError("tls_client_ca: mutual TLS needs tls_cert and tls_key");
+    }
+    return grpc::InsecureServerCredentials();
+  }
   RETURN_IF_ERROR(CheckTlsFiles(o.tls_cert, o.tls_key));
   grpc::SslServerCredentialsOptions ssl;
+  if (!o.tls_client_ca.empty()) {
+    ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFile(o.tls_client_ca, "tls_client_ca"));
+    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
   grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
   ASSIGN_OR_RETURN(pair.cert_chain, ReadFile(o.tls_cert, "tls_cert"));
   ASSIGN_OR_RETURN(pair.private_key, ReadFile(o.tls_key, "tls_key"));
@@ -133,6 +159,10 @@ absl::Status ServingFrontEnd::Start() {
   builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
   // Without this Linux lets a second server bind a port in use (SO_REUSEPORT), silently.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.experimental().SetInterceptorCreators(MakeCallInterceptors(context_.get()));
+  builder.SetOption(std::make_unique<ReflectionOption>(options_.auth_token.empty() ||
+                                                       options_.expose_reflection));
+  InstallProtobufLogFilter();
   builder.RegisterService(switchyard_service_.get());
   builder.RegisterService(kserve_service_.get());
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();

@@ -13,8 +13,9 @@
 //
 // Security: binds 127.0.0.1 by default; TLS when tls_cert/tls_key are given; with an
 // auth_token every RPC of the Switchyard and KServe services requires metadata
-// "authorization: Bearer <token>" (UNAUTHENTICATED otherwise), while health checks and
-// reflection stay open. Requests larger than max_message_bytes get RESOURCE_EXHAUSTED from
+// "authorization: Bearer <token>" (UNAUTHENTICATED otherwise), health checks stay open, and
+// reflection is not served unless expose_reflection. With tls_client_ca, clients need a
+// certificate signed by that CA (mutual TLS). Requests larger than max_message_bytes get RESOURCE_EXHAUSTED from
 // gRPC itself.
 //
 // Thread-safety: all methods may be called from any thread; Start once, before the others.
@@ -58,6 +59,12 @@ class ServingFrontEnd {
     std::string listen = "127.0.0.1:50051";
     std::string tls_cert;             // PEM certificate chain file; TLS when set (with tls_key)
     std::string tls_key;              // PEM private key file
+    // PEM CA bundle: when set (with TLS), clients must present a certificate it signed
+    // (mutual TLS).
+    std::string tls_client_ca;
+    // Server reflection: served when no auth_token is set; with one, only when this is true
+    // (reflection cannot check the token, so exposing it is an explicit choice).
+    bool expose_reflection = false;
     std::string auth_token;           // bearer token; empty: no authentication
     int max_message_bytes = 4 << 20;  // largest request accepted
     std::string model_name;           // the served model's name (required)

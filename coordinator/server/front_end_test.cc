@@ -578,6 +578,31 @@ class AuthTest : public ServingTest {
   }
 };
 
+TEST_F(ServingTest, BytesThatDoNotParseAreInvalidArgumentNamingTheType) {
+  testing::internal::CaptureStderr();
+  // Garbage, and field 2 (text) holding bytes that are not UTF-8.
+  for (const std::string& body : {std::string("\xff\xff\xff"), std::string("\x12\x02\xc3\x28")}) {
+    grpc::Status s = GenericUnaryCall(channel_, "/switchyard.v1.Switchyard/Complete", body);
+    EXPECT_EQ(s.error_code(), StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(s.error_message(),
+                testing::StartsWith("request: the bytes do not parse as switchyard.v1.GenerateRequest"));
+    s = GenericUnaryCall(channel_, "/inference.GRPCInferenceService/ModelInfer", body);
+    EXPECT_EQ(s.error_code(), StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(s.error_message(), HasSubstr("inference.ModelInferRequest"));
+  }
+  // No line in the log per malformed request.
+  EXPECT_THAT(testing::internal::GetCapturedStderr(), testing::Not(HasSubstr("libprotobuf")));
+  grpc::Status s = GenericUnaryCall(channel_, "/switchyard.v1.Switchyard/NoSuchMethod", "");
+  EXPECT_EQ(s.error_code(), StatusCode::UNIMPLEMENTED);
+  EXPECT_EQ(s.error_message(), "unknown method /switchyard.v1.Switchyard/NoSuchMethod");
+  EXPECT_TRUE(fake_.submitted().empty());
+}
+
+TEST_F(AuthTest, BytesThatDoNotParseAreUnauthenticatedWithoutAToken) {
+  grpc::Status s = GenericUnaryCall(channel_, "/switchyard.v1.Switchyard/Complete", "\xff\xff");
+  EXPECT_EQ(s.error_code(), StatusCode::UNAUTHENTICATED);
+}
+
 TEST_F(AuthTest, MissingOrWrongTokenIsUnauthenticated) {
   for (const std::string& bad :
        {std::string(), std::string("Bearer wrong"), std::string("Bearer s3cret-token-x"),
@@ -605,12 +630,56 @@ TEST_F(AuthTest, CorrectTokenWorks) {
   EXPECT_EQ(fake_.submitted().size(), 3u);
 }
 
-TEST_F(AuthTest, HealthAndReflectionNeedNoToken) {
+TEST_F(AuthTest, HealthNeedsNoTokenAndReflectionIsOffUnlessExposed) {
   EXPECT_EQ(Health(""), HealthCheckResponse::SERVING);
   EXPECT_EQ(Health("switchyard.v1.Switchyard"), HealthCheckResponse::SERVING);
+  // Reflection cannot check the token: with auth on it is not served...
   std::vector<std::string> services;
+  grpc::Status s = ListServicesByReflection(channel_, &services);
+  EXPECT_EQ(s.error_code(), StatusCode::UNIMPLEMENTED) << s.error_message();
+  // ...unless exposed on purpose.
+  ServingFrontEnd::Options o = DefaultOptions();
+  o.auth_token = "s3cret-token";
+  o.expose_reflection = true;
+  StartServer(o);
+  services.clear();
   EXPECT_TRUE(ListServicesByReflection(channel_, &services).ok());
   EXPECT_FALSE(services.empty());
+}
+
+TEST_F(ServingTest, MutualTlsNeedsAClientCertificateFromTheCa) {
+  const std::string dir = kTestRoot + "/coordinator/server/testdata/";
+  ServingFrontEnd::Options o = DefaultOptions();
+  o.tls_cert = dir + "server.crt";
+  o.tls_key = dir + "server.key";
+  o.tls_client_ca = dir + "server.crt";  // self-signed (CA:TRUE): it signs itself
+  auto read = [](const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  };
+  grpc::SslCredentialsOptions with_cert;
+  with_cert.pem_root_certs = read(dir + "server.crt");
+  with_cert.pem_cert_chain = read(dir + "server.crt");
+  with_cert.pem_private_key = read(dir + "server.key");
+  StartServer(o, true, grpc::SslCredentials(with_cert), "localhost");
+  grpc::ClientContext c1;
+  v1::TokenizeRequest req;
+  req.set_text("jury");
+  v1::TokenizeResponse resp;
+  grpc::Status s = stub_->Tokenize(&c1, req, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+
+  // The same server, a client without a certificate: the handshake fails.
+  grpc::SslCredentialsOptions no_cert;
+  no_cert.pem_root_certs = read(dir + "server.crt");
+  grpc::ChannelArguments args;
+  auto anonymous = v1::Switchyard::NewStub(grpc::CreateCustomChannel(
+      "localhost:" + std::to_string(front_->bound_port()), grpc::SslCredentials(no_cert), args));
+  grpc::ClientContext c2;
+  c2.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  EXPECT_FALSE(anonymous->Tokenize(&c2, req, &resp).ok());
 }
 
 TEST_F(ServingTest, TlsWithTokenServes) {

@@ -30,8 +30,12 @@ ServingContext::ServingContext(ServingContextArgs args)
 }
 
 absl::Status ServingContext::Authorize(const grpc::CallbackServerContext& call) const {
+  return AuthorizeMetadata(call.client_metadata());
+}
+
+absl::Status ServingContext::AuthorizeMetadata(
+    const std::multimap<grpc::string_ref, grpc::string_ref>& metadata) const {
   if (args_.auth_token.empty()) return absl::OkStatus();
-  const auto& metadata = call.client_metadata();
   auto it = metadata.find("authorization");
   if (it == metadata.end()) {
     return absl::UnauthenticatedError("missing \"authorization: Bearer <token>\" metadata");

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <functional>
+#include <map>
 #include <string>
 
 #include "absl/status/status.h"
@@ -42,6 +43,9 @@ class ServingContext {
   // otherwise kUnauthenticated. Every RPC of the Switchyard and KServe services calls it
   // first (the health and reflection services are not ours and stay open).
   absl::Status Authorize(const grpc::CallbackServerContext& call) const;
+  // The same check on a call's metadata (the interceptor's view of it).
+  absl::Status AuthorizeMetadata(
+      const std::multimap<grpc::string_ref, grpc::string_ref>& metadata) const;
 
   // Authorize, then kUnavailable "server is draining" / "server is not ready" when new
   // generation work must be refused.
