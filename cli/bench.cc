@@ -9,6 +9,8 @@
 #include <random>
 
 #include "cli/commands.h"
+#include "common/log.h"
+#include "common/run_spread.h"
 #include "cli/run_flags.h"
 #include "coordinator/model_session.h"
 #include "common/memory_bandwidth.h"
@@ -83,6 +85,9 @@ int RunBench(const std::string& kind, const BenchArgs& a) {
   const double median = rates[rates.size() / 2];
   j["tokens_per_s_median"] = median;
   j["tokens_per_s_best"] = rates.back();
+  j["tokens_per_s_worst"] = rates.front();
+  // Runs that spread widely were disturbed: the median is then not the machine's rate.
+  if (std::string w = RunSpreadWarning(rates, "tokens/s"); !w.empty()) spdlog::warn("{}", w);
   const double copy_bw = MeasureCopyBandwidth();
   j["memory_copy_bandwidth_Bps"] = copy_bw;
   if (kind == "decode") {

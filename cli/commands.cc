@@ -1,4 +1,5 @@
 #include "cli/commands.h"
+#include "common/log.h"
 #include "cli/run_flags.h"
 
 #include <chrono>
@@ -70,7 +71,7 @@ int RunGenerate(const GenerateArgs& a) {
     std::cout << j.dump() << "\n";
   } else {
     std::cout << stream.Flush() << "\n";
-    std::fprintf(stderr, "[%zu tokens, %s, %.1f tokens/s]\n", out->tokens.size(),
+    spdlog::info("{} tokens, {}, {:.1f} tokens/s", out->tokens.size(),
                  FinishReasonName(out->finish), out->tokens.size() / secs);
   }
   return Finish(s, 0);
@@ -149,7 +150,7 @@ int RunScore(const RunFlags& f, const std::string& tokens_text, const std::strin
   });
   if (st.ok()) st = WriteNpyF32(out, logits.data(), {static_cast<int64_t>(ids->size()), V});
   if (!st.ok()) return Finish(s, Fail(st));
-  std::fprintf(stderr, "wrote logits [%zu, %d] to %s\n", ids->size(), V, out.c_str());
+  spdlog::info("wrote logits [{}, {}] to {}", ids->size(), V, out);
   return Finish(s, 0);
 }
 

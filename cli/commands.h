@@ -21,6 +21,7 @@ void RegisterBenchDispatch(CLI::App& bench, Action* action);
 void RegisterPlan(CLI::App& app, Action* action);
 void RegisterServe(CLI::App& app, Action* action);
 void RegisterLoadgen(CLI::App& app, Action* action);
+void RegisterClient(CLI::App& app, Action* action);
 void RegisterMakeSyntheticModel(CLI::App& app, Action* action);
 
 }  // namespace switchyard::cli

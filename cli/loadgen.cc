@@ -44,6 +44,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "cli/client_connection.h"
 #include "cli/commands.h"
 #include "cli/run_flags.h"
 #include "nlohmann/json.hpp"
@@ -59,7 +60,7 @@ constexpr int32_t kPromptIdLo = 3;     // first id a prompt may draw (after BOS,
 constexpr int32_t kPromptIdHi = 4000;  // one past the last
 
 struct LoadgenArgs {
-  std::string target;
+  ClientFlags conn{.target = "", .timeout_s = 300};
   int concurrency = 1;
   int requests = 8;
   int prompt_len = 16;
@@ -67,8 +68,6 @@ struct LoadgenArgs {
   double temperature = 0;
   uint64_t seed = 0;
   bool ignore_eos = false;
-  std::string token_file;
-  double timeout_s = 300;
   bool json = false;
 };
 
@@ -142,27 +141,12 @@ std::string StatusCodeName(grpc::StatusCode code) {
   return "CODE_" + std::to_string(n);
 }
 
-// The bearer token in `path` with trailing whitespace removed; "" when `path` is empty.
-absl::StatusOr<std::string> ReadBearerToken(const std::string& path) {
-  if (path.empty()) return std::string();
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError("--token-file: cannot read " + path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  std::string token = ss.str();
-  while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ' ||
-                            token.back() == '\t')) {
-    token.pop_back();
-  }
-  if (token.empty()) return absl::InvalidArgumentError("--token-file: " + path + " is empty");
-  return token;
-}
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 // Issues request `index` as one streaming Generate call and records what arrived.
 RequestResult RunOne(switchyard::v1::Switchyard::Stub& stub, const LoadgenArgs& a,
-                     const std::string& token, uint64_t index) {
+                     const ClientConnection& conn, uint64_t index) {
   switchyard::v1::GenerateRequest req;
   for (int32_t id : PromptFor(index, a.prompt_len)) req.add_token_ids(id);
   req.set_max_tokens(a.max_tokens);
@@ -171,10 +155,7 @@ RequestResult RunOne(switchyard::v1::Switchyard::Stub& stub, const LoadgenArgs& 
   if (a.ignore_eos) req.set_ignore_eos(true);
 
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() +
-                   std::chrono::duration_cast<std::chrono::system_clock::duration>(
-                       std::chrono::duration<double>(a.timeout_s)));
-  if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
+  conn.Prepare(&ctx);  // deadline, token
 
   RequestResult r;
   bool finished = false;
@@ -251,12 +232,11 @@ std::string FormatMs(std::optional<double> ms) {
 }
 
 int RunLoadgen(const LoadgenArgs& a) {
-  auto token = ReadBearerToken(a.token_file);
-  if (!token.ok()) return Fail(token.status());
+  auto conn = ClientConnection::Open(a.conn);
+  if (!conn.ok()) return Fail(conn.status());
 
   // One channel (one HTTP/2 connection) shared by every worker; each worker has its own stub.
-  std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateChannel(a.target, grpc::InsecureChannelCredentials());
+  std::shared_ptr<grpc::Channel> channel = conn->channel();
   std::vector<RequestResult> results(a.requests);
   std::atomic<int> next{0};
   const int workers = std::min(a.concurrency, a.requests);
@@ -268,7 +248,7 @@ int RunLoadgen(const LoadgenArgs& a) {
     threads.emplace_back([&] {
       auto stub = switchyard::v1::Switchyard::NewStub(channel);
       for (int i = next.fetch_add(1); i < a.requests; i = next.fetch_add(1)) {
-        results[i] = RunOne(*stub, a, *token, static_cast<uint64_t>(i));
+        results[i] = RunOne(*stub, a, *conn, static_cast<uint64_t>(i));
       }
     });
   }
@@ -301,7 +281,7 @@ int RunLoadgen(const LoadgenArgs& a) {
 
   if (a.json) {
     nlohmann::ordered_json j;
-    j["target"] = a.target;
+    j["target"] = a.conn.target;
     j["concurrency"] = a.concurrency;
     j["requests"] = a.requests;
     j["prompt_len"] = a.prompt_len;
@@ -326,7 +306,7 @@ int RunLoadgen(const LoadgenArgs& a) {
   }
 
   std::printf("loadgen: %s, %d requests, concurrency %d, prompt %d tokens, max_tokens %d\n",
-              a.target.c_str(), a.requests, a.concurrency, a.prompt_len, a.max_tokens);
+              a.conn.target.c_str(), a.requests, a.concurrency, a.prompt_len, a.max_tokens);
   std::printf("  wall time          %.3f s\n", wall_s);
   std::printf("  requests ok        %d of %d\n", ok, a.requests);
   std::printf("  output tokens      %lld\n", static_cast<long long>(output_tokens));
@@ -363,7 +343,7 @@ void RegisterLoadgen(CLI::App& app, Action* action) {
       "SplitMix64 generator seeded with i, so every run sends the same prompts. Generation may\n"
       "stop early at EOS; token counts are the ids received. Latency percentiles (nearest rank)\n"
       "and throughput cover successful requests. Exit 0 when every request succeeded, else 1.");
-  cmd->add_option("--target", a.target, "Server address (host:port)")->required();
+  AddClientFlags(cmd, &a.conn, /*target_required=*/true, /*request_id=*/false);
   cmd->add_option("--concurrency", a.concurrency, "Streams in flight at once")
       ->check(CLI::Range(1, 1 << 16));
   cmd->add_option("--requests", a.requests, "Requests to issue in total")
@@ -375,10 +355,6 @@ void RegisterLoadgen(CLI::App& app, Action* action) {
   cmd->add_option("--temperature", a.temperature, "Sampling temperature (0: greedy)")
       ->check(CLI::Range(0.0, 1e6));
   cmd->add_option("--seed", a.seed, "Sampler seed of every request");
-  cmd->add_option("--token-file", a.token_file,
-                  "File holding a bearer token (the server's --auth-token-file)");
-  cmd->add_option("--timeout", a.timeout_s, "Deadline of each call in seconds")
-      ->check(CLI::Range(0.001, 86400.0));
   cmd->add_flag("--ignore-eos", a.ignore_eos,
                 "Generate max_tokens tokens even past end-of-sequence (fixed output length)");
   cmd->add_flag("--json", a.json, "Print JSON");

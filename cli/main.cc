@@ -2,6 +2,7 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "common/log.h"
 #include "comm/mpi_communicator.h"
 #include "coordinator/model_session.h"
 
@@ -10,14 +11,16 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", "switchyard 0.1.0");
   // Under mpirun every rank runs this binary; MPI lives for the whole process.
+  switchyard::InitLogging(0);
   std::unique_ptr<switchyard::MpiRuntime> mpi;
   if (switchyard::LaunchedUnderMpi()) {
     auto rt = switchyard::MpiRuntime::Init(&argc, &argv);
     if (!rt.ok()) {
-      std::fprintf(stderr, "switchyard: error: %s\n", std::string(rt.status().message()).c_str());
+      spdlog::error("{}", rt.status().message());
       return 1;
     }
     mpi = std::move(rt).value();
+    switchyard::InitLogging(switchyard::WorldRank());
   }
   // `--help` shows every option's default.
   app.option_defaults()->always_capture_default();
@@ -30,6 +33,7 @@ int main(int argc, char** argv) {
   switchyard::cli::RegisterPlan(app, &action);
   switchyard::cli::RegisterServe(app, &action);
   switchyard::cli::RegisterLoadgen(app, &action);
+  switchyard::cli::RegisterClient(app, &action);
   switchyard::cli::RegisterMakeSyntheticModel(app, &action);
   try {
     app.parse(argc, argv);

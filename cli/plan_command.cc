@@ -12,6 +12,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "common/log.h"
 #include "absl/strings/str_join.h"
 #include "cli/commands.h"
 #include "cli/run_flags.h"
@@ -33,7 +34,7 @@ struct PlanArgs {
 };
 
 int Fail(const absl::Status& st) {
-  std::fprintf(stderr, "switchyard: error: %s\n", std::string(st.message()).c_str());
+  spdlog::error("{}", st.message());
   return 1;
 }
 
@@ -57,8 +58,7 @@ StoredType DetectStoredType(const std::string& model) {
     }
     st = emb.status();
   }
-  std::fprintf(stderr, "switchyard: note: %s; assuming 2 bytes per parameter\n",
-               std::string(st.message()).c_str());
+  spdlog::info("{}; assuming 2 bytes per parameter", st.message());
   return t;
 }
 

@@ -1,4 +1,5 @@
 #include "cli/run_flags.h"
+#include "common/log.h"
 
 #include <cstdio>
 
@@ -58,15 +59,14 @@ SessionOptions ToSessionOptions(const RunFlags& f, bool show_progress) {
 
 int Fail(const absl::Status& st) {
   if (ReportedByCoordinator(st)) return 1;  // rank 0 prints it
-  std::fprintf(stderr, "switchyard: error: %s\n", std::string(st.message()).c_str());
+  spdlog::error("{}", st.message());
   return 1;
 }
 
 int WorkerMain(ModelSession& s) {
   absl::Status st = s.RunWorker();
   if (!st.ok()) {
-    std::fprintf(stderr, "switchyard: rank %d: %s\n", s.world_rank,
-                 std::string(st.message()).c_str());
+    spdlog::error("{}", st.message());
     return 1;
   }
   return 0;

@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "cli/commands.h"
+#include "common/log.h"
 #include "cli/run_flags.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -178,10 +179,10 @@ absl::Status CheckServeFlags(const ServeArgs& a) {
   const std::string host = host_port.ok() ? host_port->first : "";
   const bool loopback = host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
   if (!a.auth_token_file.empty() && a.tls_cert.empty() && !loopback) {
-    std::fprintf(stderr,
-                 "switchyard: warning: --auth-token-file without TLS on %s: clients send the "
-                 "token in plaintext over the network; add --tls-cert/--tls-key\n",
-                 a.listen.c_str());
+    spdlog::warn(
+        "--auth-token-file without TLS on {}: clients send the token in plaintext over the "
+        "network; add --tls-cert/--tls-key",
+        a.listen);
   }
   return absl::OkStatus();
 }
@@ -251,8 +252,8 @@ int RunServe(const ServeArgs& a) {
   if (!a.port_file.empty()) {
     std::ofstream(a.port_file) << front.bound_port() << "\n";
   }
-  std::fprintf(stderr, "switchyard: serving %s on port %d (%d ranks: ep %d x pp %d)\n",
-               name.c_str(), front.bound_port(), s.world_size, ep, pp);
+  spdlog::info("serving {} on port {} ({} ranks: ep {} x pp {}), {:.2f} s after start", name,
+               front.bound_port(), s.world_size, ep, pp, SecondsSinceStart());
 
   // Wait for a signal or a failed cluster. After requests with large texts (refused or
   // tokenized), give the heap glibc keeps on the gRPC and pool threads back to the system,
@@ -277,7 +278,7 @@ int RunServe(const ServeArgs& a) {
     scheduler.Stop();
     return Fail(failure);  // main() aborts the job so the launcher sees it
   }
-  std::fprintf(stderr, "switchyard: signal %d: draining\n", g_signal.load());
+  spdlog::info("signal {}: draining", g_signal.load());
   front.Drain();
   // Let in-flight requests finish for up to --drain-timeout, then cancel the rest.
   std::thread drainer([&scheduler] { scheduler.Drain(); });
@@ -290,7 +291,7 @@ int RunServe(const ServeArgs& a) {
       " s) of the shutdown; retry on another server")));
   drainer.join();
   front.Shutdown(absl::Now() + absl::Seconds(5));
-  std::fprintf(stderr, "switchyard: drained; shutting down %d rank(s)\n", s.world_size);
+  spdlog::info("drained; shutting down {} rank(s)", s.world_size);
   return Finish(s, 0);
 }
 

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "common/log.h"
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
 #include "common/bf16.h"
@@ -207,45 +208,39 @@ int Run(const Args& a) {
   std::error_code ec;
   fs::create_directories(a.out, ec);
   if (ec) {
-    std::fprintf(stderr, "switchyard: error: cannot create %s: %s\n", a.out.c_str(),
-                 ec.message().c_str());
+    spdlog::error("cannot create {}: {}", a.out, ec.message());
     return 1;
   }
   const std::vector<Tensor> tensors = MixtralTensors(p);
   uint64_t params = 0;
   for (const Tensor& t : tensors) params += static_cast<uint64_t>(t.numel());
-  std::fprintf(stderr, "%s, %d layers: %llu parameters, %s of bf16\n", a.preset.c_str(), p.layers,
-               static_cast<unsigned long long>(params),
-               ByteProgress::FormatBytes(2.0 * params).c_str());
+  spdlog::info("{}, {} layers: {} parameters, {} of bf16", a.preset, p.layers, params,
+               ByteProgress::FormatBytes(2.0 * params));
   {
     std::ofstream cfg(a.out + "/config.json");
     cfg << ConfigJson(p).dump(2) << "\n";
     if (!cfg) {
-      std::fprintf(stderr, "switchyard: error: cannot write %s/config.json\n", a.out.c_str());
+      spdlog::error("cannot write {}/config.json", a.out);
       return 1;
     }
   }
   const absl::Status st =
       WriteSafetensors(a.out + "/model.safetensors", tensors, a.seed, /*stddev=*/0.02f);
   if (!st.ok()) {
-    std::fprintf(stderr, "switchyard: error: %s\n", std::string(st.message()).c_str());
+    spdlog::error("{}", st.message());
     return 1;
   }
   if (fs::exists(a.tokenizer)) {
     fs::copy_file(a.tokenizer, a.out + "/tokenizer.model", fs::copy_options::overwrite_existing,
                   ec);
     if (ec) {
-      std::fprintf(stderr, "switchyard: error: copying %s: %s\n", a.tokenizer.c_str(),
-                   ec.message().c_str());
+      spdlog::error("copying {}: {}", a.tokenizer, ec.message());
       return 1;
     }
-    std::fprintf(stderr,
-                 "tokenizer.model: placeholder copy of %s (its vocabulary is not the "
-                 "model's)\n",
-                 a.tokenizer.c_str());
+    spdlog::info("tokenizer.model: placeholder copy of {} (its vocabulary is not the model's)",
+                 a.tokenizer);
   } else {
-    std::fprintf(stderr, "note: %s not found; no tokenizer.model written (token ids only)\n",
-                 a.tokenizer.c_str());
+    spdlog::info("{} not found; no tokenizer.model written (token ids only)", a.tokenizer);
   }
   std::printf("wrote %s\n", a.out.c_str());
   return 0;

@@ -4,8 +4,11 @@
 //   for (...) progress.Add(n);
 //   progress.Finish();
 //
-// Prints "loading 1.2 GiB / 90.0 GiB (1.1 GiB/s)" on one refreshing line of stderr, only when
-// stderr is a terminal and the operation has run for more than a second. Not thread-safe.
+// On a terminal (and when `terminal` is true), "loading 1.2 GiB / 90.0 GiB (1.1 GiB/s, 75 s
+// left)" on one refreshing line of stderr once the operation has run for a second. Otherwise
+// (under mpirun or srun, whose ranks' stderr is a pipe, or a log file) one log line of the
+// same every 10 s, and a last one when it finishes, so a long load is never silent.
+// Not thread-safe.
 #pragma once
 
 #include <chrono>
@@ -16,7 +19,7 @@ namespace switchyard {
 
 class ByteProgress {
  public:
-  ByteProgress(std::string label, uint64_t total_bytes);
+  ByteProgress(std::string label, uint64_t total_bytes, bool terminal = true);
   ~ByteProgress();
   void Add(uint64_t bytes);
   void Finish();
@@ -26,11 +29,12 @@ class ByteProgress {
 
  private:
   void Print(bool final_line);
+  std::string Line() const;
 
   std::string label_;
   uint64_t total_;
   uint64_t done_ = 0;
-  bool enabled_;
+  bool on_terminal_;
   bool printed_ = false;
   bool finished_ = false;
   std::chrono::steady_clock::time_point start_;

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -15,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "comm/mpi_communicator.h"
 #include "common/cpu_threads.h"
+#include "common/log.h"
 #include "common/progress.h"
 #include "common/status_macros.h"
 #include "worker/cuda_executor.h"
@@ -39,10 +41,8 @@ namespace {
 void LogShard(const ModelSession& s, const ShardSpec& spec, uint64_t kv_bytes) {
   std::string experts;
   if (!spec.local_experts.empty()) experts = absl::StrJoin(spec.local_experts.front(), ",");
-  std::fprintf(stderr,
-               "[rank %d] stage %d, ep rank %d: layers [%d, %d), experts {%s}%s%s: weights %s, "
-               "KV cache %s\n",
-               s.world_rank, s.world_rank / s.placement.ep, s.world_rank % s.placement.ep,
+  spdlog::info("stage {}, ep rank {}: layers [{}, {}), experts {{{}}}{}{}: weights {}, KV cache {}",
+               s.world_rank / s.placement.ep, s.world_rank % s.placement.ep,
                spec.layer_begin, spec.layer_end, experts.c_str(),
                spec.has_embedding ? ", embedding" : "", spec.has_head ? ", head" : "",
                ByteProgress::FormatBytes(s.weights->resident_bytes()).c_str(),
@@ -84,13 +84,11 @@ absl::Status ConfigureThreads(MpiCommunicator* world) {
   if (!plan.explicit_env) omp_set_num_threads(plan.threads[me]);
   if (me == 0) {  // the node's lowest rank speaks for it
     if (world == nullptr) {
-      std::fprintf(stderr, "switchyard: %s\n", plan.summary.c_str());
+      spdlog::info("threads: {}", plan.summary);
     } else {
-      std::fprintf(stderr, "switchyard: node %s: %s\n", mine.host, plan.summary.c_str());
+      spdlog::info("threads on node {}: {}", mine.host, plan.summary);
     }
-    if (!plan.oversubscribed.empty()) {
-      std::fprintf(stderr, "switchyard: warning: %s\n", plan.oversubscribed.c_str());
-    }
+    if (!plan.oversubscribed.empty()) spdlog::warn("{}", plan.oversubscribed);
   }
   return absl::OkStatus();
 }
@@ -149,9 +147,9 @@ absl::StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const SessionOp
   }
   const bool use_cuda = gpu && s->world_size == 1;
   if (gpu && s->world_size > 1 && s->world_rank == 0) {
-    std::fprintf(stderr,
-                 "switchyard: note: a GPU is present, but distributed jobs run on the CPU "
-                 "executor (the CUDA executor serves single-process jobs)\n");
+    spdlog::info(
+        "a GPU is present, but distributed jobs run on the CPU executor (the CUDA executor "
+        "serves single-process jobs)");
   }
   ASSIGN_OR_RETURN(s->config, LoadModelConfig(dir + "/config.json"));
   if (options.placement_file.empty()) {
@@ -160,21 +158,30 @@ absl::StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const SessionOp
     ASSIGN_OR_RETURN(s->placement,
                      LoadPlacementFile(options.placement_file, s->config, options.ep, options.pp));
   }
+  using Clock = std::chrono::steady_clock;
+  auto seconds_since = [](Clock::time_point t) {
+    return std::chrono::duration<double>(Clock::now() - t).count();
+  };
+  const Clock::time_point open_start = Clock::now();
   ASSIGN_OR_RETURN(s->checkpoint, SafetensorsCheckpoint::Open(dir));
   // A checkpoint without tokenizer.model (a synthetic one, say) serves token ids only.
   const std::string tokenizer_path = dir + "/tokenizer.model";
   if (s->is_coordinator() && !std::filesystem::exists(tokenizer_path)) {
-    std::fprintf(stderr, "switchyard: note: %s not found: token ids only\n",
-                 tokenizer_path.c_str());
+    spdlog::info("{} not found: token ids only", tokenizer_path);
   } else if (s->is_coordinator()) {
     ASSIGN_OR_RETURN(s->tokenizer, Tokenizer::Load(tokenizer_path, s->config.bos_token_id,
                                                    s->config.eos_token_id));
   }
+  const double open_secs = seconds_since(open_start);
   const ShardSpec spec = s->placement.ShardFor(s->world_rank, s->config);
+  const Clock::time_point load_start = Clock::now();
   ASSIGN_OR_RETURN(s->weights,
                    ModelWeights::Load(*s->checkpoint, s->config, spec,
                                       {.show_progress = options.show_progress &&
                                                         s->is_coordinator()}));
+  const double load_secs = seconds_since(load_start);
+  const Clock::time_point build_start = Clock::now();
+  double peers_secs = 0;
   const int context = s->config.max_position_embeddings;
   const int64_t context_blocks = (context + options.block_size - 1) / options.block_size;
   int64_t blocks = options.kv_blocks > 0 ? options.kv_blocks : context_blocks;
@@ -204,15 +211,19 @@ absl::StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const SessionOp
     }
   } else {
     const ParallelShape shape{.ep = options.ep, .pp = options.pp, .world_rank = s->world_rank};
+    const Clock::time_point split_start = Clock::now();  // a collective: waits for every rank
     ASSIGN_OR_RETURN(s->ep_comm_,
                      s->world_comm_->Split(shape.stage(), shape.ep_rank(),
                                            absl::StrCat("ep(stage ", shape.stage(), ")")));
+    peers_secs += seconds_since(split_start);
     s->worker_ = std::make_unique<DistributedWorker>(*s->weights, shape, s->world_comm_.get(),
                                                      s->ep_comm_.get(), s->placement.expert_ranks,
                                                      kv, limits);
     LogShard(*s, spec, s->worker_->kv_cache().shape().bytes());
     // Every rank has its shard and its communicators before the first step.
+    const Clock::time_point barrier_start = Clock::now();
     RETURN_IF_ERROR(s->world_comm_->Barrier());
+    peers_secs += seconds_since(barrier_start);
     if (s->is_coordinator()) {
       auto exec = std::make_unique<DistributedExecutor>(s->worker_.get());
       s->distributed_ = exec.get();
@@ -224,6 +235,14 @@ absl::StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const SessionOp
       s->allocators.push_back(std::make_unique<BlockAllocator>(blocks, options.block_size));
     }
   }
+  // Where start-up time went, per rank (the slowest rank's weights usually dominate).
+  const double resident = static_cast<double>(s->weights->resident_bytes());
+  spdlog::info(
+      "ready in {:.2f} s: checkpoint index and tokenizer {:.2f} s, weights {:.2f} s ({} at "
+      "{}/s), executor and KV cache {:.2f} s, waiting for other ranks {:.2f} s",
+      seconds_since(open_start), open_secs, load_secs, ByteProgress::FormatBytes(resident),
+      ByteProgress::FormatBytes(load_secs > 0 ? resident / load_secs : 0),
+      seconds_since(build_start) - peers_secs, peers_secs);
   return s;
 }
 

@@ -269,8 +269,22 @@ absl::Status CheckWorldSize(int world, int ep, int pp) {
 absl::StatusOr<PlacementPlan> ParsePlacement(const std::string& text, const std::string& source,
                                              const ModelConfig& cfg, int ep, int pp) {
   RETURN_IF_ERROR(ValidateShape(cfg, ep, pp));
-  const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return absl::InvalidArgumentError(source + ": invalid JSON");
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::parse_error& e) {
+    // "file:3:14: invalid JSON: syntax error while parsing object - unexpected '}'; ..."
+    const size_t at = std::min<size_t>(e.byte > 0 ? e.byte - 1 : 0, text.size());
+    const size_t line = 1 + std::count(text.begin(), text.begin() + at, '\n');
+    const size_t line_start = text.rfind('\n', at == 0 ? 0 : at - 1);
+    const size_t column = line_start == std::string::npos || at == 0 ? at + 1 : at - line_start;
+    std::string reason = e.what();
+    if (const size_t colon = reason.find(": "); colon != std::string::npos) {
+      reason = reason.substr(colon + 2);  // drop "[json.exception...] parse error at ..."
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ":", line, ":", column, ": invalid JSON: ", reason));
+  }
   if (!j.is_object()) {
     return absl::InvalidArgumentError(source + ": expected a JSON object at the top level");
   }

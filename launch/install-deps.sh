@@ -7,7 +7,7 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   libabsl-dev libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libgtest-dev libgmock-dev libbenchmark-dev
-  libsentencepiece-dev nlohmann-json3-dev libcli11-dev libssl-dev
+  libsentencepiece-dev nlohmann-json3-dev libcli11-dev libssl-dev libspdlog-dev
   libopenmpi-dev openmpi-bin
   python3 python3-grpcio python3-protobuf python3-numpy
 )

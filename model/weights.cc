@@ -119,8 +119,9 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(const Safetenso
   for (const TensorView& t : c.views()) total += t.nbytes;
   w->resident_bytes_ = total;
   if (options.prefetch) {
-    ByteProgress progress("loading weights", total);
-    ckpt.Prefetch(c.views(), options.show_progress ? &progress : nullptr);
+    // Every rank reports: on rank 0's terminal a refreshing line, in logs a line every 10 s.
+    ByteProgress progress("loading weights", total, /*terminal=*/options.show_progress);
+    ckpt.Prefetch(c.views(), &progress);
   }
   return w;
 }

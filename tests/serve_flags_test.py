@@ -5,7 +5,10 @@ match its certificate, one TLS file without the other; under mpirun only rank 0 
 `serve --help` shows every default.
 
 usage: serve_flags_test.py SWITCHYARD MODEL TESTDATA"""
+import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,11 +25,13 @@ def refused(*flags, np=1):
                "--mca", "oob_tcp_if_include", "lo", "-np", str(np), *cmd, "--ep", str(np)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert p.returncode != 0, (cmd, p.stderr)
-    errors = [l for l in p.stderr.splitlines() if l.startswith("switchyard: error: ")]
+    # Log lines: "2026-11-30 03:45:00.123 rank 0 error: MESSAGE"
+    errors = [l for l in p.stderr.splitlines() if re.match(r"\S+ \S+ rank 0 error: ", l)]
     assert len(errors) == 1, (cmd, p.stderr)  # once, from rank 0
+    assert " error: " not in p.stderr.replace(errors[0], ""), p.stderr
     # Nothing was loaded: the shard line every rank prints after loading never appears.
     assert "weights" not in p.stderr, p.stderr
-    return errors[0][len("switchyard: error: "):]
+    return errors[0].split(" error: ", 1)[1]
 
 
 assert refused("--listen", "127.0.0.1:99999") == \
@@ -63,10 +68,40 @@ for line in server.stderr:
 server.terminate()
 server.communicate(timeout=60)
 os.remove(token)
-assert any("warning: --auth-token-file without TLS on 0.0.0.0:0" in l for l in lines), lines
+assert any(re.match(r"\S+ \S+ rank 0 warning: --auth-token-file without TLS on 0.0.0.0:0", l)
+           for l in lines), lines
+
+# The example client over mutual TLS with a token and a request id, started by whatever
+# python3 comes first on PATH (it restarts under Debian's when that one lacks grpc).
+client = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "client.py")
+port_file = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"serve_flags_port_{os.getpid()}")
+with open(token, "w") as f:
+    f.write("s3cret\n")
+server = subprocess.Popen([binary, "serve", "--model", model, "--listen", "127.0.0.1:0",
+                           "--port-file", port_file, "--tls-cert", crt, "--tls-key", key,
+                           "--tls-client-ca", crt, "--auth-token-file", token],
+                          stderr=subprocess.PIPE, text=True)
+for line in server.stderr:
+    if "serving" in line:
+        break
+port = open(port_file).read().strip()
+python3 = shutil.which("python3") or "/usr/bin/python3"
+out = subprocess.run([python3, client, "--target", f"localhost:{port}", "--prompt", "The jury said that",
+                      "--max-tokens", "8", "--tls-ca", crt, "--tls-cert", crt, "--tls-key", key,
+                      "--token-file", token, "--request-id", "flags-test-1", "--json"],
+                     capture_output=True, text=True, timeout=60)
+server.terminate()
+log = server.communicate(timeout=60)[1]
+os.remove(token)
+os.remove(port_file)
+assert out.returncode == 0, (out.stdout, out.stderr)
+result = json.loads(out.stdout)
+assert result["completion_tokens"] == 8 and result["text"].startswith(" "), result
+assert result["request_id"] == "flags-test-1", result
+assert "access: id=flags-test-1 " in log and "status=OK" in log, log
 
 help_text = subprocess.run([binary, "serve", "--help"], capture_output=True, text=True).stdout
 for default in ["--listen TEXT=127.0.0.1:50051", "--max-queue INT:INT in [1 - 1048576]=256",
                 "--drain-timeout FLOAT:FLOAT in [0 - 3600]=30", "--kv-memory BYTES=1GiB"]:
     assert default in help_text, (default, help_text)
-print("serve flags: 13 checks passed")
+print("serve flags: 14 checks passed")

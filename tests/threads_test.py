@@ -23,8 +23,8 @@ def run(np, mpirun_flags, env_extra, *layout):
            "decode", "--model", model, *layout, "--tokens", "4", "--repeats", "1", "--json"]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     assert p.returncode == 0, (cmd, p.stdout, p.stderr)
-    lines = [l for l in p.stderr.splitlines() if l.startswith("switchyard: node ")]
-    warnings = [l for l in p.stderr.splitlines() if l.startswith("switchyard: warning: ")]
+    lines = [l for l in p.stderr.splitlines() if " info: threads on node " in l]
+    warnings = [l for l in p.stderr.splitlines() if " warning: " in l]
     return json.loads(p.stdout)["threads_per_rank"], lines, warnings
 
 

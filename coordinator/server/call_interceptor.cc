@@ -1,15 +1,24 @@
 #include "coordinator/server/call_interceptor.h"
+#include "common/log.h"
 
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/stubs/logging.h>
 
-#include <cstdio>
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstring>
 #include <mutex>
+#include <optional>
+#include <random>
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
+#include "common/log.h"
 #include "coordinator/server/serving_context.h"
+#include "switchyard/v1/switchyard.pb.h"
 
 namespace switchyard {
 namespace {
@@ -25,14 +34,54 @@ std::string RequestType(const char* method) {
   return m == nullptr ? std::string() : m->input_type()->full_name();
 }
 
+// A request id a client may choose: printable ASCII without spaces, at most 128 bytes.
+bool ValidRequestId(grpc::string_ref id) {
+  if (id.empty() || id.size() > 128) return false;
+  return std::all_of(id.begin(), id.end(), [](char c) { return c > ' ' && c < 127; });
+}
+
+std::string NewRequestId() {
+  static const uint64_t process = std::random_device{}() ^ (uint64_t{std::random_device{}()} << 32);
+  static std::atomic<uint64_t> counter{0};
+  return absl::StrFormat("%016x-%x", process, counter.fetch_add(1) + 1);
+}
+
+const char* StatusName(grpc::StatusCode code) {
+  static const char* const kNames[] = {
+      "OK",        "CANCELLED",          "UNKNOWN",           "INVALID_ARGUMENT",
+      "DEADLINE_EXCEEDED", "NOT_FOUND",  "ALREADY_EXISTS",    "PERMISSION_DENIED",
+      "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+      "UNIMPLEMENTED", "INTERNAL",        "UNAVAILABLE",       "DATA_LOSS",
+      "UNAUTHENTICATED"};
+  const int i = static_cast<int>(code);
+  return i >= 0 && i < 17 ? kNames[i] : "UNKNOWN";
+}
+
 class CallInterceptor final : public grpc::experimental::Interceptor {
  public:
   CallInterceptor(grpc::experimental::ServerRpcInfo* info, const ServingContext* ctx)
-      : info_(info), ctx_(ctx) {}
+      : info_(info), ctx_(ctx), start_(std::chrono::steady_clock::now()) {
+    const char* m = info->method() != nullptr ? info->method() : "";
+    // Probes and reflection would flood the access log.
+    logged_ = std::strncmp(m, "/grpc.", 6) != 0;
+    method_ = m[0] == '/' ? m + 1 : m;
+  }
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_INITIAL_METADATA)) {
-      authorized_ = ctx_->AuthorizeMetadata(*methods->GetRecvInitialMetadata());
+      const auto& metadata = *methods->GetRecvInitialMetadata();
+      authorized_ = ctx_->AuthorizeMetadata(metadata);
+      auto it = metadata.find("x-request-id");
+      request_id_ = it != metadata.end() && ValidRequestId(it->second)
+                        ? std::string(it->second.data(), it->second.size())
+                        : NewRequestId();
+    }
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+      if (request_id_.empty()) request_id_ = NewRequestId();
+      methods->GetSendInitialMetadata()->emplace("x-request-id", request_id_);
+    }
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_MESSAGE)) {
+      NoteResponse(methods->GetSendMessage());
     }
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_MESSAGE)) {
       unparsed_ = methods->GetRecvMessage() == nullptr;  // gRPC's mark of a failed parse
@@ -54,13 +103,54 @@ class CallInterceptor final : public grpc::experimental::Interceptor {
           methods->ModifySendStatus(UnparsableRequestStatus(info_->method()));
         }
       }
+      if (logged_) LogAccess(methods->GetSendStatus());
     }
     methods->Proceed();
   }
 
  private:
+  // Token counts and the first message's time, from the responses of the generation methods.
+  void NoteResponse(const void* message) {
+    const auto now = std::chrono::steady_clock::now();
+    if (!first_message_.has_value()) first_message_ = now;
+    if (message == nullptr) return;  // already serialized: nothing to read
+    if (method_ == "switchyard.v1.Switchyard/Generate") {
+      const auto* r = static_cast<const v1::GenerateResponse*>(message);
+      if (r->prompt_tokens() > 0) prompt_tokens_ = r->prompt_tokens();
+      if (r->completion_tokens() > 0) completion_tokens_ = r->completion_tokens();
+    } else if (method_ == "switchyard.v1.Switchyard/Complete") {
+      const auto* r = static_cast<const v1::CompleteResponse*>(message);
+      prompt_tokens_ = r->prompt_tokens();
+      completion_tokens_ = r->completion_tokens();
+    }
+  }
+
+  void LogAccess(const grpc::Status& status) {
+    using Ms = std::chrono::duration<double, std::milli>;
+    const auto now = std::chrono::steady_clock::now();
+    std::string counts;
+    if (prompt_tokens_ >= 0) {
+      counts = absl::StrFormat(" prompt_tokens=%d completion_tokens=%d", prompt_tokens_,
+                               std::max(completion_tokens_, 0));
+    }
+    std::string ttft;
+    if (first_message_.has_value() && status.ok()) {
+      ttft = absl::StrFormat(" first_response_ms=%.1f", Ms(*first_message_ - start_).count());
+    }
+    spdlog::info("access: id={} peer={} method={} status={}{}{} total_ms={:.1f}", request_id_,
+                 info_->server_context()->peer(), method_, StatusName(status.error_code()),
+                 counts, ttft, Ms(now - start_).count());
+  }
+
   grpc::experimental::ServerRpcInfo* const info_;
   const ServingContext* const ctx_;
+  const std::chrono::steady_clock::time_point start_;
+  std::optional<std::chrono::steady_clock::time_point> first_message_;
+  std::string method_;
+  std::string request_id_;
+  bool logged_ = false;
+  int prompt_tokens_ = -1;
+  int completion_tokens_ = -1;
   absl::Status authorized_;
   bool unparsed_ = false;
 };
@@ -83,9 +173,9 @@ void FilteredProtobufLog(google::protobuf::LogLevel level, const char* filename,
   // One line per malformed request would let any client flood the log; the client is told
   // instead (INVALID_ARGUMENT).
   if (message.find("contains invalid UTF-8 data when parsing") != std::string::npos) return;
-  static const char* const kLevels[] = {"INFO", "WARNING", "ERROR", "FATAL"};
-  std::fprintf(stderr, "[libprotobuf %s %s:%d] %s\n", kLevels[level], filename, line,
-               message.c_str());
+  static const spdlog::level::level_enum kLevels[] = {spdlog::level::info, spdlog::level::warn,
+                                                     spdlog::level::err, spdlog::level::critical};
+  spdlog::log(kLevels[level], "libprotobuf {}:{}: {}", filename, line, message);
 }
 
 }  // namespace

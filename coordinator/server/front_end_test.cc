@@ -8,6 +8,7 @@
 #include <sstream>
 #include <thread>
 
+#include "common/log.h"
 #include "coordinator/server/serving_test_fixture.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -596,6 +597,42 @@ TEST_F(ServingTest, BytesThatDoNotParseAreInvalidArgumentNamingTheType) {
   EXPECT_EQ(s.error_code(), StatusCode::UNIMPLEMENTED);
   EXPECT_EQ(s.error_message(), "unknown method /switchyard.v1.Switchyard/NoSuchMethod");
   EXPECT_TRUE(fake_.submitted().empty());
+}
+
+TEST_F(ServingTest, RequestIdsAreKeptOrMadeAndEveryCallIsLogged) {
+  InitLogging(0);  // stderr, as the binary logs
+  testing::internal::CaptureStderr();
+  grpc::ClientContext c1;
+  c1.AddMetadata("x-request-id", "client-chosen-7");
+  v1::CompleteResponse resp;
+  ASSERT_TRUE(stub_->Complete(&c1, TextRequest("The jury"), &resp).ok());
+  auto id1 = c1.GetServerInitialMetadata().find("x-request-id");
+  ASSERT_NE(id1, c1.GetServerInitialMetadata().end());
+  EXPECT_EQ(std::string(id1->second.data(), id1->second.size()), "client-chosen-7");
+
+  // No id (or an unusable one): the server makes one, also for a refused call.
+  grpc::ClientContext c2;
+  c2.AddMetadata("x-request-id", std::string(200, 'x'));
+  EXPECT_FALSE(stub_->Complete(&c2, TextRequest(""), &resp).ok());
+  auto id2 = c2.GetServerInitialMetadata().find("x-request-id");
+  ASSERT_NE(id2, c2.GetServerInitialMetadata().end());
+  const std::string made(id2->second.data(), id2->second.size());
+  EXPECT_THAT(made, testing::MatchesRegex("[0-9a-f]{16}-[0-9a-f]+"));
+
+  grpc::ClientContext c3;
+  grpc::health::v1::HealthCheckResponse hresp;
+  ASSERT_TRUE(health_->Check(&c3, {}, &hresp).ok());
+  const std::string log = testing::internal::GetCapturedStderr();
+  const size_t at = log.find("rank 0 info: access: id=client-chosen-7 peer=ipv");
+  ASSERT_NE(at, std::string::npos) << log;
+  const std::string line = log.substr(at, log.find('\n', at) - at);
+  for (const char* part : {" method=switchyard.v1.Switchyard/Complete status=OK prompt_tokens=",
+                           " completion_tokens=", " first_response_ms=", " total_ms="}) {
+    EXPECT_THAT(line, HasSubstr(part));
+  }
+  EXPECT_THAT(log, HasSubstr("access: id=" + made));
+  EXPECT_THAT(log, HasSubstr("status=INVALID_ARGUMENT"));
+  EXPECT_THAT(log, testing::Not(HasSubstr("grpc.health")));  // probes are not logged
 }
 
 TEST_F(AuthTest, BytesThatDoNotParseAreUnauthenticatedWithoutAToken) {
