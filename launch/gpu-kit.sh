@@ -5,6 +5,8 @@
 # libraries, SentencePiece), and the Python stubs, into .gpukit/kit.tar.xz (git-ignored).
 # On the GPU machine, from a copy of this repository with .gpukit beside it:
 #   launch/gpu-check.sh OUTDIR      # unpacks the kit, runs the GPU tests and benchmarks
+# The kit's libraries go on the library path of the kit's binaries only (gpu_check.py), so
+# PyTorch keeps its own cuBLAS and NCCL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 launch/install-deps.sh

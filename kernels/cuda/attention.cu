@@ -274,7 +274,7 @@ absl::Status PrefillAttention(const AttentionParams& p, const PrefillTiles& tile
   const dim3 grid(tiles.num_tiles, p.heads.n_heads);
   const float scale = 1.0f / sqrtf(static_cast<float>(p.heads.head_dim));
   PrefillAttentionKernel<<<grid, kPrefillThreads, smem, stream>>>(p, tiles, scale);
-  return CudaCheck(cudaGetLastError(), "PrefillAttention");
+  return LaunchCheck("PrefillAttention", stream);
 }
 
 absl::Status DecodeAttention(const AttentionParams& p, const DecodeSeqs& seqs,
@@ -284,7 +284,7 @@ absl::Status DecodeAttention(const AttentionParams& p, const DecodeSeqs& seqs,
   const dim3 grid(seqs.num_seqs, p.heads.n_heads);
   const float scale = 1.0f / sqrtf(static_cast<float>(p.heads.head_dim));
   DecodeAttentionKernel<<<grid, kDecodeThreads, 0, stream>>>(p, seqs, scale);
-  return CudaCheck(cudaGetLastError(), "DecodeAttention");
+  return LaunchCheck("DecodeAttention", stream);
 }
 
 }  // namespace switchyard::cuda

@@ -12,6 +12,7 @@
 //   batch 1 reads exactly its k experts' weights; padding rows cost compute, not bandwidth.
 // cublasGemmGroupedBatchedEx would also take per-group sizes, but from host arrays, so it needs
 // the same host round trip as the loop and brings nothing for graphs; the loop is simpler.
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -32,6 +33,22 @@ std::string ShortPath(const char* file) {
 }
 
 }  // namespace
+
+absl::Status LaunchCheck(const char* what, cudaStream_t stream, const char* file, int line) {
+  if (absl::Status s = CudaCheck(cudaGetLastError(), what, file, line); !s.ok()) return s;
+  static const bool sync = [] {
+    const char* v = std::getenv("SWITCHYARD_CUDA_SYNC");
+    return v != nullptr && v[0] != '\0' && std::string(v) != "0";
+  }();
+  if (!sync) return absl::OkStatus();
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess ||
+      capture != cudaStreamCaptureStatusNone) {
+    return absl::OkStatus();  // inside a graph capture nothing may synchronise
+  }
+  const std::string executing = std::string(what) + " (executing; SWITCHYARD_CUDA_SYNC)";
+  return CudaCheck(cudaStreamSynchronize(stream), executing.c_str(), file, line);
+}
 
 absl::Status CudaCheck(cudaError_t err, const char* what, const char* file, int line) {
   if (err == cudaSuccess) return absl::OkStatus();

@@ -477,7 +477,6 @@ __global__ void __launch_bounds__(kSampleThreads) SampleKernel(SampleParams p) {
 // Launchers
 // =============================================================================================
 
-absl::Status Launched(const char* what) { return CudaCheck(cudaGetLastError(), what); }
 
 // Threads for a block that walks `n` elements of a row: n rounded up to a multiple of 32,
 // within [32, 256].
@@ -490,13 +489,13 @@ int RowThreads(int64_t n) {
 absl::Status Embedding(const EmbeddingParams& p, cudaStream_t stream) {
   if (p.num_tokens == 0) return absl::OkStatus();
   EmbeddingKernel<<<p.num_tokens, RowThreads(p.hidden), 0, stream>>>(p);
-  return Launched("Embedding");
+  return LaunchCheck("Embedding", stream);
 }
 
 absl::Status AddRmsNorm(const RmsNormParams& p, cudaStream_t stream) {
   if (p.num_rows == 0) return absl::OkStatus();
   AddRmsNormKernel<<<p.num_rows, RowThreads(p.hidden), 0, stream>>>(p);
-  return Launched("AddRmsNorm");
+  return LaunchCheck("AddRmsNorm", stream);
 }
 
 absl::Status Rope(const RopeParams& p, cudaStream_t stream) {
@@ -505,7 +504,7 @@ absl::Status Rope(const RopeParams& p, cudaStream_t stream) {
   }
   if (p.num_tokens == 0) return absl::OkStatus();
   RopeKernel<<<p.num_tokens, RowThreads(p.num_heads * p.head_dim / 2), 0, stream>>>(p);
-  return Launched("Rope");
+  return LaunchCheck("Rope", stream);
 }
 
 absl::Status SiluGate(const SiluGateParams& p, cudaStream_t stream) {
@@ -513,13 +512,13 @@ absl::Status SiluGate(const SiluGateParams& p, cudaStream_t stream) {
   if (n == 0) return absl::OkStatus();
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(CeilDiv(n, 256), 1 << 16));
   SiluGateKernel<<<blocks, 256, 0, stream>>>(p);
-  return Launched("SiluGate");
+  return LaunchCheck("SiluGate", stream);
 }
 
 absl::Status KvWrite(const KvWriteParams& p, cudaStream_t stream) {
   if (p.num_tokens == 0) return absl::OkStatus();
   KvWriteKernel<<<p.num_tokens, RowThreads(p.cache.kv_dim), 0, stream>>>(p);
-  return Launched("KvWrite");
+  return LaunchCheck("KvWrite", stream);
 }
 
 absl::Status Router(const RouterParams& p, cudaStream_t stream) {
@@ -530,7 +529,7 @@ absl::Status Router(const RouterParams& p, cudaStream_t stream) {
   }
   if (p.num_tokens == 0) return absl::OkStatus();
   RouterKernel<<<p.num_tokens, 128, 0, stream>>>(p);
-  return Launched("Router");
+  return LaunchCheck("Router", stream);
 }
 
 absl::Status MoePermute(const MoePermuteParams& p, cudaStream_t stream) {
@@ -547,12 +546,12 @@ absl::Status MoePermute(const MoePermuteParams& p, cudaStream_t stream) {
         p.num_slots, " slots"));
   }
   MoeIndexKernel<<<1, kIndexThreads, 0, stream>>>(p);
-  RETURN_IF_ERROR(Launched("MoePermute(index)"));
+  RETURN_IF_ERROR(LaunchCheck("MoePermute(index)", stream));
   const int64_t rows = p.capacity == 0 ? pairs : static_cast<int64_t>(p.num_slots) * p.capacity;
   if (rows == 0) return absl::OkStatus();
   GatherRowsKernel<<<static_cast<unsigned>(rows), 128, 0, stream>>>(p.x, p.row_token, p.ffn.hidden,
                                                                     p.ffn.rows);
-  return Launched("MoePermute(gather)");
+  return LaunchCheck("MoePermute(gather)", stream);
 }
 
 absl::Status MoeUnpermute(const MoeUnpermuteParams& p, cudaStream_t stream) {
@@ -561,14 +560,14 @@ absl::Status MoeUnpermute(const MoeUnpermuteParams& p, cudaStream_t stream) {
   }
   if (p.num_tokens == 0) return absl::OkStatus();
   UnpermuteKernel<<<p.num_tokens, RowThreads(p.hidden), 0, stream>>>(p);
-  return Launched("MoeUnpermute");
+  return LaunchCheck("MoeUnpermute", stream);
 }
 
 absl::Status Sample(const SampleParams& p, cudaStream_t stream) {
   if (p.vocab < 1) return absl::InvalidArgumentError("Sample: empty vocabulary");
   if (p.num_requests == 0) return absl::OkStatus();
   SampleKernel<<<p.num_requests, kSampleThreads, 0, stream>>>(p);
-  return Launched("Sample");
+  return LaunchCheck("Sample", stream);
 }
 
 }  // namespace switchyard::cuda

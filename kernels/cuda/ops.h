@@ -42,6 +42,13 @@ absl::Status CudaCheck(cudaError_t err, const char* what, const char* file = __b
 absl::Status CublasCheck(cublasStatus_t st, const char* what, const char* file = __builtin_FILE(),
                          int line = __builtin_LINE());
 
+// After a kernel launch on `stream`: the launch error, if any (as CudaCheck). With the
+// environment variable SWITCHYARD_CUDA_SYNC=1 (a debug mode) it also synchronises the stream
+// and reports an execution error under this kernel's name, so an asynchronous fault names the
+// kernel that caused it rather than a later call; never while the stream is capturing a graph.
+absl::Status LaunchCheck(const char* what, cudaStream_t stream,
+                         const char* file = __builtin_FILE(), int line = __builtin_LINE());
+
 // True when a CUDA device can be used by this process (cudaGetDeviceCount succeeds and is > 0).
 bool DeviceAvailable();
 
