@@ -93,6 +93,25 @@ absl::Status ConfigureThreads(MpiCommunicator* world) {
   return absl::OkStatus();
 }
 
+// A Slurm step of several tasks in which MPI was not wired up (srun without --mpi=pmix, or a
+// Slurm without PMIx): every task sees a world of one, and the world-size message would blame
+// the --ep/--pp flags. Say what is wrong instead.
+absl::Status CheckSlurmWireUp(int world_size) {
+  // Only tasks of an srun step carry these (a batch script's own shell does not), so a
+  // single-process run inside an allocation is left alone.
+  const char* ntasks = std::getenv("SLURM_STEP_NUM_TASKS");
+  if (world_size != 1 || ntasks == nullptr || std::getenv("SLURM_STEP_ID") == nullptr ||
+      std::getenv("SLURM_PROCID") == nullptr) {
+    return absl::OkStatus();
+  }
+  const int n = std::atoi(ntasks);
+  if (n <= 1) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "this is task ", std::getenv("SLURM_PROCID"), " of a Slurm step of ", n,
+      " tasks, but MPI was not wired up, so every task runs alone: launch with srun --mpi=pmix "
+      "(launch/srun.sh does; `srun --mpi=list` shows what this Slurm offers)"));
+}
+
 constexpr char kReportedByCoordinator[] = "switchyard/reported-by-rank-0";
 
 // Runs `check` on rank 0 and shares its outcome with every rank (a code and the message).
@@ -127,6 +146,7 @@ absl::StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const SessionOp
     s->world_rank = s->world_comm_->rank();
     s->world_size = s->world_comm_->size();
   }
+  RETURN_IF_ERROR(CheckSlurmWireUp(s->world_size));
   RETURN_IF_ERROR(CheckWorldSize(s->world_size, options.ep, options.pp));
   RETURN_IF_ERROR(ConfigureThreads(s->world_comm_.get()));
   if (options.coordinator_check) {

@@ -8,5 +8,8 @@ shift 2
 here="$(cd "$(dirname "$0")/.." && pwd)"
 # Each rank picks its OpenMP threads from its share of the node's CPUs (OMP_NUM_THREADS, when
 # set, is exported and wins).
-exec srun --nodes="$nodes" --ntasks-per-node="$per_node" --mpi=pmix \
-  "$here/build/cli/switchyard" "$@"
+# --overcommit: Slurm otherwise refuses (or queues forever) a step with more tasks than a
+# node's CPUs, as in the quick start's 4 ranks on 2 cores; each rank still sizes its threads
+# to its share. --kill-on-bad-exit: one failed rank ends the step.
+exec srun --nodes="$nodes" --ntasks-per-node="$per_node" --overcommit --mpi=pmix \
+  --kill-on-bad-exit=1 "$here/build/cli/switchyard" "$@"

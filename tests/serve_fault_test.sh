@@ -23,7 +23,9 @@ PYTHONPATH="$(dirname "$(dirname "$bin")")/python:${PYTHONPATH:-}" /usr/bin/pyth
 import os, signal, sys, grpc
 from switchyard.v1 import switchyard_pb2, switchyard_pb2_grpc
 stub = switchyard_pb2_grpc.SwitchyardStub(grpc.insecure_channel(f"127.0.0.1:{sys.argv[1]}"))
-req = switchyard_pb2.GenerateRequest(text="In the morning, the old man", max_tokens=900, temperature=0)
+# ignore_eos: 900 tokens, so the stream cannot finish before rank 1 is stopped.
+req = switchyard_pb2.GenerateRequest(text="In the morning, the old man", max_tokens=900, temperature=0,
+                                     ignore_eos=True)
 first = True
 try:
     for msg in stub.Generate(req, timeout=60):
