@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "coordinator/server/grpc_status.h"
 
 namespace switchyard::cli {
 namespace {
@@ -17,15 +18,6 @@ absl::StatusOr<std::string> ReadPem(const std::string& path, const char* flag) {
   return ss.str();
 }
 
-const char* CodeName(grpc::StatusCode code) {
-  static const char* const kNames[] = {
-      "OK",      "CANCELLED",         "UNKNOWN",        "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
-      "NOT_FOUND", "ALREADY_EXISTS",  "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
-      "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",  "UNIMPLEMENTED",  "INTERNAL",
-      "UNAVAILABLE", "DATA_LOSS",     "UNAUTHENTICATED"};
-  const int i = static_cast<int>(code);
-  return i >= 0 && i <= 16 ? kNames[i] : "UNKNOWN";
-}
 
 }  // namespace
 
@@ -49,10 +41,10 @@ void AddClientFlags(CLI::App* cmd, ClientFlags* f, bool target_required, bool re
       ->check(CLI::Range(0.001, 86400.0));
 }
 
-absl::StatusOr<std::string> ReadBearerToken(const std::string& path) {
+absl::StatusOr<std::string> ReadBearerToken(const std::string& path, const std::string& flag) {
   if (path.empty()) return std::string();
   std::ifstream in(path);
-  if (!in) return absl::NotFoundError("--token-file: cannot read " + path);
+  if (!in) return absl::NotFoundError(flag + ": cannot read " + path);
   std::stringstream ss;
   ss << in.rdbuf();
   std::string token = ss.str();
@@ -60,7 +52,7 @@ absl::StatusOr<std::string> ReadBearerToken(const std::string& path) {
                             token.back() == '\t')) {
     token.pop_back();
   }
-  if (token.empty()) return absl::InvalidArgumentError("--token-file: " + path + " is empty");
+  if (token.empty()) return absl::InvalidArgumentError(flag + ": " + path + " is empty");
   return token;
 }
 
@@ -107,7 +99,7 @@ void ClientConnection::Prepare(grpc::ClientContext* ctx) const {
 }
 
 std::string DescribeFailure(const grpc::Status& status, const grpc::ClientContext& ctx) {
-  std::string out = absl::StrCat(CodeName(status.error_code()), ": ", status.error_message());
+  std::string out = absl::StrCat(StatusCodeName(status.error_code()), ": ", status.error_message());
   const auto& md = ctx.GetServerInitialMetadata();
   if (auto it = md.find("x-request-id"); it != md.end()) {
     absl::StrAppend(&out, " (request id ", std::string(it->second.data(), it->second.size()), ")");

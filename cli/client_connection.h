@@ -33,8 +33,9 @@ void AddClientFlags(CLI::App* cmd, ClientFlags* flags, bool target_required = fa
                     bool request_id = true);
 
 // The bearer token in `path` with trailing whitespace removed; "" when `path` is empty.
-// Errors name --token-file.
-absl::StatusOr<std::string> ReadBearerToken(const std::string& path);
+// Errors (unreadable, empty) name `flag`.
+absl::StatusOr<std::string> ReadBearerToken(const std::string& path,
+                                            const std::string& flag = "--token-file");
 
 class ClientConnection {
  public:

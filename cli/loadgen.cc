@@ -46,6 +46,7 @@
 #include "absl/status/statusor.h"
 #include "cli/client_connection.h"
 #include "cli/commands.h"
+#include "coordinator/server/grpc_status.h"
 #include "cli/run_flags.h"
 #include "nlohmann/json.hpp"
 #include "switchyard/v1/switchyard.grpc.pb.h"
@@ -116,30 +117,6 @@ std::vector<int32_t> PromptFor(uint64_t index, int len) {
   return ids;
 }
 
-// The canonical name of a gRPC status code ("UNAVAILABLE"); CODE_<n> for one outside 0..16.
-std::string StatusCodeName(grpc::StatusCode code) {
-  static constexpr const char* kNames[] = {"OK",
-                                           "CANCELLED",
-                                           "UNKNOWN",
-                                           "INVALID_ARGUMENT",
-                                           "DEADLINE_EXCEEDED",
-                                           "NOT_FOUND",
-                                           "ALREADY_EXISTS",
-                                           "PERMISSION_DENIED",
-                                           "RESOURCE_EXHAUSTED",
-                                           "FAILED_PRECONDITION",
-                                           "ABORTED",
-                                           "OUT_OF_RANGE",
-                                           "UNIMPLEMENTED",
-                                           "INTERNAL",
-                                           "UNAVAILABLE",
-                                           "DATA_LOSS",
-                                           "UNAUTHENTICATED"};
-  static_assert(grpc::StatusCode::UNAUTHENTICATED == 16);
-  const int n = static_cast<int>(code);
-  if (n >= 0 && n <= 16) return kNames[n];
-  return "CODE_" + std::to_string(n);
-}
 
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }

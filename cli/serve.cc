@@ -18,6 +18,7 @@
 #include <sstream>
 #include <thread>
 
+#include "cli/client_connection.h"
 #include "cli/commands.h"
 #include "common/log.h"
 #include "cli/run_flags.h"
@@ -94,19 +95,6 @@ ClusterStatusInfo ToClusterStatus(const std::vector<RankStatus>& ranks, const Mo
   return info;
 }
 
-absl::StatusOr<std::string> ReadToken(const std::string& path) {
-  if (path.empty()) return std::string();
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError("--auth-token-file: cannot read " + path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  std::string token = ss.str();
-  while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ')) {
-    token.pop_back();
-  }
-  if (token.empty()) return absl::InvalidArgumentError("--auth-token-file: " + path + " is empty");
-  return token;
-}
 
 // "host:port" or "[v6]:port" -> host, port. Ports outside 0..65535 are refused (0: any free
 // port); gRPC would otherwise take them modulo 65536.
@@ -173,7 +161,7 @@ absl::Status CheckServeFlags(const ServeArgs& a) {
     return absl::InvalidArgumentError(
         "--tls-client-ca: mutual TLS needs the server's own --tls-cert and --tls-key");
   }
-  RETURN_IF_ERROR(ReadToken(a.auth_token_file).status());
+  RETURN_IF_ERROR(ReadBearerToken(a.auth_token_file, "--auth-token-file").status());
   // A token sent in plaintext across a network can be read by anyone on the path.
   const auto host_port = SplitListen(a.listen);
   const std::string host = host_port.ok() ? host_port->first : "";
@@ -202,7 +190,7 @@ int RunServe(const ServeArgs& a) {
   if (!opened.ok()) return Fail(opened.status());
   ModelSession& s = **opened;
   if (!s.is_coordinator()) return WorkerMain(s);
-  auto token = ReadToken(a.auth_token_file);  // checked before loading; read again here
+  auto token = ReadBearerToken(a.auth_token_file, "--auth-token-file");  // checked before loading; read again here
   if (!token.ok()) return Finish(s, Fail(token.status()));
 
   // Request-sized buffers (a prompt of megabytes, its gRPC message) are mapped on their own

@@ -17,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
 #include "common/log.h"
+#include "coordinator/server/grpc_status.h"
 #include "coordinator/server/serving_context.h"
 #include "switchyard/v1/switchyard.pb.h"
 
@@ -46,16 +47,6 @@ std::string NewRequestId() {
   return absl::StrFormat("%016x-%x", process, counter.fetch_add(1) + 1);
 }
 
-const char* StatusName(grpc::StatusCode code) {
-  static const char* const kNames[] = {
-      "OK",        "CANCELLED",          "UNKNOWN",           "INVALID_ARGUMENT",
-      "DEADLINE_EXCEEDED", "NOT_FOUND",  "ALREADY_EXISTS",    "PERMISSION_DENIED",
-      "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-      "UNIMPLEMENTED", "INTERNAL",        "UNAVAILABLE",       "DATA_LOSS",
-      "UNAUTHENTICATED"};
-  const int i = static_cast<int>(code);
-  return i >= 0 && i < 17 ? kNames[i] : "UNKNOWN";
-}
 
 class CallInterceptor final : public grpc::experimental::Interceptor {
  public:
@@ -138,7 +129,7 @@ class CallInterceptor final : public grpc::experimental::Interceptor {
       ttft = absl::StrFormat(" first_response_ms=%.1f", Ms(*first_message_ - start_).count());
     }
     spdlog::info("access: id={} peer={} method={} status={}{}{} total_ms={:.1f}", request_id_,
-                 info_->server_context()->peer(), method_, StatusName(status.error_code()),
+                 info_->server_context()->peer(), method_, StatusCodeName(status.error_code()),
                  counts, ttft, Ms(now - start_).count());
   }
 

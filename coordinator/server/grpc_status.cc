@@ -13,4 +13,10 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   return grpc::Status(grpc_code, std::string(status.message()));
 }
 
+std::string StatusCodeName(grpc::StatusCode code) {
+  const int n = static_cast<int>(code);
+  if (n < 0 || n > 16) return "CODE_" + std::to_string(n);
+  return absl::StatusCodeToString(static_cast<absl::StatusCode>(n));  // the same numbering
+}
+
 }  // namespace switchyard
