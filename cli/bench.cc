@@ -9,12 +9,12 @@
 #include <random>
 
 #include "cli/commands.h"
-#include "common/log.h"
-#include "common/run_spread.h"
 #include "cli/run_flags.h"
-#include "coordinator/model_session.h"
+#include "common/log.h"
 #include "common/memory_bandwidth.h"
 #include "common/progress.h"
+#include "common/run_spread.h"
+#include "coordinator/model_session.h"
 #include "coordinator/sequence_runner.h"
 #include "nlohmann/json.hpp"
 

@@ -1,25 +1,13 @@
 #include "cli/client_connection.h"
 
 #include <chrono>
-#include <fstream>
-#include <sstream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "common/files.h"
 #include "coordinator/server/grpc_status.h"
 
 namespace switchyard::cli {
-namespace {
-
-absl::StatusOr<std::string> ReadPem(const std::string& path, const char* flag) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(flag, ": cannot read ", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-
-}  // namespace
 
 void AddClientFlags(CLI::App* cmd, ClientFlags* f, bool target_required, bool request_id) {
   auto* target = cmd->add_option("--target", f->target, "Server address (host:port)");
@@ -43,16 +31,10 @@ void AddClientFlags(CLI::App* cmd, ClientFlags* f, bool target_required, bool re
 
 absl::StatusOr<std::string> ReadBearerToken(const std::string& path, const std::string& flag) {
   if (path.empty()) return std::string();
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(flag + ": cannot read " + path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  std::string token = ss.str();
-  while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ' ||
-                            token.back() == '\t')) {
-    token.pop_back();
-  }
-  if (token.empty()) return absl::InvalidArgumentError(flag + ": " + path + " is empty");
+  auto token = ReadFileToString(path, flag);
+  if (!token.ok()) return token.status();
+  absl::StripTrailingAsciiWhitespace(&*token);
+  if (token->empty()) return absl::InvalidArgumentError(flag + ": " + path + " is empty");
   return token;
 }
 
@@ -72,14 +54,14 @@ absl::StatusOr<ClientConnection> ClientConnection::Open(const ClientFlags& f) {
   if (!f.tls_ca.empty() || !f.tls_cert.empty()) {
     grpc::SslCredentialsOptions ssl;
     if (!f.tls_ca.empty()) {
-      auto pem = ReadPem(f.tls_ca, "--tls-ca");
+      auto pem = ReadFileToString(f.tls_ca, "--tls-ca");
       if (!pem.ok()) return pem.status();
       ssl.pem_root_certs = *pem;
     }
     if (!f.tls_cert.empty()) {
-      auto cert = ReadPem(f.tls_cert, "--tls-cert");
+      auto cert = ReadFileToString(f.tls_cert, "--tls-cert");
       if (!cert.ok()) return cert.status();
-      auto key = ReadPem(f.tls_key, "--tls-key");
+      auto key = ReadFileToString(f.tls_key, "--tls-key");
       if (!key.ok()) return key.status();
       ssl.pem_cert_chain = *cert;
       ssl.pem_private_key = *key;

@@ -1,6 +1,4 @@
 #include "cli/commands.h"
-#include "common/log.h"
-#include "cli/run_flags.h"
 
 #include <chrono>
 #include <cmath>
@@ -12,9 +10,11 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "coordinator/model_session.h"
+#include "cli/run_flags.h"
+#include "common/log.h"
 #include "common/npy.h"
 #include "common/progress.h"
+#include "coordinator/model_session.h"
 #include "coordinator/perplexity.h"
 #include "coordinator/sequence_runner.h"
 #include "nlohmann/json.hpp"

@@ -1,7 +1,8 @@
 #include "cli/run_flags.h"
-#include "common/log.h"
 
 #include <cstdio>
+
+#include "common/log.h"
 
 namespace switchyard::cli {
 

@@ -7,22 +7,21 @@
 
 #include <atomic>
 #include <cerrno>
-#include <cstring>
-#include <memory>
-#include <utility>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <mutex>
-#include <sstream>
 #include <thread>
+#include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "cli/client_connection.h"
 #include "cli/commands.h"
-#include "common/log.h"
 #include "cli/run_flags.h"
-#include "absl/strings/str_cat.h"
+#include "common/log.h"
 #include "common/status_macros.h"
 #include "coordinator/model_session.h"
 #include "coordinator/scheduler.h"
@@ -123,9 +122,7 @@ absl::StatusOr<std::pair<std::string, int>> SplitListen(const std::string& liste
 
 // Binds (and releases) the address the server will listen on, so that a port in use is
 // reported with the system's reason before anything loads.
-absl::Status CheckListen(const std::string& listen) {
-  ASSIGN_OR_RETURN(auto host_port, SplitListen(listen));
-  const auto& [host, port] = host_port;
+absl::Status CheckBindable(const std::string& listen, const std::string& host, int port) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -153,18 +150,18 @@ absl::Status CheckListen(const std::string& listen) {
 }
 
 // What can fail at start without loading anything, checked on rank 0 before any rank loads
-// weights: the address, the TLS files, the token file.
-absl::Status CheckServeFlags(const ServeArgs& a) {
-  RETURN_IF_ERROR(CheckListen(a.listen));
+// weights: the address, the TLS files, the token file (its token goes to `*token`).
+absl::Status CheckServeFlags(const ServeArgs& a, std::string* token) {
+  ASSIGN_OR_RETURN(auto host_port, SplitListen(a.listen));
+  const auto& [host, port] = host_port;
+  RETURN_IF_ERROR(CheckBindable(a.listen, host, port));
   RETURN_IF_ERROR(CheckTlsFiles(a.tls_cert, a.tls_key, "--tls-cert", "--tls-key"));
   if (!a.tls_client_ca.empty() && a.tls_cert.empty()) {
     return absl::InvalidArgumentError(
         "--tls-client-ca: mutual TLS needs the server's own --tls-cert and --tls-key");
   }
-  RETURN_IF_ERROR(ReadBearerToken(a.auth_token_file, "--auth-token-file").status());
+  ASSIGN_OR_RETURN(*token, ReadBearerToken(a.auth_token_file, "--auth-token-file"));
   // A token sent in plaintext across a network can be read by anyone on the path.
-  const auto host_port = SplitListen(a.listen);
-  const std::string host = host_port.ok() ? host_port->first : "";
   const bool loopback = host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
   if (!a.auth_token_file.empty() && a.tls_cert.empty() && !loopback) {
     spdlog::warn(
@@ -185,13 +182,12 @@ int RunServe(const ServeArgs& a) {
   so.kv_memory = *ParseByteSizeFlag(a.kv_memory, /*allow_zero=*/true);  // checked at parse
   so.kv_max_sequences = a.max_running;
   so.block_size = a.block_size;
-  so.coordinator_check = [&a] { return CheckServeFlags(a); };
+  std::string token;  // rank 0's, read by the check
+  so.coordinator_check = [&a, &token] { return CheckServeFlags(a, &token); };
   auto opened = ModelSession::Open(so);
   if (!opened.ok()) return Fail(opened.status());
   ModelSession& s = **opened;
   if (!s.is_coordinator()) return WorkerMain(s);
-  auto token = ReadBearerToken(a.auth_token_file, "--auth-token-file");  // checked before loading; read again here
-  if (!token.ok()) return Finish(s, Fail(token.status()));
 
   // Request-sized buffers (a prompt of megabytes, its gRPC message) are mapped on their own
   // and unmapped when freed, so a burst of large requests leaves no heap behind: glibc's
@@ -231,7 +227,7 @@ int RunServe(const ServeArgs& a) {
                          .tls_key = a.tls_key,
                          .tls_client_ca = a.tls_client_ca,
                          .expose_reflection = a.expose_reflection,
-                         .auth_token = *token,
+                         .auth_token = token,
                          .max_message_bytes = a.max_message_bytes,
                          .model_name = name});
   if (absl::Status st = front.Start(); !st.ok()) return Finish(s, Fail(st));

@@ -1,9 +1,9 @@
 // How many OpenMP threads each rank runs: chosen from the CPUs it may use, so that ranks
-// sharing a node neither oversubscribe its cores (4 ranks x 2 threads on 2 cores decode ~100x
-// slower than 4 x 1) nor leave them idle.
+// sharing a node neither oversubscribe its cores (4 ranks x 2 threads on 2 cores serve 17x
+// fewer tokens/s than 4 x 1, docs/benchmarks.md) nor leave them idle.
 //
-//   NodeThreads plan = ChooseThreads(getenv("OMP_NUM_THREADS"), my_index, node_ranks);
-//   if (!plan.explicit_env) omp_set_num_threads(plan.threads[my_index]);
+//   NodeThreads plan = ChooseThreads(getenv("OMP_NUM_THREADS"), node_ranks);
+//   if (!plan.explicit_env) omp_set_num_threads(plan.threads[my_index_in_node_ranks]);
 //
 // A rank's share of the node is the sum, over the CPUs in its affinity mask, of 1 / (the
 // number of ranks on the node whose masks hold that CPU). This one rule covers the cases a

@@ -43,10 +43,10 @@ void LogShard(const ModelSession& s, const ShardSpec& spec, uint64_t kv_bytes) {
   if (!spec.local_experts.empty()) experts = absl::StrJoin(spec.local_experts.front(), ",");
   spdlog::info("stage {}, ep rank {}: layers [{}, {}), experts {{{}}}{}{}: weights {}, KV cache {}",
                s.world_rank / s.placement.ep, s.world_rank % s.placement.ep,
-               spec.layer_begin, spec.layer_end, experts.c_str(),
+               spec.layer_begin, spec.layer_end, experts,
                spec.has_embedding ? ", embedding" : "", spec.has_head ? ", head" : "",
-               ByteProgress::FormatBytes(s.weights->resident_bytes()).c_str(),
-               ByteProgress::FormatBytes(kv_bytes).c_str());
+               ByteProgress::FormatBytes(s.weights->resident_bytes()),
+               ByteProgress::FormatBytes(kv_bytes));
 }
 
 // Sets this rank's OpenMP threads from the CPUs the ranks on its node may use (see

@@ -1,6 +1,7 @@
 #include "coordinator/placement.h"
 
 #include <algorithm>
+#include <string_view>
 #include <cctype>
 #include <fstream>
 #include <limits>
@@ -274,10 +275,11 @@ absl::StatusOr<PlacementPlan> ParsePlacement(const std::string& text, const std:
     j = json::parse(text);
   } catch (const json::parse_error& e) {
     // "file:3:14: invalid JSON: syntax error while parsing object - unexpected '}'; ..."
-    const size_t at = std::min<size_t>(e.byte > 0 ? e.byte - 1 : 0, text.size());
-    const size_t line = 1 + std::count(text.begin(), text.begin() + at, '\n');
-    const size_t line_start = text.rfind('\n', at == 0 ? 0 : at - 1);
-    const size_t column = line_start == std::string::npos || at == 0 ? at + 1 : at - line_start;
+    const std::string_view before(text.data(), std::min<size_t>(e.byte > 0 ? e.byte - 1 : 0,
+                                                                text.size()));
+    const size_t line = 1 + std::count(before.begin(), before.end(), '\n');
+    const size_t last_newline = before.rfind('\n');  // npos + 1 == 0 on the first line
+    const size_t column = before.size() - (last_newline + 1) + 1;
     std::string reason = e.what();
     if (const size_t colon = reason.find(": "); colon != std::string::npos) {
       reason = reason.substr(colon + 2);  // drop "[json.exception...] parse error at ..."

@@ -1,13 +1,17 @@
 #!/usr/bin/python3
 """`switchyard client` against a real server, over mutual TLS with a token: generate (streamed),
-complete, tokenize, health, status and info, their JSON, exit codes and request ids; and
-`switchyard loadgen` over the same connection flags.
+complete, tokenize, health, status and info, their JSON, exit codes and request ids;
+`switchyard loadgen` over the same connection flags; and examples/client.py over them too.
 
-usage: client_test.py SWITCHYARD MODEL TESTDATA WORKDIR"""
+usage: client_test.py SWITCHYARD MODEL TESTDATA WORKDIR   (PYTHONPATH: the generated stubs)"""
 import json
 import os
+import shutil
 import subprocess
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serve_process import ServeProcess  # noqa: E402
 
 binary, model, testdata, work = sys.argv[1:5]
 os.makedirs(work, exist_ok=True)
@@ -15,19 +19,6 @@ crt, key = os.path.join(testdata, "server.crt"), os.path.join(testdata, "server.
 token = os.path.join(work, "token")
 with open(token, "w") as f:
     f.write("s3cret\n")
-port_file = os.path.join(work, "port")
-if os.path.exists(port_file):
-    os.remove(port_file)
-server = subprocess.Popen([binary, "serve", "--model", model, "--listen", "127.0.0.1:0",
-                           "--port-file", port_file, "--tls-cert", crt, "--tls-key", key,
-                           "--tls-client-ca", crt, "--auth-token-file", token],
-                          stderr=subprocess.PIPE, text=True)
-for line in server.stderr:
-    if "serving" in line:
-        break
-port = open(port_file).read().strip()
-conn = ["--target", f"localhost:{port}", "--tls-ca", crt, "--tls-cert", crt, "--tls-key", key,
-        "--token-file", token]
 
 
 def client(*args, check=True):
@@ -37,7 +28,11 @@ def client(*args, check=True):
     return p
 
 
-try:
+with ServeProcess(binary, model, work, "--tls-cert", crt, "--tls-key", key, "--tls-client-ca", crt,
+                  "--auth-token-file", token) as server:
+    port = server.port()
+    conn = ["--target", f"localhost:{port}", "--tls-ca", crt, "--tls-cert", crt, "--tls-key", key,
+            "--token-file", token]
     # generate streams text; --json gives the whole result with the request id.
     streamed = client("generate", *conn, "--prompt", "The jury said that", "--max-tokens", "12")
     assert streamed.stdout.startswith(" "), streamed.stdout  # the first token's leading space
@@ -75,8 +70,19 @@ try:
                          "--max-tokens", "8", "--json"], capture_output=True, text=True, timeout=120)
     assert lg.returncode == 0, lg.stderr
     assert json.loads(lg.stdout)["errors"] == {}, lg.stdout
-finally:
-    server.terminate()
-    log = server.communicate(timeout=60)[1]
+    # The example client over mutual TLS with a token and a request id, started by whatever
+    # python3 comes first on PATH (it restarts under Debian's when that one lacks grpc).
+    example = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "client.py")
+    python3 = shutil.which("python3") or "/usr/bin/python3"
+    out = subprocess.run([python3, example, "--target", f"localhost:{port}", "--prompt",
+                          "The jury said that", "--max-tokens", "8", "--tls-ca", crt, "--tls-cert",
+                          crt, "--tls-key", key, "--token-file", token, "--request-id",
+                          "flags-test-1", "--json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    result = json.loads(out.stdout)
+    assert result["completion_tokens"] == 8 and result["text"].startswith(" "), result
+    assert result["request_id"] == "flags-test-1", result
+log = server.output
 assert "access: id=client-test-1 " in log, log
-print("client: 14 checks passed")
+assert "access: id=flags-test-1 " in log and "status=OK" in log, log
+print("client: 15 checks passed")

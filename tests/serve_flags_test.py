@@ -5,10 +5,8 @@ match its certificate, one TLS file without the other; under mpirun only rank 0 
 `serve --help` shows every default.
 
 usage: serve_flags_test.py SWITCHYARD MODEL TESTDATA"""
-import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -71,37 +69,8 @@ os.remove(token)
 assert any(re.match(r"\S+ \S+ rank 0 warning: --auth-token-file without TLS on 0.0.0.0:0", l)
            for l in lines), lines
 
-# The example client over mutual TLS with a token and a request id, started by whatever
-# python3 comes first on PATH (it restarts under Debian's when that one lacks grpc).
-client = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "client.py")
-port_file = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"serve_flags_port_{os.getpid()}")
-with open(token, "w") as f:
-    f.write("s3cret\n")
-server = subprocess.Popen([binary, "serve", "--model", model, "--listen", "127.0.0.1:0",
-                           "--port-file", port_file, "--tls-cert", crt, "--tls-key", key,
-                           "--tls-client-ca", crt, "--auth-token-file", token],
-                          stderr=subprocess.PIPE, text=True)
-for line in server.stderr:
-    if "serving" in line:
-        break
-port = open(port_file).read().strip()
-python3 = shutil.which("python3") or "/usr/bin/python3"
-out = subprocess.run([python3, client, "--target", f"localhost:{port}", "--prompt", "The jury said that",
-                      "--max-tokens", "8", "--tls-ca", crt, "--tls-cert", crt, "--tls-key", key,
-                      "--token-file", token, "--request-id", "flags-test-1", "--json"],
-                     capture_output=True, text=True, timeout=60)
-server.terminate()
-log = server.communicate(timeout=60)[1]
-os.remove(token)
-os.remove(port_file)
-assert out.returncode == 0, (out.stdout, out.stderr)
-result = json.loads(out.stdout)
-assert result["completion_tokens"] == 8 and result["text"].startswith(" "), result
-assert result["request_id"] == "flags-test-1", result
-assert "access: id=flags-test-1 " in log and "status=OK" in log, log
-
 help_text = subprocess.run([binary, "serve", "--help"], capture_output=True, text=True).stdout
 for default in ["--listen TEXT=127.0.0.1:50051", "--max-queue INT:INT in [1 - 1048576]=256",
                 "--drain-timeout FLOAT:FLOAT in [0 - 3600]=30", "--kv-memory BYTES=1GiB"]:
     assert default in help_text, (default, help_text)
-print("serve flags: 14 checks passed")
+print("serve flags: 13 checks passed")

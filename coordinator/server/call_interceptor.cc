@@ -1,5 +1,4 @@
 #include "coordinator/server/call_interceptor.h"
-#include "common/log.h"
 
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/stubs/logging.h>
@@ -47,6 +46,13 @@ std::string NewRequestId() {
   return absl::StrFormat("%016x-%x", process, counter.fetch_add(1) + 1);
 }
 
+// INVALID_ARGUMENT for bytes that do not parse as `type` (a message's full name).
+grpc::Status UnparsableStatus(const std::string& type) {
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                      absl::StrCat("request: the bytes do not parse as ", type,
+                                   " (malformed protobuf, or a string field that is not valid "
+                                   "UTF-8: send such text as bytes or token ids)"));
+}
 
 class CallInterceptor final : public grpc::experimental::Interceptor {
  public:
@@ -79,19 +85,19 @@ class CallInterceptor final : public grpc::experimental::Interceptor {
     }
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
       grpc::Status status = methods->GetSendStatus();
-      // gRPC's own answer when the request bytes did not parse: our handlers never send
-      // UNIMPLEMENTED without a message.
+      // gRPC's own answer for a request that did not parse, or for a method no service of
+      // ours offers: UNIMPLEMENTED without a message (our handlers always give one).
       if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED &&
-          status.error_message().empty() && info_->method() != nullptr &&
-          (unparsed_ || RequestType(info_->method()).empty())) {
-        if (RequestType(info_->method()).empty()) {  // a method no service of ours offers
+          status.error_message().empty() && info_->method() != nullptr) {
+        const std::string type = RequestType(info_->method());
+        if (type.empty()) {
           methods->ModifySendStatus(grpc::Status(
               grpc::StatusCode::UNIMPLEMENTED, absl::StrCat("unknown method ", info_->method())));
-        } else if (!authorized_.ok()) {
+        } else if (unparsed_ && !authorized_.ok()) {
           methods->ModifySendStatus(grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                                                  std::string(authorized_.message())));
-        } else {
-          methods->ModifySendStatus(UnparsableRequestStatus(info_->method()));
+        } else if (unparsed_) {
+          methods->ModifySendStatus(UnparsableStatus(type));
         }
       }
       if (logged_) LogAccess(methods->GetSendStatus());
@@ -181,15 +187,6 @@ MakeCallInterceptors(const ServingContext* context) {
 void InstallProtobufLogFilter() {
   static std::once_flag once;
   std::call_once(once, [] { google::protobuf::SetLogHandler(&FilteredProtobufLog); });
-}
-
-grpc::Status UnparsableRequestStatus(const char* method) {
-  std::string type = RequestType(method);
-  if (type.empty()) type = "the method's request";
-  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                      absl::StrCat("request: the bytes do not parse as ", type,
-                                   " (malformed protobuf, or a string field that is not valid "
-                                   "UTF-8: send such text as bytes or token ids)"));
 }
 
 }  // namespace switchyard

@@ -38,8 +38,4 @@ MakeCallInterceptors(const ServingContext* context);
 // Process-wide; idempotent.
 void InstallProtobufLogFilter();
 
-// The status a call whose request did not parse ends with (exposed for tests): kInvalid
-// argument naming the request type of `method` ("/switchyard.v1.Switchyard/Complete").
-grpc::Status UnparsableRequestStatus(const char* method);
-
 }  // namespace switchyard

@@ -8,12 +8,11 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
-#include <fstream>
 #include <memory>
-#include <sstream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/files.h"
 #include "common/status_macros.h"
 #include "coordinator/server/call_interceptor.h"
 #include "coordinator/server/kserve_service.h"
@@ -45,53 +44,25 @@ class ReflectionOption final : public grpc::ServerBuilderOption {
     std::erase_if(*plugins, [&probe](const std::unique_ptr<grpc::ServerBuilderPlugin>& p) {
       return p->name() == probe.name();
     });
-    if (enable_) plugins->push_back(std::make_unique<grpc::reflection::ProtoServerReflectionPlugin>());
+    if (enable_) {
+      plugins->push_back(std::make_unique<grpc::reflection::ProtoServerReflectionPlugin>());
+    }
   }
 
  private:
   const bool enable_;
 };
 
-absl::StatusOr<std::string> ReadFile(const std::string& path, const char* option) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(option, ": cannot read ", path));
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(
-    const ServingFrontEnd::Options& o) {
-  if (o.tls_cert.empty() && o.tls_key.empty()) {
-    if (!o.tls_client_ca.empty()) {
-      return absl::InvalidArgumentError("tls_client_ca: mutual TLS needs tls_cert and tls_key");
-    }
-    return grpc::InsecureServerCredentials();
-  }
-  RETURN_IF_ERROR(CheckTlsFiles(o.tls_cert, o.tls_key));
-  grpc::SslServerCredentialsOptions ssl;
-  if (!o.tls_client_ca.empty()) {
-    ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFile(o.tls_client_ca, "tls_client_ca"));
-    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
-  }
-  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
-  ASSIGN_OR_RETURN(pair.cert_chain, ReadFile(o.tls_cert, "tls_cert"));
-  ASSIGN_OR_RETURN(pair.private_key, ReadFile(o.tls_key, "tls_key"));
-  ssl.pem_key_cert_pairs.push_back(std::move(pair));
-  return grpc::SslServerCredentials(ssl);
-}
-
-}  // namespace
-
-absl::Status CheckTlsFiles(const std::string& cert, const std::string& key,
-                           const std::string& cert_name, const std::string& key_name) {
-  if (cert.empty() && key.empty()) return absl::OkStatus();
+// The certificate chain and key, read once and checked (see CheckTlsFiles).
+absl::StatusOr<grpc::SslServerCredentialsOptions::PemKeyCertPair> LoadTlsPair(
+    const std::string& cert, const std::string& key, const std::string& cert_name,
+    const std::string& key_name) {
   if (cert.empty() || key.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat(cert_name, " and ", key_name, ": give both PEM files, or neither"));
   }
-  ASSIGN_OR_RETURN(std::string cert_pem, ReadFile(cert, cert_name.c_str()));
-  ASSIGN_OR_RETURN(std::string key_pem, ReadFile(key, key_name.c_str()));
+  ASSIGN_OR_RETURN(std::string cert_pem, ReadFileToString(cert, cert_name));
+  ASSIGN_OR_RETURN(std::string key_pem, ReadFileToString(key, key_name));
   auto bio = [](const std::string& pem) {
     return std::unique_ptr<BIO, decltype(&BIO_free)>(
         BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())), &BIO_free);
@@ -117,7 +88,36 @@ absl::Status CheckTlsFiles(const std::string& cert, const std::string& key,
                                                    " does not match the certificate in ", cert,
                                                    " (", cert_name, ")"));
   }
-  return absl::OkStatus();
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  pair.cert_chain = std::move(cert_pem);
+  pair.private_key = std::move(key_pem);
+  return pair;
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(
+    const ServingFrontEnd::Options& o) {
+  if (o.tls_cert.empty() && o.tls_key.empty()) {
+    if (!o.tls_client_ca.empty()) {
+      return absl::InvalidArgumentError("tls_client_ca: mutual TLS needs tls_cert and tls_key");
+    }
+    return grpc::InsecureServerCredentials();
+  }
+  ASSIGN_OR_RETURN(auto pair, LoadTlsPair(o.tls_cert, o.tls_key, "tls_cert", "tls_key"));
+  grpc::SslServerCredentialsOptions ssl;
+  if (!o.tls_client_ca.empty()) {
+    ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFileToString(o.tls_client_ca, "tls_client_ca"));
+    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  ssl.pem_key_cert_pairs.push_back(std::move(pair));
+  return grpc::SslServerCredentials(ssl);
+}
+
+}  // namespace
+
+absl::Status CheckTlsFiles(const std::string& cert, const std::string& key,
+                           const std::string& cert_name, const std::string& key_name) {
+  if (cert.empty() && key.empty()) return absl::OkStatus();
+  return LoadTlsPair(cert, key, cert_name, key_name).status();
 }
 
 ServingFrontEnd::ServingFrontEnd(GenerationQueue* queue, const Tokenizer* tokenizer,

@@ -15,8 +15,8 @@
 // auth_token every RPC of the Switchyard and KServe services requires metadata
 // "authorization: Bearer <token>" (UNAUTHENTICATED otherwise), health checks stay open, and
 // reflection is not served unless expose_reflection. With tls_client_ca, clients need a
-// certificate signed by that CA (mutual TLS). Requests larger than max_message_bytes get RESOURCE_EXHAUSTED from
-// gRPC itself.
+// certificate signed by that CA (mutual TLS). Requests larger than max_message_bytes get
+// RESOURCE_EXHAUSTED from gRPC itself.
 //
 // Thread-safety: all methods may be called from any thread; Start once, before the others.
 #pragma once
@@ -102,7 +102,7 @@ class ServingFrontEnd {
   // The port bound by Start (the chosen one for port 0); 0 before Start.
   int bound_port() const;
 
-  // Requests seen so far with a large text (ServingContext::NoteText): when it moves, the
+  // Requests seen so far with a large text (ServingContext::CheckText): when it moves, the
   // caller trims the heap once the burst is over.
   uint64_t large_requests() const;
 

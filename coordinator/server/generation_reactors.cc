@@ -175,10 +175,7 @@ void PrepareAndSubmit(GenerationQueue* queue, WorkPool* pool, RequestBuilder bui
   if (pool == nullptr) {
     job();
   } else if (!pool->Post(std::move(job))) {
-    bridge->Close(grpc::Status(
-        grpc::StatusCode::RESOURCE_EXHAUSTED,
-        absl::StrCat("server is busy: ", pool->max_pending(),
-                     " requests are waiting to be tokenized; retry later")));
+    bridge->Close(PoolBusyStatus(*pool));
   }
 }
 
@@ -281,6 +278,12 @@ class UnaryGenerationReactor final : public grpc::ServerUnaryReactor {
 };
 
 }  // namespace
+
+grpc::Status PoolBusyStatus(const WorkPool& pool) {
+  return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                      absl::StrCat("server is busy: ", pool.max_pending(),
+                                   " requests are waiting to be tokenized; retry later"));
+}
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* StartGenerateStream(GenerationQueue* queue,
                                                                     WorkPool* pool,

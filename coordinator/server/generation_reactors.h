@@ -39,6 +39,9 @@ namespace switchyard {
 // Builds the scheduler's request from the client's (validation, tokenization).
 using RequestBuilder = std::function<absl::StatusOr<GenerateRequest>()>;
 
+// RESOURCE_EXHAUSTED: `pool` refused a job because max_pending jobs already wait.
+grpc::Status PoolBusyStatus(const WorkPool& pool);
+
 // Submits the built request to `queue` (which, like `pool`, must outlive the call) and
 // streams its events as GenerateResponse messages: deltas, then a last message with
 // finish_reason and counts.

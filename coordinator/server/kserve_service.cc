@@ -100,11 +100,8 @@ grpc::ServerUnaryReactor* KServeService::ModelInfer(grpc::CallbackServerContext*
   if (absl::Status s = ctx_->AdmitGeneration(*call); !s.ok()) return Done(call, s);
   absl::StatusOr<GenerationParams> params = ParseModelInferRequest(*request, ctx_->model_name());
   if (!params.ok()) return Done(call, params.status());
-  if (params->text.has_value() && ctx_->tokenizer() != nullptr) {
-    ctx_->NoteText(params->text->size());
-    if (absl::Status s = CheckPromptBytes(params->text->size(), ctx_->validation()); !s.ok()) {
-      return Done(call, s);
-    }
+  if (params->text.has_value()) {
+    if (absl::Status s = ctx_->CheckText(params->text->size()); !s.ok()) return Done(call, s);
   }
   // `request` and `response` stay valid until the call is finished, after `fill` ran.
   return StartUnaryGeneration(

@@ -22,8 +22,7 @@ bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
 }  // namespace
 
 ServingContext::ServingContext(ServingContextArgs args)
-    : args_(std::move(args)), pool_(args_.prepare_threads, args_.max_pending_prepare) {
-  validation_.limits = args_.limits;
+    : args_(std::move(args)), pool_(/*threads=*/2, /*max_pending=*/1024) {
   validation_.tokenizer = args_.tokenizer;
   validation_.config = &args_.config;
   validation_.model_name = args_.model_name;
@@ -57,8 +56,13 @@ absl::Status ServingContext::AdmitGeneration(const grpc::CallbackServerContext& 
   return absl::OkStatus();
 }
 
+absl::Status ServingContext::CheckText(size_t bytes) const {
+  if (bytes >= (256 << 10)) large_requests_.fetch_add(1, std::memory_order_relaxed);
+  if (args_.tokenizer == nullptr) return absl::OkStatus();
+  return CheckPromptBytes(bytes, validation_);
+}
+
 RequestBuilder ServingContext::Builder(GenerationParams params) const {
-  if (params.text.has_value()) NoteText(params.text->size());
   return [this, params = std::move(params)]() { return BuildGenerateRequest(params, validation_); };
 }
 

@@ -30,9 +30,6 @@ struct ServingContextArgs {
   // Called on gRPC threads, possibly concurrently; must be thread-safe. May be empty.
   std::function<ClusterStatusInfo()> cluster_status;
   std::string auth_token;  // empty: no authentication
-  ValidationLimits limits;
-  int prepare_threads = 2;             // WorkPool threads that validate and tokenize prompts
-  size_t max_pending_prepare = 1024;   // requests waiting for them before RESOURCE_EXHAUSTED
 };
 
 class ServingContext {
@@ -63,17 +60,19 @@ class ServingContext {
   const std::string& model_name() const { return args_.model_name; }
   const ServingTopology& topology() const { return args_.topology; }
   const ValidationContext& validation() const { return validation_; }
-  // Where prompts are validated and tokenized, off the gRPC threads.
+  // Where prompts are validated and tokenized, off the gRPC threads: 2 threads, at most 1024
+  // requests waiting for them.
   WorkPool* pool() const { return &pool_; }
   // Validates and tokenizes `params` when run (on pool()).
   RequestBuilder Builder(GenerationParams params) const;
-  // Counts requests that carried a large text (kLargeTextBytes or more, refused or not).
-  // Their buffers are freed on gRPC and pool threads, whose heap glibc keeps; the serve loop
-  // trims the heap (malloc_trim) when this count moves, so memory returns to its steady size.
-  static constexpr size_t kLargeTextBytes = 256 << 10;
-  void NoteText(size_t bytes) const {
-    if (bytes >= kLargeTextBytes) large_requests_.fetch_add(1, std::memory_order_relaxed);
-  }
+  // Every text that arrives passes here first, before it is copied or tokenized: kInvalid
+  // argument naming `text` when it is longer than the context can hold (CheckPromptBytes;
+  // OK when the model has no tokenizer, whose refusal names that instead). A large text is
+  // counted, refused or not: see large_requests().
+  absl::Status CheckText(size_t bytes) const;
+  // Requests seen so far with a text of 256 KiB or more. Their buffers are freed on gRPC and
+  // pool threads, whose heap glibc keeps; the serve loop trims the heap (malloc_trim) when
+  // this count moves, so memory returns to its steady size.
   uint64_t large_requests() const { return large_requests_.load(std::memory_order_relaxed); }
   // An empty ClusterStatusInfo when no callback was given.
   ClusterStatusInfo cluster_status() const;

@@ -18,18 +18,12 @@ grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* call, const absl::St
 
 }  // namespace
 
-absl::Status SwitchyardService::CheckTextBytes(const v1::GenerateRequest& request) const {
-  // Refused before the text is copied or tokenized (a tokenizer-less model refuses text
-  // later, naming that instead).
-  if (!request.has_text() || ctx_->tokenizer() == nullptr) return absl::OkStatus();
-  ctx_->NoteText(request.text().size());
-  return CheckPromptBytes(request.text().size(), ctx_->validation());
-}
-
 grpc::ServerWriteReactor<v1::GenerateResponse>* SwitchyardService::Generate(
     grpc::CallbackServerContext* call, const v1::GenerateRequest* request) {
   if (absl::Status s = ctx_->AdmitGeneration(*call); !s.ok()) return FailedGenerateStream(s);
-  if (absl::Status s = CheckTextBytes(*request); !s.ok()) return FailedGenerateStream(s);
+  if (absl::Status s = ctx_->CheckText(request->text().size()); !s.ok()) {
+    return FailedGenerateStream(s);
+  }
   return StartGenerateStream(ctx_->queue(), ctx_->pool(),
                              ctx_->Builder(ParamsFromProto(*request)));
 }
@@ -38,7 +32,7 @@ grpc::ServerUnaryReactor* SwitchyardService::Complete(grpc::CallbackServerContex
                                                       const v1::GenerateRequest* request,
                                                       v1::CompleteResponse* response) {
   if (absl::Status s = ctx_->AdmitGeneration(*call); !s.ok()) return Done(call, s);
-  if (absl::Status s = CheckTextBytes(*request); !s.ok()) return Done(call, s);
+  if (absl::Status s = ctx_->CheckText(request->text().size()); !s.ok()) return Done(call, s);
   return StartUnaryGeneration(
       ctx_->queue(), ctx_->pool(), ctx_->Builder(ParamsFromProto(*request)),
       [response](const GenerationResult& result) { ResultToProto(result, response); });
@@ -54,10 +48,7 @@ grpc::ServerUnaryReactor* SwitchyardService::Tokenize(grpc::CallbackServerContex
   }
   // No text longer than the longest prompt is tokenized (work and memory stay bounded), and
   // never on this gRPC thread.
-  ctx_->NoteText(request->text().size());
-  if (absl::Status s = CheckPromptBytes(request->text().size(), ctx_->validation()); !s.ok()) {
-    return Done(call, s);
-  }
+  if (absl::Status s = ctx_->CheckText(request->text().size()); !s.ok()) return Done(call, s);
   grpc::ServerUnaryReactor* reactor = call->DefaultReactor();
   const Tokenizer* tokenizer = ctx_->tokenizer();
   // `request` and `response` stay valid until Finish.
@@ -67,10 +58,7 @@ grpc::ServerUnaryReactor* SwitchyardService::Tokenize(grpc::CallbackServerContex
     response->mutable_token_ids()->Add(ids.begin(), ids.end());
     reactor->Finish(grpc::Status::OK);
   });
-  if (!posted) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                                 "server is busy: too many requests waiting to be tokenized"));
-  }
+  if (!posted) reactor->Finish(PoolBusyStatus(*ctx_->pool()));
   return reactor;
 }
 

@@ -32,9 +32,6 @@ class SwitchyardService final : public v1::Switchyard::CallbackService {
                                              v1::GetClusterStatusResponse* response) override;
 
  private:
-  // A text prompt over the byte limit (CheckPromptBytes), before anything is copied.
-  absl::Status CheckTextBytes(const v1::GenerateRequest& request) const;
-
   const ServingContext* const ctx_;
 };
 
