@@ -15,6 +15,7 @@
 
 #include <cstdio>
 #include <iostream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -23,6 +24,7 @@
 #include "cli/commands.h"
 #include "cli/run_flags.h"
 #include "common/log.h"
+#include "coordinator/server/proto_convert.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "nlohmann/json.hpp"
 #include "switchyard/v1/switchyard.grpc.pb.h"
@@ -52,14 +54,10 @@ struct ClientArgs {
   std::string service;
 };
 
+// The server's names (FinishReasonName), so `client` prints what `generate --json` prints.
 const char* FinishName(v1::FinishReason r) {
-  switch (r) {
-    case v1::FINISH_REASON_STOP: return "stop";
-    case v1::FINISH_REASON_LENGTH: return "length";
-    case v1::FINISH_REASON_EOS: return "eos";
-    case v1::FINISH_REASON_CANCELLED: return "cancelled";
-    default: return "unspecified";
-  }
+  const std::optional<FinishReason> reason = FinishReasonFromProto(r);
+  return reason.has_value() ? FinishReasonName(*reason) : "unspecified";
 }
 
 std::string RequestIdOf(const grpc::ClientContext& ctx) {

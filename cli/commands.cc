@@ -14,6 +14,7 @@
 #include "common/log.h"
 #include "common/npy.h"
 #include "common/progress.h"
+#include "coordinator/finish_reason.h"
 #include "coordinator/model_session.h"
 #include "coordinator/perplexity.h"
 #include "coordinator/sequence_runner.h"

@@ -12,10 +12,11 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "common/log.h"
 #include "absl/strings/str_join.h"
 #include "cli/commands.h"
 #include "cli/run_flags.h"
+#include "common/byte_size.h"
+#include "common/log.h"
 #include "common/progress.h"
 #include "coordinator/placement.h"
 #include "model/config.h"

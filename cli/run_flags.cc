@@ -2,6 +2,7 @@
 
 #include <cstdio>
 
+#include "common/byte_size.h"
 #include "common/log.h"
 
 namespace switchyard::cli {

@@ -26,7 +26,7 @@ void AddModelOption(CLI::App* cmd, std::string* dir);
 void AddRunFlags(CLI::App* cmd, RunFlags* flags);
 SessionOptions ToSessionOptions(const RunFlags& flags, bool show_progress);
 
-// A byte size such as 80GiB or 512M (coordinator/placement.h's ParseByteSize); with
+// A byte size such as 80GiB or 512M (common/byte_size.h's ParseByteSize); with
 // allow_zero, also "0". ByteSizeCheck validates an option at parse time with the same rules.
 absl::StatusOr<uint64_t> ParseByteSizeFlag(const std::string& text, bool allow_zero);
 CLI::Validator ByteSizeCheck(bool allow_zero);

@@ -112,6 +112,36 @@ absl::Status CheckSlurmWireUp(int world_size) {
       "(launch/srun.sh does; `srun --mpi=list` shows what this Slurm offers)"));
 }
 
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+// Device choice (SessionOptions::device): true when this process's executor runs on the GPU.
+// Validates the flag, probes for a GPU once, and refuses a --device cuda the job cannot
+// honour: no usable device, or a distributed job (those run on the CPU executor).
+absl::StatusOr<bool> ChooseCuda(const std::string& device, int world_size, bool coordinator) {
+  if (device != "auto" && device != "cpu" && device != "cuda") {
+    return absl::InvalidArgumentError("--device must be auto, cpu or cuda, got " + device);
+  }
+  const bool gpu = device != "cpu" && CudaDeviceAvailable();
+  if (device == "cuda" && !gpu) {
+    return absl::FailedPreconditionError(
+        "--device cuda: no usable CUDA device (or this build has no CUDA backend)");
+  }
+  if (device == "cuda" && world_size > 1) {
+    return absl::UnimplementedError(
+        "--device cuda runs single-process jobs; distributed jobs run with --device cpu");
+  }
+  if (gpu && world_size > 1 && coordinator) {
+    spdlog::info(
+        "a GPU is present, but distributed jobs run on the CPU executor (the CUDA executor "
+        "serves single-process jobs)");
+  }
+  return gpu && world_size == 1;
+}
+
 constexpr char kReportedByCoordinator[] = "switchyard/reported-by-rank-0";
 
 // Runs `check` on rank 0 and shares its outcome with every rank (a code and the message).
@@ -153,24 +183,9 @@ absl::StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const SessionOp
     RETURN_IF_ERROR(
         RunCoordinatorCheck(options.coordinator_check, s->world_comm_.get(), s->world_rank == 0));
   }
-  if (options.device != "auto" && options.device != "cpu" && options.device != "cuda") {
-    return absl::InvalidArgumentError("--device must be auto, cpu or cuda, got " + options.device);
-  }
-  const bool gpu = options.device != "cpu" && CudaDeviceAvailable();  // probed once
-  if (options.device == "cuda" && !gpu) {
-    return absl::FailedPreconditionError(
-        "--device cuda: no usable CUDA device (or this build has no CUDA backend)");
-  }
-  if (options.device == "cuda" && s->world_size > 1) {
-    return absl::UnimplementedError(
-        "--device cuda runs single-process jobs; distributed jobs run with --device cpu");
-  }
-  const bool use_cuda = gpu && s->world_size == 1;
-  if (gpu && s->world_size > 1 && s->world_rank == 0) {
-    spdlog::info(
-        "a GPU is present, but distributed jobs run on the CPU executor (the CUDA executor "
-        "serves single-process jobs)");
-  }
+  // Before anything is loaded, so that a --device the job cannot honour fails at once.
+  ASSIGN_OR_RETURN(const bool use_cuda,
+                   ChooseCuda(options.device, s->world_size, s->world_rank == 0));
   ASSIGN_OR_RETURN(s->config, LoadModelConfig(dir + "/config.json"));
   if (options.placement_file.empty()) {
     ASSIGN_OR_RETURN(s->placement, PlanPlacement(s->config, options.ep, options.pp));
@@ -178,10 +193,6 @@ absl::StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const SessionOp
     ASSIGN_OR_RETURN(s->placement,
                      LoadPlacementFile(options.placement_file, s->config, options.ep, options.pp));
   }
-  using Clock = std::chrono::steady_clock;
-  auto seconds_since = [](Clock::time_point t) {
-    return std::chrono::duration<double>(Clock::now() - t).count();
-  };
   const Clock::time_point open_start = Clock::now();
   ASSIGN_OR_RETURN(s->checkpoint, SafetensorsCheckpoint::Open(dir));
   // A checkpoint without tokenizer.model (a synthetic one, say) serves token ids only.
@@ -192,64 +203,18 @@ absl::StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const SessionOp
     ASSIGN_OR_RETURN(s->tokenizer, Tokenizer::Load(tokenizer_path, s->config.bos_token_id,
                                                    s->config.eos_token_id));
   }
-  const double open_secs = seconds_since(open_start);
+  const double open_secs = SecondsSince(open_start);
   const ShardSpec spec = s->placement.ShardFor(s->world_rank, s->config);
   const Clock::time_point load_start = Clock::now();
   ASSIGN_OR_RETURN(s->weights,
                    ModelWeights::Load(*s->checkpoint, s->config, spec,
                                       {.show_progress = options.show_progress &&
                                                         s->is_coordinator()}));
-  const double load_secs = seconds_since(load_start);
+  const double load_secs = SecondsSince(load_start);
   const Clock::time_point build_start = Clock::now();
-  double peers_secs = 0;
-  const int context = s->config.max_position_embeddings;
-  const int64_t context_blocks = (context + options.block_size - 1) / options.block_size;
-  int64_t blocks = options.kv_blocks > 0 ? options.kv_blocks : context_blocks;
-  if (options.kv_blocks <= 0 && options.kv_memory > 0) {
-    // Every rank computes the same count: the coordinator's block tables index all of them.
-    int max_stage_layers = 0;
-    for (const auto& [b, e] : s->placement.stage_layers) {
-      max_stage_layers = std::max(max_stage_layers, e - b);
-    }
-    const uint64_t block_bytes = uint64_t{2} * max_stage_layers * options.block_size *
-                                 static_cast<uint64_t>(s->config.kv_dim()) * sizeof(float);
-    const int64_t budget = static_cast<int64_t>(options.kv_memory / std::max<uint64_t>(block_bytes, 1));
-    blocks = std::clamp<int64_t>(budget, context_blocks,
-                                 context_blocks * std::max(1, options.kv_max_sequences));
-  }
-  if (blocks > (int64_t{1} << 30)) {
-    return absl::InvalidArgumentError(absl::StrCat("KV cache of ", blocks, " blocks is too large"));
-  }
-  const KvPoolOptions kv{.num_blocks = static_cast<int>(blocks), .block_size = options.block_size};
-  const ForwardLimits limits{.max_tokens = options.max_step_tokens, .max_context = context};
-  if (s->world_size == 1) {
-    s->world_comm_.reset();  // `mpirun -np 1` runs exactly like a plain process
-    if (use_cuda) {
-      ASSIGN_OR_RETURN(s->executor, MakeCudaExecutor(*s->weights, kv, limits));
-    } else {
-      s->executor = std::make_unique<LocalExecutor>(*s->weights, kv, limits);
-    }
-  } else {
-    const ParallelShape shape{.ep = options.ep, .pp = options.pp, .world_rank = s->world_rank};
-    const Clock::time_point split_start = Clock::now();  // a collective: waits for every rank
-    ASSIGN_OR_RETURN(s->ep_comm_,
-                     s->world_comm_->Split(shape.stage(), shape.ep_rank(),
-                                           absl::StrCat("ep(stage ", shape.stage(), ")")));
-    peers_secs += seconds_since(split_start);
-    s->worker_ = std::make_unique<DistributedWorker>(*s->weights, shape, s->world_comm_.get(),
-                                                     s->ep_comm_.get(), s->placement.expert_ranks,
-                                                     kv, limits);
-    LogShard(*s, spec, s->worker_->kv_cache().shape().bytes());
-    // Every rank has its shard and its communicators before the first step.
-    const Clock::time_point barrier_start = Clock::now();
-    RETURN_IF_ERROR(s->world_comm_->Barrier());
-    peers_secs += seconds_since(barrier_start);
-    if (s->is_coordinator()) {
-      auto exec = std::make_unique<DistributedExecutor>(s->worker_.get());
-      s->distributed_ = exec.get();
-      s->executor = std::move(exec);
-    }
-  }
+  ASSIGN_OR_RETURN(const int blocks, KvPoolBlocks(options, s->config, s->placement,
+                                                  use_cuda ? kCudaKvDType : kCpuKvDType));
+  ASSIGN_OR_RETURN(const double peers_secs, s->BuildExecutor(options, spec, use_cuda, blocks));
   if (s->is_coordinator()) {
     for (int dp = 0; dp < s->placement.ep; ++dp) {
       s->allocators.push_back(std::make_unique<BlockAllocator>(blocks, options.block_size));
@@ -260,10 +225,75 @@ absl::StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const SessionOp
   spdlog::info(
       "ready in {:.2f} s: checkpoint index and tokenizer {:.2f} s, weights {:.2f} s ({} at "
       "{}/s), executor and KV cache {:.2f} s, waiting for other ranks {:.2f} s",
-      seconds_since(open_start), open_secs, load_secs, ByteProgress::FormatBytes(resident),
+      SecondsSince(open_start), open_secs, load_secs, ByteProgress::FormatBytes(resident),
       ByteProgress::FormatBytes(load_secs > 0 ? resident / load_secs : 0),
-      seconds_since(build_start) - peers_secs, peers_secs);
+      SecondsSince(build_start) - peers_secs, peers_secs);
   return s;
+}
+
+absl::StatusOr<int> KvPoolBlocks(const SessionOptions& options, const ModelConfig& config,
+                                 const PlacementPlan& placement, KvDType dtype) {
+  if (options.block_size < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV block size must be at least 1, got ", options.block_size));
+  }
+  const int64_t context_blocks =
+      (config.max_position_embeddings + options.block_size - 1) / options.block_size;
+  int64_t blocks = options.kv_blocks > 0 ? options.kv_blocks : context_blocks;
+  if (options.kv_blocks <= 0 && options.kv_memory > 0) {
+    // Every rank computes the same count (the coordinator's block tables index all of them),
+    // from the stage with the most layers: the rank whose cache the budget must hold.
+    int max_stage_layers = 0;
+    for (const auto& [b, e] : placement.stage_layers) {
+      max_stage_layers = std::max(max_stage_layers, e - b);
+    }
+    const uint64_t block_bytes =
+        KvBytesPerToken(max_stage_layers, config.kv_dim(), dtype) * options.block_size;
+    const int64_t budget = static_cast<int64_t>(std::min<uint64_t>(
+        options.kv_memory / std::max<uint64_t>(block_bytes, 1), int64_t{1} << 62));
+    blocks = std::clamp<int64_t>(budget, context_blocks,
+                                 context_blocks * std::max(1, options.kv_max_sequences));
+  }
+  if (blocks > (int64_t{1} << 30)) {
+    return absl::InvalidArgumentError(absl::StrCat("KV cache of ", blocks, " blocks is too large"));
+  }
+  return static_cast<int>(blocks);
+}
+
+absl::StatusOr<double> ModelSession::BuildExecutor(const SessionOptions& options,
+                                                   const ShardSpec& spec, bool use_cuda,
+                                                   int kv_blocks) {
+  const KvPoolOptions kv{.num_blocks = kv_blocks, .block_size = options.block_size};
+  const ForwardLimits limits{.max_tokens = options.max_step_tokens,
+                             .max_context = config.max_position_embeddings};
+  if (world_size == 1) {
+    world_comm_.reset();  // `mpirun -np 1` runs exactly like a plain process
+    if (use_cuda) {
+      ASSIGN_OR_RETURN(executor, MakeCudaExecutor(*weights, kv, limits));
+    } else {
+      executor = std::make_unique<LocalExecutor>(*weights, kv, limits);
+    }
+    return 0.0;
+  }
+  double peers_secs = 0;
+  const ParallelShape shape{.ep = options.ep, .pp = options.pp, .world_rank = world_rank};
+  const Clock::time_point split_start = Clock::now();  // a collective: waits for every rank
+  ASSIGN_OR_RETURN(ep_comm_, world_comm_->Split(shape.stage(), shape.ep_rank(),
+                                                absl::StrCat("ep(stage ", shape.stage(), ")")));
+  peers_secs += SecondsSince(split_start);
+  worker_ = std::make_unique<DistributedWorker>(*weights, shape, world_comm_.get(),
+                                                ep_comm_.get(), placement.expert_ranks, kv, limits);
+  LogShard(*this, spec, worker_->backend().kv_bytes());
+  // Every rank has its shard and its communicators before the first step.
+  const Clock::time_point barrier_start = Clock::now();
+  RETURN_IF_ERROR(world_comm_->Barrier());
+  peers_secs += SecondsSince(barrier_start);
+  if (is_coordinator()) {
+    auto exec = std::make_unique<DistributedExecutor>(worker_.get());
+    distributed_ = exec.get();
+    executor = std::move(exec);
+  }
+  return peers_secs;
 }
 
 absl::Status ModelSession::RunWorker() {

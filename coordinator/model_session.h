@@ -26,6 +26,7 @@
 #include "model/safetensors.h"
 #include "model/tokenizer.h"
 #include "model/weights.h"
+#include "worker/kv_cache.h"
 #include "worker/step.h"
 
 namespace switchyard {
@@ -39,8 +40,9 @@ struct SessionOptions {
   int max_step_tokens = 512;  // rows per step on one data-parallel rank
   int block_size = 16;
   // KV-cache blocks per data-parallel rank. 0: as many as kv_memory bytes hold on the rank
-  // with the most layers (fp32 K and V), at least one full-context sequence and at most
-  // kv_max_sequences of them; with kv_memory 0, exactly one full-context sequence.
+  // with the most layers (K and V as the chosen device stores them: fp32 on the CPU, bf16 on
+  // the GPU), at least one full-context sequence and at most kv_max_sequences of them; with
+  // kv_memory 0, exactly one full-context sequence. See KvPoolBlocks.
   int kv_blocks = 0;
   uint64_t kv_memory = 0;
   int kv_max_sequences = 1;
@@ -93,11 +95,25 @@ struct ModelSession {
   static absl::StatusOr<std::unique_ptr<ModelSession>> Open(const SessionOptions& options);
 
  private:
+  // Open's executor construction, once config, placement and weights are loaded: the CUDA or
+  // CPU executor of a single process, or this rank's DistributedWorker (and on rank 0 the
+  // DistributedExecutor) with its communicators, over a KV pool of `kv_blocks` blocks.
+  // Returns the seconds spent waiting for other ranks.
+  absl::StatusOr<double> BuildExecutor(const SessionOptions& options, const ShardSpec& spec,
+                                       bool use_cuda, int kv_blocks);
+
   std::unique_ptr<MpiCommunicator> world_comm_;
   std::unique_ptr<MpiCommunicator> ep_comm_;
   std::unique_ptr<DistributedWorker> worker_;
   DistributedExecutor* distributed_ = nullptr;
 };
+
+// KV-cache blocks per data-parallel rank for `options` (the rule of SessionOptions::kv_blocks),
+// for a cache whose elements are `dtype`: the same kv_memory holds twice the blocks in bf16
+// (the CUDA executor) as in fp32 (the CPU executors). Every rank gets the same count.
+// Errors: kInvalidArgument for a block size below 1 or more than 2^30 blocks.
+absl::StatusOr<int> KvPoolBlocks(const SessionOptions& options, const ModelConfig& config,
+                                 const PlacementPlan& placement, KvDType dtype);
 
 // True when this process was started by mpirun/srun (Open MPI, PMI or PMIx variables set).
 bool LaunchedUnderMpi();

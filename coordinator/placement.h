@@ -109,10 +109,4 @@ std::vector<RankFootprint> Footprints(const PlacementPlan& plan, const ModelConf
 // first rank that does not fit, its bytes and the limit.
 absl::Status CheckDeviceMemory(const std::vector<RankFootprint>& footprints, uint64_t device_bytes);
 
-// Parses a byte count such as "1048576", "512M", "80GiB", "1.5 TiB": a non-negative decimal
-// number, then optionally B, K/M/G/T (x1000^n, also KB/MB/GB/TB) or KiB/MiB/GiB/TiB
-// (x1024^n). The result is rounded down and must be positive and fit in 64 bits.
-// Errors: kInvalidArgument describing the problem.
-absl::StatusOr<uint64_t> ParseByteSize(const std::string& text);
-
 }  // namespace switchyard

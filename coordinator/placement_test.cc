@@ -525,27 +525,5 @@ TEST(CheckDeviceMemory, NamesTheFirstRankThatDoesNotFit) {
   EXPECT_THAT(st.message(), HasSubstr("limit of 1.0 MiB (1048576 bytes)"));
 }
 
-TEST(ParseByteSize, UnitsAndErrors) {
-  EXPECT_EQ(*ParseByteSize("1048576"), 1048576u);
-  EXPECT_EQ(*ParseByteSize("1B"), 1u);
-  EXPECT_EQ(*ParseByteSize("2K"), 2000u);
-  EXPECT_EQ(*ParseByteSize("512M"), 512000000u);
-  EXPECT_EQ(*ParseByteSize("80GB"), 80000000000u);
-  EXPECT_EQ(*ParseByteSize("2T"), 2000000000000u);
-  EXPECT_EQ(*ParseByteSize("1KiB"), 1024u);
-  EXPECT_EQ(*ParseByteSize("1MiB"), 1048576u);
-  EXPECT_EQ(*ParseByteSize("80GiB"), 85899345920u);
-  EXPECT_EQ(*ParseByteSize("80 GiB"), 85899345920u);
-  EXPECT_EQ(*ParseByteSize("1.5TiB"), 1649267441664u);
-  EXPECT_EQ(*ParseByteSize("0.5KiB"), 512u);
-  EXPECT_EQ(*ParseByteSize("18446744073709551615"), 18446744073709551615u);
-  for (const char* bad : {"", "GiB", "-1", "1.2.3", "1 gib", "1x", "0", "0.0001K",
-                          "18446744073709551616", "16777216TiB", " 1"}) {
-    auto r = ParseByteSize(bad);
-    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << "'" << bad << "'";
-  }
-  EXPECT_THAT(ParseByteSize("1x").status().message(), HasSubstr("unknown unit 'x'"));
-}
-
 }  // namespace
 }  // namespace switchyard

@@ -32,42 +32,15 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "coordinator/block_allocator.h"
-#include "coordinator/sequence_runner.h"
+#include "coordinator/finish_reason.h"
+#include "coordinator/generation_queue.h"
 #include "model/config.h"
 #include "model/tokenizer.h"
 #include "worker/step.h"
 
 namespace switchyard {
-
-using RequestId = int64_t;
-
-struct GenerateRequest {
-  std::vector<int32_t> prompt_ids;  // already tokenized (BOS included) and validated
-  int max_tokens = 64;
-  SamplingParams sampling;
-  std::vector<std::string> stop;  // stop strings: generation ends before the first match
-  bool stop_at_eos = true;
-};
-
-// One message to the client. Deltas carry the ids and text produced since the last event.
-struct RequestEvent {
-  std::vector<int32_t> token_ids;
-  std::string text;
-  bool finished = false;
-  FinishReason finish_reason = FinishReason::kLength;
-  int prompt_tokens = 0;
-  int completion_tokens = 0;
-  absl::Status error;  // set (with finished) when the request failed (e.g. kUnavailable)
-};
-
-class RequestSink {
- public:
-  virtual ~RequestSink() = default;
-  // Called on the scheduler thread; must not block. After an event with finished = true no
-  // further event comes.
-  virtual void OnEvent(const RequestEvent& event) = 0;
-};
 
 struct SchedulerOptions {
   int max_queue = 256;          // waiting requests (beyond free running slots) before
@@ -78,28 +51,6 @@ struct SchedulerOptions {
   int max_stop_strings = 8;
   int max_stop_length = 64;
   absl::Duration heartbeat = absl::Seconds(1);  // idle liveness round (distributed jobs)
-};
-
-struct SchedulerStats {
-  int64_t steps = 0;
-  int running = 0;
-  int waiting = 0;
-  std::vector<int> free_blocks;   // per data-parallel index
-  std::vector<int> total_blocks;  // per data-parallel index
-  int64_t generated_tokens = 0;
-  int64_t prompt_tokens = 0;
-  bool draining = false;
-  bool failed = false;  // the executor failed: every request now gets kUnavailable
-};
-
-// What the serving front end needs from the scheduler (a seam: front-end tests use a fake).
-class GenerationQueue {
- public:
-  virtual ~GenerationQueue() = default;
-  virtual absl::StatusOr<RequestId> Submit(GenerateRequest request,
-                                           std::shared_ptr<RequestSink> sink) = 0;
-  virtual void Cancel(RequestId id) = 0;
-  virtual SchedulerStats Stats() const = 0;
 };
 
 class Scheduler : public GenerationQueue {

@@ -7,16 +7,6 @@
 
 namespace switchyard {
 
-const char* FinishReasonName(FinishReason r) {
-  switch (r) {
-    case FinishReason::kLength: return "length";
-    case FinishReason::kEos: return "eos";
-    case FinishReason::kStop: return "stop";
-    case FinishReason::kCancelled: return "cancelled";
-  }
-  return "?";
-}
-
 SequenceRunner::SequenceRunner(StepExecutor* executor, BlockAllocator* allocator,
                                const ModelConfig& cfg)
     : executor_(executor), allocator_(allocator), cfg_(cfg) {}

@@ -13,13 +13,11 @@
 
 #include "absl/status/statusor.h"
 #include "coordinator/block_allocator.h"
+#include "coordinator/finish_reason.h"
 #include "model/config.h"
 #include "worker/step.h"
 
 namespace switchyard {
-
-enum class FinishReason { kLength, kEos, kStop, kCancelled };
-const char* FinishReasonName(FinishReason r);
 
 struct GenerateOptions {
   int max_tokens = 64;

@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 launch/install-deps.sh
-launch/build.sh
+launch/build.sh -DSWITCHYARD_WERROR=ON  # a new warning fails CI
 cd build
 ctest --output-on-failure -j "${JOBS:-2}" --timeout 600

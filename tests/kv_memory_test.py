@@ -13,13 +13,14 @@ from serve_process import ServeProcess  # noqa: E402
 binary, model, work = sys.argv[1:4]
 os.makedirs(work, exist_ok=True)
 MiB = 1 << 20
-# brown-moe: 4 layers, 2 KV heads of 32 (kv_dim 64), context 1024, fp32 K and V:
+# brown-moe: 4 layers, 2 KV heads of 32 (kv_dim 64), context 1024, fp32 K and V (the CPU
+# cache, chosen explicitly: on a GPU machine `auto` would pick the bf16 device cache):
 block = 2 * 4 * 16 * 64 * 4  # bytes of one 16-token block
 one_context = 1024 // 16 * block  # 2 MiB
 
 
 def kv_bytes(*flags):
-    with ServeProcess(binary, model, work, *flags) as server:
+    with ServeProcess(binary, model, work, "--device", "cpu", *flags) as server:
         status = server.stub().GetClusterStatus(pb.GetClusterStatusRequest(), timeout=30)
         return [r.kv_bytes for r in status.ranks]
 

@@ -13,14 +13,34 @@
 
 namespace switchyard {
 
+// What a KV cache stores per element. The same memory budget holds twice the blocks in bf16.
+enum class KvDType { kF32, kBF16 };
+
+constexpr uint64_t KvElementBytes(KvDType dtype) { return dtype == KvDType::kBF16 ? 2 : 4; }
+
+// The element type of each executor's cache: PagedKvCache below (LocalExecutor,
+// DistributedWorker) holds fp32; the CUDA executor (worker/cuda_executor.h) holds bf16.
+inline constexpr KvDType kCpuKvDType = KvDType::kF32;
+inline constexpr KvDType kCudaKvDType = KvDType::kBF16;
+
+// KV-cache bytes per token position: K and V, kv_dim elements each, on each of num_layers
+// layers. The one formula behind the CPU cache's size, the GPU cache's size and the sizing of
+// either from a byte budget (ModelSession's kv_memory).
+constexpr uint64_t KvBytesPerToken(int num_layers, int kv_dim, KvDType dtype) {
+  return uint64_t{2} * static_cast<uint64_t>(num_layers) * static_cast<uint64_t>(kv_dim) *
+         KvElementBytes(dtype);
+}
+
 struct KvCacheShape {
   int num_layers = 0;   // layers held by this rank
   int num_blocks = 0;
   int block_size = 16;  // token slots per block
   int kv_dim = 0;       // n_kv_heads * head_dim
 
+  // Bytes of PagedKvCache's storage (fp32).
   uint64_t bytes() const {
-    return uint64_t{2} * num_layers * num_blocks * block_size * kv_dim * sizeof(float);
+    return KvBytesPerToken(num_layers, kv_dim, kCpuKvDType) * static_cast<uint64_t>(num_blocks) *
+           static_cast<uint64_t>(block_size);
   }
 };
 
@@ -36,5 +56,6 @@ class PagedKvCache {
   std::vector<float> k_;
   std::vector<float> v_;
 };
+static_assert(KvElementBytes(kCpuKvDType) == sizeof(float), "PagedKvCache stores floats");
 
 }  // namespace switchyard

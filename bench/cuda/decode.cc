@@ -28,6 +28,7 @@
 #include "model/safetensors.h"
 #include "model/weights.h"
 #include "worker/cuda_executor.h"
+#include "worker/kv_cache.h"
 
 namespace switchyard {
 namespace {
@@ -91,6 +92,8 @@ int Run(const std::string& model, const std::vector<int>& batches, int context, 
   const double attn_bytes = 2.0 * (H * (c.q_dim() + 2.0 * c.kv_dim()) + H * c.q_dim());
   const double router_bytes = 2.0 * H * c.num_local_experts;
   const double expert_bytes = 2.0 * 3.0 * H * F;
+  const double kv_token_bytes =  // K and V of every layer, as the executor's cache holds them
+      static_cast<double>(KvBytesPerToken(c.num_hidden_layers, c.kv_dim(), kCudaKvDType));
   std::printf("model %s: %d layers, hidden %d, %d experts top-%d; device memory held %.1f GiB\n",
               model.c_str(), c.num_hidden_layers, c.hidden_size, c.num_local_experts,
               c.num_experts_per_tok, ex.device_bytes() / double(1 << 30));
@@ -142,7 +145,7 @@ int Run(const std::string& model, const std::vector<int>& batches, int context, 
     const double med = ms[ms.size() / 2];
     const double slots =
         std::min<double>(c.num_local_experts, static_cast<double>(B) * c.num_experts_per_tok);
-    const double kv_read = L * B * (context + steps / 2.0) * 2.0 * c.kv_dim() * 2.0;
+    const double kv_read = kv_token_bytes * B * (context + steps / 2.0);
     const double bytes = L * (attn_bytes + router_bytes + slots * expert_bytes) + 2.0 * V * H +
                          2.0 * B * H + kv_read;
     const double gbs = bytes / (med * 1e-3) / 1e9;

@@ -19,7 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "coordinator/scheduler.h"
+#include "coordinator/generation_queue.h"
 #include "model/tokenizer.h"
 
 namespace switchyard {

@@ -28,7 +28,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
-#include "coordinator/scheduler.h"
+#include "coordinator/generation_queue.h"
 #include "coordinator/server/cluster_status.h"
 #include "model/config.h"
 #include "model/tokenizer.h"

@@ -29,7 +29,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "coordinator/scheduler.h"
+#include "coordinator/generation_queue.h"
 #include "coordinator/server/generation_result.h"
 #include "coordinator/server/work_pool.h"
 #include "switchyard/v1/switchyard.pb.h"

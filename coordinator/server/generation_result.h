@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "coordinator/scheduler.h"
+#include "coordinator/generation_queue.h"
 
 namespace switchyard {
 

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
+#include "coordinator/finish_reason.h"
 #include "coordinator/server/proto_convert.h"
 
 namespace switchyard {
@@ -175,7 +176,7 @@ void FillModelInferResponse(const inference::ModelInferRequest& request,
   response->set_model_version(kKServeModelVersion);
   response->set_id(request.id());
   auto* params = response->mutable_parameters();
-  (*params)["finish_reason"].set_string_param(FinishReasonLabel(result.finish_reason));
+  (*params)["finish_reason"].set_string_param(FinishReasonName(result.finish_reason));
   (*params)["prompt_tokens"].set_int64_param(result.prompt_tokens);
   (*params)["completion_tokens"].set_int64_param(result.completion_tokens);
   auto* output = response->add_outputs();

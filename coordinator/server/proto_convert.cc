@@ -31,18 +31,19 @@ v1::FinishReason FinishReasonToProto(FinishReason reason) {
   return v1::FINISH_REASON_UNSPECIFIED;
 }
 
-const char* FinishReasonLabel(FinishReason reason) {
+std::optional<FinishReason> FinishReasonFromProto(v1::FinishReason reason) {
   switch (reason) {
-    case FinishReason::kStop:
-      return "stop";
-    case FinishReason::kLength:
-      return "length";
-    case FinishReason::kEos:
-      return "eos";
-    case FinishReason::kCancelled:
-      return "cancelled";
+    case v1::FINISH_REASON_STOP:
+      return FinishReason::kStop;
+    case v1::FINISH_REASON_LENGTH:
+      return FinishReason::kLength;
+    case v1::FINISH_REASON_EOS:
+      return FinishReason::kEos;
+    case v1::FINISH_REASON_CANCELLED:
+      return FinishReason::kCancelled;
+    default:
+      return std::nullopt;
   }
-  return "unknown";
 }
 
 void EventToProto(const RequestEvent& event, v1::GenerateResponse* out) {

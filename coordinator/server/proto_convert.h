@@ -2,9 +2,11 @@
 // thread-safe.
 #pragma once
 
+#include <optional>
 #include <string>
 
-#include "coordinator/scheduler.h"
+#include "coordinator/finish_reason.h"
+#include "coordinator/generation_queue.h"
 #include "coordinator/server/cluster_status.h"
 #include "coordinator/server/generation_result.h"
 #include "coordinator/server/request_validation.h"
@@ -17,8 +19,9 @@ namespace switchyard {
 GenerationParams ParamsFromProto(const v1::GenerateRequest& request);
 
 v1::FinishReason FinishReasonToProto(FinishReason reason);
-// Lower-case name: "stop", "length", "eos", "cancelled".
-const char* FinishReasonLabel(FinishReason reason);
+// The inverse of FinishReasonToProto; nullopt for FINISH_REASON_UNSPECIFIED (a message that is
+// not the last of its stream) and for values this build does not know.
+std::optional<FinishReason> FinishReasonFromProto(v1::FinishReason reason);
 
 // Copies the deltas of a non-error event, and on a final event the reason and counts.
 void EventToProto(const RequestEvent& event, v1::GenerateResponse* out);

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "coordinator/scheduler.h"
+#include "coordinator/generation_queue.h"
 #include "model/config.h"
 #include "model/tokenizer.h"
 

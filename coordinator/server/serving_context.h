@@ -11,7 +11,7 @@
 #include <string>
 
 #include "absl/status/status.h"
-#include "coordinator/scheduler.h"
+#include "coordinator/generation_queue.h"
 #include "coordinator/server/cluster_status.h"
 #include "coordinator/server/generation_reactors.h"
 #include "coordinator/server/request_validation.h"

@@ -1,0 +1,78 @@
+// What the serving front end needs from the scheduler: submit a tokenized request, cancel it,
+// read the counters. A seam: Scheduler (coordinator/scheduler.h) implements it, front-end tests
+// use a fake (coordinator/server/fake_generation_queue.h). Header-only, so sy_server depends
+// on this interface without linking sy_coordinator.
+//
+//   ASSIGN_OR_RETURN(RequestId id, queue->Submit(std::move(request), sink));
+//   ...                         // sink->OnEvent() is called on the queue's thread
+//   queue->Cancel(id);          // from any thread
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "coordinator/finish_reason.h"
+#include "worker/step.h"
+
+namespace switchyard {
+
+using RequestId = int64_t;
+
+struct GenerateRequest {
+  std::vector<int32_t> prompt_ids;  // already tokenized (BOS included) and validated
+  int max_tokens = 64;
+  SamplingParams sampling;
+  std::vector<std::string> stop;  // stop strings: generation ends before the first match
+  bool stop_at_eos = true;
+};
+
+// One message to the client. Deltas carry the ids and text produced since the last event.
+struct RequestEvent {
+  std::vector<int32_t> token_ids;
+  std::string text;
+  bool finished = false;
+  FinishReason finish_reason = FinishReason::kLength;
+  int prompt_tokens = 0;
+  int completion_tokens = 0;
+  absl::Status error;  // set (with finished) when the request failed (e.g. kUnavailable)
+};
+
+class RequestSink {
+ public:
+  virtual ~RequestSink() = default;
+  // Called on the queue's thread (the scheduler thread); must not block. After an event with
+  // finished = true no further event comes.
+  virtual void OnEvent(const RequestEvent& event) = 0;
+};
+
+struct SchedulerStats {
+  int64_t steps = 0;
+  int running = 0;
+  int waiting = 0;
+  std::vector<int> free_blocks;   // per data-parallel index
+  std::vector<int> total_blocks;  // per data-parallel index
+  int64_t generated_tokens = 0;
+  int64_t prompt_tokens = 0;
+  bool draining = false;
+  bool failed = false;  // the executor failed: every request now gets kUnavailable
+};
+
+class GenerationQueue {
+ public:
+  virtual ~GenerationQueue() = default;
+  // Queues the request; `sink` receives its events. Errors: kInvalidArgument for a request
+  // the queue can never run, kUnavailable when it cannot take one now (full, draining,
+  // failed).
+  virtual absl::StatusOr<RequestId> Submit(GenerateRequest request,
+                                           std::shared_ptr<RequestSink> sink) = 0;
+  // Ends the request soon; its sink gets a final event with finish_reason kCancelled.
+  // Unknown or finished ids are ignored. Thread-safe.
+  virtual void Cancel(RequestId id) = 0;
+  virtual SchedulerStats Stats() const = 0;
+};
+
+}  // namespace switchyard
