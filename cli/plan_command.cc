@@ -65,7 +65,7 @@ StoredType DetectStoredType(const std::string& model) {
 
 // "0,2,4,6" when a rank holds the same experts in every layer ("none" for no experts), else
 // "L2:0,2 L3:0,2,4".
-std::string CompactExperts(const RankFootprint& f) {
+std::string CompactExperts(const RankStatus& f) {
   auto list = [](const std::vector<int>& ids) {
     return ids.empty() ? std::string("none") : absl::StrJoin(ids, ",");
   };
@@ -86,11 +86,11 @@ int RunPlan(const PlanArgs& a) {
                                   : LoadPlacementFile(a.placement, *cfg, a.ep, a.pp);
   if (!plan.ok()) return Fail(plan.status());
   const StoredType stored = DetectStoredType(a.model);
-  const std::vector<RankFootprint> fps = Footprints(*plan, *cfg, stored.bytes_per_param);
+  const std::vector<RankStatus> fps = Footprints(*plan, *cfg, stored.bytes_per_param);
 
   if (a.json) {
     json ranks = json::array();
-    for (const RankFootprint& f : fps) {
+    for (const RankStatus& f : fps) {
       ranks.push_back({{"world_rank", f.world_rank},
                        {"stage", f.stage},
                        {"ep_rank", f.ep_rank},
@@ -119,7 +119,7 @@ int RunPlan(const PlanArgs& a) {
                 a.placement.empty() ? "balanced default" : a.placement.c_str());
     std::printf("%4s  %5s  %7s  %-9s  %10s  %5s  %4s  %s\n", "rank", "stage", "ep rank", "layers",
                 "weights", "embed", "head", "experts");
-    for (const RankFootprint& f : fps) {
+    for (const RankStatus& f : fps) {
       std::string layers = absl::StrCat("[", f.layer_begin, ", ", f.layer_end, ")");
       std::printf("%4d  %5d  %7d  %-9s  %10s  %5s  %4s  %s\n", f.world_rank, f.stage, f.ep_rank,
                   layers.c_str(), ByteProgress::FormatBytes(f.weight_bytes).c_str(),

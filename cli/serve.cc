@@ -76,15 +76,7 @@ ClusterStatusInfo ToClusterStatus(const std::vector<RankStatus>& ranks, const Mo
   info.expert_token_counts.assign(cfg.num_hidden_layers,
                                   std::vector<int64_t>(cfg.num_local_experts, 0));
   for (const RankStatus& r : ranks) {
-    info.ranks.push_back({.world_rank = r.world_rank,
-                          .stage = r.stage,
-                          .ep_rank = r.ep_rank,
-                          .layer_begin = r.layer_begin,
-                          .layer_end = r.layer_end,
-                          .experts = r.experts,
-                          .weight_bytes = r.weight_bytes,
-                          .kv_bytes = r.kv_bytes,
-                          .steps = r.steps});
+    info.ranks.push_back(r);
     for (size_t i = 0; i < r.expert_tokens.size(); ++i) {
       for (size_t e = 0; e < r.expert_tokens[i].size(); ++e) {
         info.expert_token_counts[r.layer_begin + i][e] += r.expert_tokens[i][e];

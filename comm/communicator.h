@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <span>
 #include <string>
 
@@ -46,6 +47,22 @@ class Communicator {
                                  std::span<const size_t> send_offsets, void* recv,
                                  std::span<const size_t> recv_counts,
                                  std::span<const size_t> recv_offsets) = 0;
+
+  // AllToAllV whose send blocks are written just in time: fill(peer) is called once for every
+  // other peer with a non-empty block, right before that block is sent and after every
+  // receive is posted, so writing the next block overlaps the transfers already started (the
+  // caller packs rows per destination in `fill`). The block to itself is not filled and must
+  // be empty. The default fills every block, then calls AllToAllV.
+  virtual absl::Status AllToAllVFilled(const std::function<void(int peer)>& fill,
+                                       const void* send, std::span<const size_t> send_counts,
+                                       std::span<const size_t> send_offsets, void* recv,
+                                       std::span<const size_t> recv_counts,
+                                       std::span<const size_t> recv_offsets) {
+    for (int peer = 0; peer < size(); ++peer) {
+      if (peer != rank() && send_counts[peer] > 0) fill(peer);
+    }
+    return AllToAllV(send, send_counts, send_offsets, recv, recv_counts, recv_offsets);
+  }
 
   // Collective. Each rank sends `bytes` bytes to every rank: block r of send goes to rank r,
   // block r of recv comes from rank r.

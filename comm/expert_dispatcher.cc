@@ -47,22 +47,39 @@ void ForRows(int64_t rows, int hidden, F&& f) {
 
 ExpertDispatcher::ExpertDispatcher(Communicator* comm, const DispatchLayout& layout,
                                    ExpertRanks routing, LocalExperts* experts)
-    : comm_(comm), layout_(layout), routing_(std::move(routing)), experts_(experts) {
+    : comm_(comm),
+      rank_(comm->rank()),
+      layout_(layout),
+      routing_(std::move(routing)),
+      experts_(experts) {
   const size_t W = layout_.row_words(), H = layout_.hidden;
-  expert_counts_.assign(routing_.size(), std::vector<int64_t>(layout_.num_experts, 0));
+  const size_t E = layout_.num_experts, K = layout_.top_k;
+  expert_counts_.assign(routing_.size(), std::vector<int64_t>(E, 0));
+  held_.assign(routing_.size(), std::vector<uint8_t>(E, 0));
+  for (size_t l = 0; l < routing_.size(); ++l) {
+    for (size_t e = 0; e < routing_[l].size() && e < E; ++e) {
+      for (int r : routing_[l][e]) {
+        if (r == rank_) held_[l][e] = 1;
+      }
+    }
+  }
   send_.resize(layout_.max_send_rows() * W);
   recv_.resize(layout_.max_recv_rows() * W);
-  grouped_x_.resize(layout_.max_recv_rows() * layout_.top_k * H);
-  grouped_y_.resize(grouped_x_.size());
   partial_.resize(layout_.max_recv_rows() * H);
   returned_.resize(layout_.max_send_rows() * H);
   send_token_.resize(layout_.max_send_rows());
-  token_rows_.resize(static_cast<size_t>(layout_.max_tokens) * layout_.top_k);
-  pair_row_.resize(layout_.max_recv_rows() * layout_.top_k);
-  pair_weight_.resize(pair_row_.size());
-  row_pairs_.resize(pair_row_.size());
-  expert_rows_.resize(layout_.num_experts);
-  expert_cursor_.resize(layout_.num_experts);
+  token_rows_.resize(static_cast<size_t>(layout_.max_tokens) * K);
+  token_local_.resize(layout_.max_tokens);
+  dest_of_token_k_.resize(static_cast<size_t>(layout_.max_tokens) * K);
+  row_of_k_.resize(K);
+  // Pairs: each of a rank's own tokens brings up to K, each received row up to K.
+  const size_t max_pairs = (static_cast<size_t>(layout_.max_tokens) + layout_.max_recv_rows()) * K;
+  expert_pairs_.resize(E);
+  expert_cursor_.resize(E);
+  pair_x_.resize(max_pairs);
+  pair_y_.resize(max_pairs);
+  pair_scale_.resize(max_pairs);
+  pair_accumulate_.resize(max_pairs);
   const size_t P = layout_.ep;
   send_rows_.resize(P);
   recv_rows_.resize(P);
@@ -71,52 +88,78 @@ ExpertDispatcher::ExpertDispatcher(Communicator* comm, const DispatchLayout& lay
   recv_counts_.resize(P);
   recv_offsets_.resize(P);
   rank_cursor_.resize(P);
-  row_of_k_.resize(layout_.top_k);
-  dest_of_token_k_.resize(static_cast<size_t>(layout_.max_tokens) * layout_.top_k);
 }
 
 int ExpertDispatcher::Destination(int layer, int expert, int token) const {
   const std::vector<int>& replicas = routing_[layer][expert];
   if (replicas.size() == 1) return replicas[0];
-  return replicas[(comm_->rank() + token) % replicas.size()];
+  return replicas[(rank_ + token) % replicas.size()];
 }
 
 absl::Status ExpertDispatcher::Forward(int layer, const float* x, int T, const int32_t* experts,
                                        const float* weights, float* out) {
+  RETURN_IF_ERROR(Dispatch(layer, x, T, experts, weights, out));
+  const auto t1 = Clock::now();
+  if (batch_.pairs > 0) experts_->Run(layer, batch_);
+  stats_.compute_seconds = Since(t1);
+  return Combine();
+}
+
+absl::Status ExpertDispatcher::Dispatch(int layer, const float* x, int T, const int32_t* experts,
+                                        const float* weights, float* out) {
   if (T > layout_.max_tokens) {
     return absl::InvalidArgumentError(absl::StrCat("dispatch of ", T, " tokens exceeds the layout's ",
                                                    layout_.max_tokens));
   }
-  const int K = layout_.top_k, P = layout_.ep, H = layout_.hidden;
+  const int K = layout_.top_k, P = layout_.ep, H = layout_.hidden, E = layout_.num_experts;
   const size_t W = layout_.row_words();
-  auto t0 = Clock::now();
+  const auto t0 = Clock::now();
+  T_ = T;
+  out_ = out;
+  R_ = 0;
 
   // 1. Destinations and rows per destination (a token goes once to each distinct rank).
   std::fill(send_rows_.begin(), send_rows_.end(), 0);
   for (int t = 0; t < T; ++t) {
     for (int k = 0; k < K; ++k) {
       const int e = experts[t * K + k];
-      ++expert_counts_[layer][e];
+      if (e < 0 || e >= E) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("token ", t, " chooses expert ", e, ", outside [0, ", E, ")"));
+      }
       const int r = Destination(layer, e, t);
-      dest_of_token_k_[t * K + k] = r;
       bool first = true;
-      for (int j = 0; j < k; ++j) first &= dest_of_token_k_[t * K + j] != r;
+      for (int j = 0; j < k; ++j) {
+        if (experts[t * K + j] == e) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("token ", t, " chooses expert ", e, " twice"));
+        }
+        first &= dest_of_token_k_[t * K + j] != r;
+      }
+      ++expert_counts_[layer][e];
+      dest_of_token_k_[t * K + k] = r;
       if (first) ++send_rows_[r];
     }
   }
+  // Rows for other ranks are numbered destination by destination; own rows are not packed.
   for (int r = 0, off = 0; r < P; ++r) {
     rank_cursor_[r] = off;
-    off += send_rows_[r];
+    if (r != rank_) off += send_rows_[r];
   }
-  // Pack: one row per (token, destination), carrying the pairs that destination applies.
-  // First the row of every (token, choice) and the (expert, weight) words, in token order so
-  // that rows keep their tokens' order within each destination; then the activations, in
-  // parallel when large.
+  // One row per (token, other destination), carrying the pairs that destination applies: here
+  // the row of every choice and the (expert, weight) words, in token order so rows keep their
+  // tokens' order within each destination; the activations below, destination by destination.
+  int64_t S = 0;  // rows packed
   for (int t = 0; t < T; ++t) {
     int32_t* rows_of_t = &token_rows_[static_cast<size_t>(t) * K];
-    int n = 0;  // distinct destinations of t so far
+    int n = 0;  // distinct other destinations of t so far
+    token_local_[t] = 0;
     for (int k = 0; k < K; ++k) {
       const int r = dest_of_token_k_[t * K + k];
+      if (r == rank_) {
+        token_local_[t] = 1;
+        continue;
+      }
       int row = -1;
       for (int j = 0; j < k; ++j) {
         if (dest_of_token_k_[t * K + j] == r) row = row_of_k_[j];
@@ -127,6 +170,7 @@ absl::Status ExpertDispatcher::Forward(int layer, const float* x, int T, const i
         row = rank_cursor_[r]++;
         send_token_[row] = t;
         rows_of_t[n++] = row;
+        ++S;
         dst = &send_[row * W];
         for (int j = 0; j < K; ++j) {
           dst[layout_.expert_word(j)] = IntAsWord(-1);
@@ -142,121 +186,161 @@ absl::Status ExpertDispatcher::Forward(int layer, const float* x, int T, const i
     }
     for (int j = n; j < K; ++j) rows_of_t[j] = -1;
   }
-  int64_t S = 0;
-  for (int r = 0; r < P; ++r) S += send_rows_[r];
-  ForRows(S, H, [&](int64_t row) {
-    std::memcpy(&send_[row * W], x + static_cast<size_t>(send_token_[row]) * H, H * sizeof(float));
-  });
+  // The activations of destination r's rows, copied just before they are sent (the rows of
+  // one destination are contiguous and end at its cursor).
+  auto pack = [&](int r) {
+    const int64_t end = rank_cursor_[r], begin = end - send_rows_[r];
+    ForRows(end - begin, H, [&](int64_t i) {
+      const int64_t row = begin + i;
+      std::memcpy(&send_[row * W], x + static_cast<size_t>(send_token_[row]) * H,
+                  H * sizeof(float));
+    });
+  };
 
-  // 2. Exchange counts, then rows.
-  RETURN_IF_ERROR(comm_->AllToAll(send_rows_.data(), recv_rows_.data(), sizeof(int64_t)));
-  int64_t R = 0, sent = 0;
-  for (int r = 0; r < P; ++r) {
-    if (recv_rows_[r] < 0 || recv_rows_[r] > layout_.max_tokens) {
-      return absl::InvalidArgumentError(absl::StrCat("rank ", r, " of ", comm_->name(),
-                                                     " dispatches ", recv_rows_[r],
-                                                     " rows, over the layout's ",
-                                                     layout_.max_tokens));
+  // 2. Exchange counts, then rows (nothing travels to or from this rank itself); each
+  // destination's rows are packed right before they leave, overlapping earlier transfers.
+  if (P > 1) {
+    RETURN_IF_ERROR(comm_->AllToAll(send_rows_.data(), recv_rows_.data(), sizeof(int64_t)));
+    recv_rows_[rank_] = 0;
+    size_t sent = 0;
+    for (int r = 0; r < P; ++r) {
+      if (recv_rows_[r] < 0 || recv_rows_[r] > layout_.max_tokens) {
+        return absl::InvalidArgumentError(absl::StrCat("rank ", r, " of ", comm_->name(),
+                                                       " dispatches ", recv_rows_[r],
+                                                       " rows, over the layout's ",
+                                                       layout_.max_tokens));
+      }
+      const size_t out_rows = r == rank_ ? 0 : send_rows_[r];
+      send_counts_[r] = out_rows * W * 4;
+      send_offsets_[r] = sent * W * 4;
+      recv_counts_[r] = recv_rows_[r] * W * 4;
+      recv_offsets_[r] = R_ * W * 4;
+      sent += out_rows;
+      R_ += recv_rows_[r];
     }
-    send_counts_[r] = send_rows_[r] * W * 4;
-    send_offsets_[r] = sent * W * 4;
-    recv_counts_[r] = recv_rows_[r] * W * 4;
-    recv_offsets_[r] = R * W * 4;
-    sent += send_rows_[r];
-    R += recv_rows_[r];
+    RETURN_IF_ERROR(comm_->AllToAllVFilled(pack, send_.data(), send_counts_, send_offsets_,
+                                           recv_.data(), recv_counts_, recv_offsets_));
   }
-  RETURN_IF_ERROR(comm_->AllToAllV(send_.data(), send_counts_, send_offsets_, recv_.data(),
-                                   recv_counts_, recv_offsets_));
+  RETURN_IF_ERROR(BuildBatch(layer, x, T, experts, weights, out));
+  int64_t own_rows = 0;
+  for (int t = 0; t < T; ++t) own_rows += token_local_[t];
+  stats_.rows_sent = S + own_rows;
+  stats_.rows_received = R_ + own_rows;
+  stats_.bytes_sent = (S * static_cast<int64_t>(W) + R_ * H) * 4;
   stats_.dispatch_seconds = Since(t0);
-  auto t1 = Clock::now();
+  return absl::OkStatus();
+}
 
-  // 3. Group received (row, expert) pairs by expert and run the local experts.
-  std::fill(expert_rows_.begin(), expert_rows_.end(), 0);
-  for (int64_t i = 0; i < R; ++i) {
+absl::Status ExpertDispatcher::BuildBatch(int layer, const float* x, int T,
+                                          const int32_t* experts, const float* weights,
+                                          float* out) {
+  const int K = layout_.top_k, H = layout_.hidden, E = layout_.num_experts;
+  const size_t W = layout_.row_words();
+  std::fill(expert_pairs_.begin(), expert_pairs_.end(), 0);
+  for (int t = 0; t < T; ++t) {
+    if (!token_local_[t]) continue;
+    for (int k = 0; k < K; ++k) {
+      if (dest_of_token_k_[t * K + k] == rank_) ++expert_pairs_[experts[t * K + k]];
+    }
+  }
+  for (int64_t i = 0; i < R_; ++i) {
     const float* row = &recv_[i * W];
+    for (int j = 0; j < K; ++j) {
+      const int e = WordAsInt(row[layout_.expert_word(j)]);
+      if (e < 0) break;  // a row's pairs fill its slots from the first
+      if (e >= E || !held_[layer][e]) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "received a row for expert ", e, " of layer ", layer, ", which rank ", rank_, " of ",
+            comm_->name(), " does not hold"));
+      }
+      ++expert_pairs_[e];
+    }
+  }
+  int64_t pairs = 0;
+  for (int e = 0; e < E; ++e) {
+    expert_cursor_[e] = static_cast<int32_t>(pairs);
+    pairs += expert_pairs_[e];
+  }
+  // A row's pair with the lowest expert id runs first (experts run in increasing id) and
+  // overwrites its output row; the others add to it.
+  auto place = [&](int e, const float* in, float* dst, float w, bool first) {
+    const int pos = expert_cursor_[e]++;
+    pair_x_[pos] = in;
+    pair_y_[pos] = dst;
+    pair_scale_[pos] = w;
+    pair_accumulate_[pos] = first ? 0 : 1;
+  };
+  for (int t = 0; t < T; ++t) {
+    if (!token_local_[t]) continue;
+    int lowest = E;
+    for (int k = 0; k < K; ++k) {
+      if (dest_of_token_k_[t * K + k] == rank_) lowest = std::min(lowest, experts[t * K + k]);
+    }
+    for (int k = 0; k < K; ++k) {
+      if (dest_of_token_k_[t * K + k] != rank_) continue;
+      const int e = experts[t * K + k];
+      place(e, x + static_cast<size_t>(t) * H, out + static_cast<size_t>(t) * H,
+            weights[t * K + k], e == lowest);
+    }
+  }
+  for (int64_t i = 0; i < R_; ++i) {
+    const float* row = &recv_[i * W];
+    int lowest = E;
     for (int j = 0; j < K; ++j) {
       const int e = WordAsInt(row[layout_.expert_word(j)]);
       if (e < 0) break;
-      if (e >= layout_.num_experts) {
-        return absl::InvalidArgumentError(absl::StrCat("received expert id ", e));
-      }
-      ++expert_rows_[e];
+      lowest = std::min(lowest, e);
     }
-  }
-  for (int e = 0, off = 0; e < layout_.num_experts; ++e) {
-    expert_cursor_[e] = off;
-    off += expert_rows_[e];
-  }
-  // Positions of the (row, expert) pairs in expert order; each row remembers its pairs'
-  // positions so that its weighted sum below needs no scatter (and no zeroing).
-  int64_t pairs = 0;
-  for (int64_t i = 0; i < R; ++i) {
-    const float* row = &recv_[i * W];
-    int32_t* ps = &row_pairs_[static_cast<size_t>(i) * K];
-    for (int j = 0; j < K; ++j) ps[j] = -1;
     for (int j = 0; j < K; ++j) {
       const int e = WordAsInt(row[layout_.expert_word(j)]);
-      if (e < 0) break;  // a row's pairs fill its slots from the first (as counted above)
-      const int pos = expert_cursor_[e]++;
-      pair_row_[pos] = static_cast<int32_t>(i);
-      pair_weight_[pos] = row[layout_.weight_word(j)];
-      ps[j] = pos;
-      ++pairs;
+      if (e < 0) break;
+      place(e, row, &partial_[static_cast<size_t>(i) * H], row[layout_.weight_word(j)],
+            e == lowest);
     }
   }
-  ForRows(pairs, H, [&](int64_t pos) {
-    std::memcpy(&grouped_x_[static_cast<size_t>(pos) * H],
-                &recv_[static_cast<size_t>(pair_row_[pos]) * W], H * sizeof(float));
-  });
-  if (pairs > 0) experts_->Run(layer, grouped_x_.data(), expert_rows_.data(), grouped_y_.data());
-  // partial[i] = sum over row i's pairs of weight * y (a row has at least one pair).
-  ForRows(R, H, [&](int64_t i) {
-    float* dst = &partial_[static_cast<size_t>(i) * H];
-    const int32_t* ps = &row_pairs_[static_cast<size_t>(i) * K];
-    bool first = true;
-    for (int j = 0; j < K; ++j) {
-      if (ps[j] < 0) continue;
-      const float* src = &grouped_y_[static_cast<size_t>(ps[j]) * H];
-      const float w = pair_weight_[ps[j]];
-      if (first) {
-        for (int h = 0; h < H; ++h) dst[h] = w * src[h];
-      } else {
-        for (int h = 0; h < H; ++h) dst[h] += w * src[h];
-      }
-      first = false;
-    }
-    if (first) std::memset(dst, 0, H * sizeof(float));
-  });
-  stats_.compute_seconds = Since(t1);
-  auto t2 = Clock::now();
+  batch_ = ExpertBatch{.counts = expert_pairs_.data(),
+                       .x = pair_x_.data(),
+                       .y = pair_y_.data(),
+                       .scale = pair_scale_.data(),
+                       .accumulate = pair_accumulate_.data(),
+                       .pairs = pairs};
+  return absl::OkStatus();
+}
 
-  // 4. Combine: partial sums go back to their sources, in the order they came.
-  for (int r = 0; r < P; ++r) {
-    send_counts_[r] = recv_rows_[r] * H * 4;
-    recv_counts_[r] = send_rows_[r] * H * 4;
+absl::Status ExpertDispatcher::Combine() {
+  const auto t2 = Clock::now();
+  const int K = layout_.top_k, P = layout_.ep, H = layout_.hidden;
+  // 3. Partial sums go back to their sources, in the order they came.
+  if (P > 1) {
+    for (int r = 0, so = 0, ro = 0; r < P; ++r) {
+      send_counts_[r] = r == rank_ ? 0 : recv_rows_[r] * H * 4;
+      recv_counts_[r] = r == rank_ ? 0 : send_rows_[r] * H * 4;
+      send_offsets_[r] = so;
+      recv_offsets_[r] = ro;
+      so += send_counts_[r];
+      ro += recv_counts_[r];
+    }
+    RETURN_IF_ERROR(comm_->AllToAllV(partial_.data(), send_counts_, send_offsets_,
+                                     returned_.data(), recv_counts_, recv_offsets_));
   }
-  for (int r = 0, so = 0, ro = 0; r < P; ++r) {
-    send_offsets_[r] = so;
-    recv_offsets_[r] = ro;
-    so += send_counts_[r];
-    ro += recv_counts_[r];
-  }
-  RETURN_IF_ERROR(comm_->AllToAllV(partial_.data(), send_counts_, send_offsets_, returned_.data(),
-                                   recv_counts_, recv_offsets_));
-  // out[t] = the partial sums of t's rows, added in the order of t's choices.
-  ForRows(T, H, [&](int64_t t) {
-    float* dst = out + static_cast<size_t>(t) * H;
+  // out[t] = its own partial sum (already there when it has one), then the returned ones in
+  // the order of t's choices.
+  float* out = out_;
+  ForRows(T_, H, [&](int64_t t) {
     const int32_t* rows_of_t = &token_rows_[static_cast<size_t>(t) * K];
-    std::memcpy(dst, &returned_[static_cast<size_t>(rows_of_t[0]) * H], H * sizeof(float));
-    for (int j = 1; j < K && rows_of_t[j] >= 0; ++j) {
+    if (rows_of_t[0] < 0) return;  // every pair of t ran here
+    float* dst = out + static_cast<size_t>(t) * H;
+    int j = 0;
+    if (!token_local_[t]) {
+      std::memcpy(dst, &returned_[static_cast<size_t>(rows_of_t[0]) * H], H * sizeof(float));
+      j = 1;
+    }
+    for (; j < K && rows_of_t[j] >= 0; ++j) {
       const float* src = &returned_[static_cast<size_t>(rows_of_t[j]) * H];
       for (int h = 0; h < H; ++h) dst[h] += src[h];
     }
   });
   stats_.combine_seconds = Since(t2);
-  stats_.rows_sent = S;
-  stats_.rows_received = R;
-  stats_.bytes_sent = (S * static_cast<int64_t>(W) + R * H) * 4;
   return absl::OkStatus();
 }
 

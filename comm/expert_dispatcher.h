@@ -1,21 +1,30 @@
-// Expert-parallel dispatch and combine for one MoE layer over an EP group.
+// Expert-parallel dispatch and combine for one MoE layer over an EP group: the
+// communication half of the MoE's four parts (router -> dispatch -> experts -> combine).
 //
 //   DispatchLayout layout{.hidden = 4096, .top_k = 2, .num_experts = 8, .ep = 4,
 //                         .max_tokens = 512};
 //   ExpertDispatcher d(&ep_comm, layout, routing, &local_experts);
 //   RETURN_IF_ERROR(d.Forward(layer, x, T, experts, weights, out));  // collective
 //
-// Forward, on every rank of the group (each with its own T tokens, possibly 0):
-// 1. layout: for each token, the set of ranks holding its chosen experts (a replicated expert
-//    goes to replica (source rank + token index) mod replicas, so load spreads
-//    deterministically); row counts per destination are exchanged with an AllToAll;
-// 2. dispatch: one AllToAllV carries each token once to each destination rank, with the
-//    (expert, weight) pairs that rank is to apply (a token choosing two experts on one rank
-//    travels once);
-// 3. the receiving rank groups (row, expert) pairs by expert, runs each local expert over all
-//    its rows together (LocalExperts), and forms one weighted partial sum per received row;
-// 4. combine: the reverse AllToAllV returns the partial sums, which are added per token in
-//    the original order.
+// Forward = Dispatch, the experts, Combine, on every rank of the group (each with its own T
+// tokens, possibly 0):
+// 1. dispatch: for each token, the ranks holding its chosen experts (a replicated expert goes
+//    to replica (source rank + token index) mod replicas, so load spreads deterministically).
+//    Rows for this rank are not copied: the experts read them in x. Rows for other ranks are
+//    packed once per (token, destination) with the (expert, weight) pairs that destination
+//    applies (a token choosing two experts on one rank travels once); row counts are
+//    exchanged with an AllToAll, rows with one AllToAllVFilled that packs each destination's
+//    activations just before sending them (overlapping the transfers already started).
+// 2. experts: the (row, expert) pairs this rank applies, grouped by expert (ExpertBatch), are
+//    run reading every row where it lies (x or the receive buffer) and writing weight *
+//    expert(row) where it belongs (out for own tokens, the combine send buffer for others'),
+//    the first pair of a row overwriting and later ones adding: the weighted combine of a
+//    rank's pairs is fused into its experts' output, no grouped copy and no separate pass.
+// 3. combine: one reverse AllToAllV returns the partial sums, which one pass adds to out.
+// A group of one rank (ep == 1, the single-process case) communicates nothing.
+// Deterministic: pairs run expert by expert in a fixed order (own rows, then rows by source
+// rank and position), and out[t] adds partial sums in a fixed order (own first, then by the
+// order of t's choices), whatever the order messages arrive in.
 // All buffers are sized once from DispatchLayout, which the packing code uses too; a step
 // allocates nothing.
 #pragma once
@@ -55,13 +64,25 @@ struct DispatchLayout {
   size_t combine_recv_bytes() const { return max_send_rows() * hidden * 4; }
 };
 
-// The experts this rank holds, run over rows grouped by expert.
+// The (row, expert) pairs one rank's experts apply in one layer, grouped by expert in
+// increasing id (counts[e] pairs for expert e; 0 for experts not present). Pair i reads its
+// row at x[i] and writes scale[i] * expert(x[i]) to y[i], overwriting it, or adding to it
+// when accumulate[i] != 0 (a row's later pairs). Rows are read and written in place.
+struct ExpertBatch {
+  const int32_t* counts = nullptr;  // [num_experts]
+  const float* const* x = nullptr;  // [pairs]
+  float* const* y = nullptr;        // [pairs]
+  const float* scale = nullptr;     // [pairs]: the router's weight
+  const uint8_t* accumulate = nullptr;  // [pairs]
+  int64_t pairs = 0;
+};
+
+// The experts this rank holds. Run processes experts in increasing id, each over all its pairs
+// (so a row's first pair, which overwrites, runs before the pairs that add to it).
 class LocalExperts {
  public:
   virtual ~LocalExperts() = default;
-  // rows [N, hidden] grouped by expert in increasing id; counts[e] rows for expert e (0 for
-  // experts not held here); y [N, hidden] results in the same order.
-  virtual void Run(int layer, const float* rows, const int32_t* counts, float* y) = 0;
+  virtual void Run(int layer, const ExpertBatch& batch) = 0;
 };
 
 // ranks[layer][expert]: the EP ranks holding a replica (non-empty for every expert of every
@@ -69,27 +90,39 @@ class LocalExperts {
 using ExpertRanks = std::vector<std::vector<std::vector<int>>>;
 
 struct DispatchStats {
-  int64_t rows_sent = 0;      // token rows this rank sent in the last Forward
-  int64_t rows_received = 0;  // rows it computed for others (and itself)
+  int64_t rows_sent = 0;      // (token, destination) rows of this rank's tokens, own included
+  int64_t rows_received = 0;  // rows it computed, own included
   int64_t bytes_sent = 0;     // dispatch + combine payload bytes leaving this rank
+  // Seconds of the last Forward: dispatch (routing, packing, exchanges of counts and rows),
+  // experts (the LocalExperts call), combine (exchange back and the final sum).
   double dispatch_seconds = 0, compute_seconds = 0, combine_seconds = 0;
 };
 
 class ExpertDispatcher {
  public:
-  // `comm`, `experts` must outlive the dispatcher.
+  // `comm`, `experts` must outlive the dispatcher. Its size is the layout's ep.
   ExpertDispatcher(Communicator* comm, const DispatchLayout& layout, ExpertRanks routing,
                    LocalExperts* experts);
 
   // Collective over the group. x [T, hidden]; experts/weights [T, top_k]; out [T, hidden]
   // (overwritten) = sum_k weights[t,k] * expert_{experts[t,k]}(x[t]).
-  // Errors: kInvalidArgument when T exceeds max_tokens or a peer sends more rows than the
-  // layout allows; communication errors pass through (kDeadlineExceeded naming the peer).
+  // Errors: kInvalidArgument when T exceeds max_tokens, a choice names no expert, or a peer
+  // sends more rows than the layout allows or an expert this rank does not hold;
+  // communication errors pass through (kDeadlineExceeded naming the peer).
   absl::Status Forward(int layer, const float* x, int T, const int32_t* experts,
                        const float* weights, float* out);
 
+  // The parts of Forward, for callers that run the experts themselves: Dispatch, then the
+  // experts over batch(), then Combine. `x` and `out` must stay valid until Combine.
+  absl::Status Dispatch(int layer, const float* x, int T, const int32_t* experts,
+                        const float* weights, float* out);
+  const ExpertBatch& batch() const { return batch_; }
+  absl::Status Combine();
+
   const DispatchStats& last_stats() const { return stats_; }
   const DispatchLayout& layout() const { return layout_; }
+  // Rows this rank sent to each rank of the group in the last Forward (its own included).
+  const std::vector<int64_t>& last_send_rows() const { return send_rows_; }
 
   // Routed-token counts per (layer, expert) since construction, as this rank saw them in the
   // router's choices (for observability).
@@ -97,33 +130,45 @@ class ExpertDispatcher {
 
  private:
   int Destination(int layer, int expert, int token) const;
+  // Groups the pairs of own rows and received rows by expert into batch_.
+  absl::Status BuildBatch(int layer, const float* x, int T, const int32_t* experts,
+                          const float* weights, float* out);
 
   Communicator* comm_;
+  const int rank_;
   DispatchLayout layout_;
   ExpertRanks routing_;
+  std::vector<std::vector<uint8_t>> held_;  // [layer][expert]: this rank holds a replica
   LocalExperts* experts_;
   DispatchStats stats_;
   std::vector<std::vector<int64_t>> expert_counts_;
 
+  // The Forward in progress (between Dispatch and Combine).
+  int T_ = 0;
+  float* out_ = nullptr;
+  int64_t R_ = 0;  // rows received from other ranks
+
   // Buffers, sized once from layout_.
-  std::vector<float> send_;            // [max_send_rows, row_words]
-  std::vector<float> recv_;            // [max_recv_rows, row_words]
-  std::vector<float> grouped_x_;       // [max_recv_rows * top_k, hidden]
-  std::vector<float> grouped_y_;       // same
+  std::vector<float> send_;            // [max_send_rows, row_words]: rows for other ranks
+  std::vector<float> recv_;            // [max_recv_rows, row_words]: rows from other ranks
   std::vector<float> partial_;         // [max_recv_rows, hidden]: combine send
   std::vector<float> returned_;        // [max_send_rows, hidden]: combine receive
   std::vector<int32_t> send_token_;    // token of each send row
   std::vector<int32_t> token_rows_;    // [max_tokens, top_k]: send rows of each token, -1 after
-  std::vector<int32_t> pair_row_;      // received row of each grouped (row, expert) pair
-  std::vector<float> pair_weight_;
-  std::vector<int32_t> row_pairs_;     // [max_recv_rows, top_k]: grouped position of each pair
-  std::vector<int32_t> expert_rows_;   // per expert
+  std::vector<uint8_t> token_local_;   // [max_tokens]: the token has pairs on this rank
+  std::vector<int32_t> dest_of_token_k_;  // [max_tokens, top_k] destination rank
+  std::vector<int32_t> row_of_k_;      // send row of each of a token's choices
+  std::vector<int32_t> rank_cursor_;
+  // The expert batch: pairs grouped by expert.
+  ExpertBatch batch_;
+  std::vector<int32_t> expert_pairs_;  // per expert
   std::vector<int32_t> expert_cursor_;
+  std::vector<const float*> pair_x_;
+  std::vector<float*> pair_y_;
+  std::vector<float> pair_scale_;
+  std::vector<uint8_t> pair_accumulate_;
   std::vector<int64_t> send_rows_, recv_rows_;  // per rank
   std::vector<size_t> send_counts_, send_offsets_, recv_counts_, recv_offsets_;
-  std::vector<int32_t> dest_of_token_k_;  // [max_tokens, top_k] destination rank
-  std::vector<int32_t> rank_cursor_;
-  std::vector<int32_t> row_of_k_;  // send row of each of a token's choices
 };
 
 }  // namespace switchyard

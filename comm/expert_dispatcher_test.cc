@@ -22,17 +22,25 @@ constexpr int kHidden = 12;
 class FakeExperts : public LocalExperts {
  public:
   FakeExperts(std::set<int> held, int num_experts) : held_(std::move(held)), E_(num_experts) {}
-  void Run(int layer, const float* rows, const int32_t* counts, float* y) override {
-    size_t off = 0;
+  void Run(int layer, const ExpertBatch& b) override {
+    int64_t off = 0;
+    std::set<const float*> outputs_seen;
     for (int e = 0; e < E_; ++e) {
-      if (counts[e] == 0) continue;
+      if (b.counts[e] == 0) continue;
       EXPECT_TRUE(held_.count(e)) << "expert " << e << " is not held here";
-      rows_run += counts[e];
-      for (size_t i = off * kHidden; i < (off + counts[e]) * kHidden; ++i) {
-        y[i] = (e + 1) * rows[i] + 0.5f * e;
+      rows_run += b.counts[e];
+      for (int64_t p = off; p < off + b.counts[e]; ++p) {
+        // A row's first pair overwrites, and comes before the pairs that add to it.
+        EXPECT_EQ(b.accumulate[p] != 0, outputs_seen.count(b.y[p]) > 0) << "pair " << p;
+        outputs_seen.insert(b.y[p]);
+        for (int i = 0; i < kHidden; ++i) {
+          const float v = b.scale[p] * ((e + 1) * b.x[p][i] + 0.5f * e);
+          b.y[p][i] = b.accumulate[p] ? b.y[p][i] + v : v;
+        }
       }
-      off += counts[e];
+      off += b.counts[e];
     }
+    EXPECT_EQ(off, b.pairs);
   }
   int64_t rows_run = 0;
 
@@ -204,6 +212,65 @@ TEST_F(DispatcherTest, ReplicatedExpertSpreadsLoad) {
     total += v;
   }
   EXPECT_EQ(total, int64_t{T} * K * P_);
+}
+
+// Unevenly spread experts: rank 0 holds most of them, the last rank one replica more.
+TEST_F(DispatcherTest, UnevenPlacementWithReplicas) {
+  const int E = 8, K = 2, T = 21;
+  ExpertRanks routing(1, std::vector<std::vector<int>>(E, std::vector<int>{0}));
+  for (int e = 6; e < E; ++e) routing[0][e] = {P_ - 1};
+  routing[0][1] = P_ > 1 ? std::vector<int>{0, P_ - 1} : std::vector<int>{0};
+  std::mt19937 rng(21 + rank_);
+  Check(routing, E, K, T, T, RandomRouting(T, E, K, rng));
+}
+
+// Own tokens' rows are read where they are and never travel: a group of one sends nothing.
+TEST_F(DispatcherTest, OwnRowsStayInPlace) {
+  const int E = 8, K = 2, T = 9;
+  ExpertRanks routing(1, std::vector<std::vector<int>>(E, std::vector<int>{rank_}));
+  FakeExperts experts(HeldBy(routing, 0, rank_), E);
+  ExpertDispatcher d(comm_.get(),
+                     {.hidden = kHidden, .top_k = K, .num_experts = E, .ep = P_, .max_tokens = T},
+                     routing, &experts);
+  std::mt19937 rng(31 + rank_);
+  Routing r = RandomRouting(T, E, K, rng);
+  std::vector<float> out(T * kHidden);
+  ASSERT_TRUE(d.Forward(0, r.x.data(), T, r.experts.data(), r.weights.data(), out.data()).ok());
+  EXPECT_EQ(d.last_stats().bytes_sent, 0);
+  EXPECT_EQ(d.last_stats().rows_sent, T);
+  const std::vector<float> want = Reference(r, T, K);
+  for (size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(out[i], want[i], 1e-5);
+}
+
+// The same inputs give bit-identical outputs, step after step.
+TEST_F(DispatcherTest, Deterministic) {
+  const int E = 8, K = 2, T = 33;
+  FakeExperts experts(HeldBy(DefaultRouting(1, E, P_), 0, rank_), E);
+  ExpertDispatcher d(comm_.get(),
+                     {.hidden = kHidden, .top_k = K, .num_experts = E, .ep = P_, .max_tokens = T},
+                     DefaultRouting(1, E, P_), &experts);
+  std::mt19937 rng(41 + rank_);
+  Routing r = RandomRouting(T, E, K, rng);
+  std::vector<float> a(T * kHidden), b(T * kHidden);
+  ASSERT_TRUE(d.Forward(0, r.x.data(), T, r.experts.data(), r.weights.data(), a.data()).ok());
+  ASSERT_TRUE(d.Forward(0, r.x.data(), T, r.experts.data(), r.weights.data(), b.data()).ok());
+  EXPECT_EQ(a, b);
+}
+
+TEST_F(DispatcherTest, RejectsBadChoicesBeforeCommunicating) {
+  const int E = 8, K = 2;
+  FakeExperts experts({}, E);
+  ExpertDispatcher d(comm_.get(),
+                     {.hidden = kHidden, .top_k = K, .num_experts = E, .ep = P_, .max_tokens = 4},
+                     DefaultRouting(1, E, P_), &experts);
+  std::vector<float> x(2 * kHidden), out(2 * kHidden), w(4, 0.5f);
+  std::vector<int32_t> out_of_range = {0, 1, 2, E};
+  auto st = d.Forward(0, x.data(), 2, out_of_range.data(), w.data(), out.data());
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(st.message(), testing::HasSubstr("token 1 chooses expert 8"));
+  std::vector<int32_t> twice = {3, 3, 0, 1};
+  st = d.Forward(0, x.data(), 2, twice.data(), w.data(), out.data());
+  EXPECT_THAT(st.message(), testing::HasSubstr("token 0 chooses expert 3 twice"));
 }
 
 TEST_F(DispatcherTest, RejectsMoreTokensThanTheLayout) {

@@ -281,11 +281,26 @@ absl::Status MpiCommunicator::AllToAllV(const void* send, std::span<const size_t
                        recv_offsets);
 }
 
+absl::Status MpiCommunicator::AllToAllVFilled(const std::function<void(int peer)>& fill,
+                                              const void* send,
+                                              std::span<const size_t> send_counts,
+                                              std::span<const size_t> send_offsets, void* recv,
+                                              std::span<const size_t> recv_counts,
+                                              std::span<const size_t> recv_offsets) {
+  if (send_counts.size() > static_cast<size_t>(rank_) && send_counts[rank_] != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "AllToAllVFilled on group ", name_, ": the block to rank ", rank_, " itself must be empty"));
+  }
+  return AllToAllVImpl("AllToAllV", send, send_counts, send_offsets, recv, recv_counts,
+                       recv_offsets, &fill);
+}
+
 absl::Status MpiCommunicator::AllToAllVImpl(absl::string_view op, const void* send,
                                             std::span<const size_t> send_counts,
                                             std::span<const size_t> send_offsets, void* recv,
                                             std::span<const size_t> recv_counts,
-                                            std::span<const size_t> recv_offsets) {
+                                            std::span<const size_t> recv_offsets,
+                                            const std::function<void(int peer)>* fill) {
   RETURN_IF_ERROR(CheckUsable(op));
   const size_t P = static_cast<size_t>(size_);
   if (send_counts.size() != P || send_offsets.size() != P || recv_counts.size() != P ||
@@ -312,6 +327,7 @@ absl::Status MpiCommunicator::AllToAllVImpl(absl::string_view op, const void* se
   for (int i = 1; i < size_; ++i) {
     const int peer = (rank_ + i) % size_;
     if (send_counts[peer] == 0) continue;
+    if (fill != nullptr) (*fill)(peer);
     RETURN_IF_ERROR(PostSend(p, op, s + send_offsets[peer], send_counts[peer], peer, kTagAllToAll));
   }
   if (send_counts[rank_] > 0) {

@@ -37,6 +37,7 @@
 #include <mpi.h>
 
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -91,6 +92,11 @@ class MpiCommunicator final : public Communicator {
                          std::span<const size_t> send_offsets, void* recv,
                          std::span<const size_t> recv_counts,
                          std::span<const size_t> recv_offsets) override;
+  absl::Status AllToAllVFilled(const std::function<void(int peer)>& fill, const void* send,
+                               std::span<const size_t> send_counts,
+                               std::span<const size_t> send_offsets, void* recv,
+                               std::span<const size_t> recv_counts,
+                               std::span<const size_t> recv_offsets) override;
   absl::Status AllToAll(const void* send, void* recv, size_t bytes) override;
   absl::Status Send(const void* data, size_t bytes, int peer, int tag) override;
   absl::Status Recv(void* data, size_t bytes, int peer, int tag) override;
@@ -120,7 +126,8 @@ class MpiCommunicator final : public Communicator {
                              std::span<const size_t> send_counts,
                              std::span<const size_t> send_offsets, void* recv,
                              std::span<const size_t> recv_counts,
-                             std::span<const size_t> recv_offsets);
+                             std::span<const size_t> recv_offsets,
+                             const std::function<void(int peer)>* fill = nullptr);
   absl::Status BarrierImpl(absl::string_view op);
   std::string Ranks(const std::vector<int>& group_ranks) const;
 

@@ -146,6 +146,41 @@ TEST_F(MpiCommunicatorTest, AllToAll) {
   }
 }
 
+// Blocks written by the fill callback, once per other peer, just before they are sent; the
+// block to itself must be empty.
+TEST_F(MpiCommunicatorTest, AllToAllVFilledWritesBlocksJustInTime) {
+  const size_t bytes = 3000;
+  std::vector<size_t> counts(P_, bytes), offsets(P_);
+  for (int r = 0; r < P_; ++r) offsets[r] = r * bytes;
+  counts[rank_] = 0;
+  Bytes send(bytes * P_, kSentinel), recv(bytes * P_, kSentinel);
+  std::vector<int> filled;
+  auto fill = [&](int peer) {
+    filled.push_back(peer);
+    for (size_t i = 0; i < bytes; ++i) send[peer * bytes + i] = Pattern(2, rank_, peer, i);
+  };
+  ASSERT_TRUE(world_->AllToAllVFilled(fill, send.data(), counts, offsets, recv.data(), counts,
+                                      offsets)
+                  .ok());
+  std::sort(filled.begin(), filled.end());
+  std::vector<int> others;
+  for (int r = 0; r < P_; ++r) {
+    if (r != rank_) others.push_back(r);
+  }
+  EXPECT_EQ(filled, others);
+  for (int r = 0; r < P_; ++r) {
+    if (r == rank_) continue;
+    for (size_t i = 0; i < bytes; ++i) {
+      ASSERT_EQ(recv[r * bytes + i], Pattern(2, r, rank_, i)) << "from " << r << " at " << i;
+    }
+  }
+  counts[rank_] = 1;
+  EXPECT_EQ(world_->AllToAllVFilled(fill, send.data(), counts, offsets, recv.data(), counts,
+                                    offsets)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(MpiCommunicatorTest, SendRecvRing) {
   if (P_ == 1) GTEST_SKIP() << "needs two ranks";
   const int next = (rank_ + 1) % P_, prev = (rank_ + P_ - 1) % P_;

@@ -380,16 +380,16 @@ json PlacementToJson(const PlacementPlan& plan) {
   return j;
 }
 
-std::vector<RankFootprint> Footprints(const PlacementPlan& plan, const ModelConfig& cfg,
+std::vector<RankStatus> Footprints(const PlacementPlan& plan, const ModelConfig& cfg,
                                       uint64_t bytes_per_param) {
   const uint64_t H = cfg.hidden_size;
   const uint64_t embedding = static_cast<uint64_t>(cfg.vocab_size) * H;
   const uint64_t dense_per_layer =  // attention, norms, router
       static_cast<uint64_t>(cfg.AttentionParamsPerLayer()) + cfg.num_local_experts * H;
-  std::vector<RankFootprint> out;
+  std::vector<RankStatus> out;
   for (int r = 0; r < plan.world_size(); ++r) {
     const ShardSpec spec = plan.ShardFor(r, cfg);
-    RankFootprint f;
+    RankStatus f;
     f.world_rank = r;
     f.stage = r / plan.ep;
     f.ep_rank = r % plan.ep;
@@ -413,9 +413,9 @@ std::vector<RankFootprint> Footprints(const PlacementPlan& plan, const ModelConf
   return out;
 }
 
-absl::Status CheckDeviceMemory(const std::vector<RankFootprint>& footprints,
+absl::Status CheckDeviceMemory(const std::vector<RankStatus>& footprints,
                                uint64_t device_bytes) {
-  for (const RankFootprint& f : footprints) {
+  for (const RankStatus& f : footprints) {
     if (f.weight_bytes <= device_bytes) continue;
     return absl::ResourceExhaustedError(
         absl::StrCat("rank ", f.world_rank, " (stage ", f.stage, ", ep rank ", f.ep_rank,

@@ -28,6 +28,7 @@
 #include "model/config.h"
 #include "model/weights.h"
 #include "nlohmann/json.hpp"
+#include "worker/rank_status.h"
 
 namespace switchyard {
 
@@ -89,24 +90,16 @@ absl::StatusOr<PlacementPlan> ParsePlacement(const std::string& text, const std:
 // "layer_experts" the layers that differ from it). Parsing it back gives an equal plan.
 nlohmann::json PlacementToJson(const PlacementPlan& plan);
 
-// What one rank holds.
-struct RankFootprint {
-  int world_rank = 0, stage = 0, ep_rank = 0;
-  int layer_begin = 0, layer_end = 0;
-  std::vector<std::vector<int>> experts;  // per layer of [layer_begin, layer_end), sorted ids
-  uint64_t weight_bytes = 0;
-  bool has_embedding = false, has_head = false;
-};
-
-// One footprint per world rank, in order. weight_bytes = bytes_per_param x (per held layer:
+// One footprint per world rank, in order: what the rank will hold (a RankStatus without KV,
+// steps or routed tokens). weight_bytes = bytes_per_param x (per held layer:
 // attention + norms + router + held experts; the embedding on stage 0; final norm + lm_head on
 // the last stage, a tied lm_head counted once where the embedding is also held). This equals
 // ModelWeights::resident_bytes() of the shard for a checkpoint stored in one dtype.
-std::vector<RankFootprint> Footprints(const PlacementPlan& plan, const ModelConfig& cfg,
+std::vector<RankStatus> Footprints(const PlacementPlan& plan, const ModelConfig& cfg,
                                       uint64_t bytes_per_param);
 
 // OK when every rank's weights fit in `device_bytes`; otherwise kResourceExhausted naming the
 // first rank that does not fit, its bytes and the limit.
-absl::Status CheckDeviceMemory(const std::vector<RankFootprint>& footprints, uint64_t device_bytes);
+absl::Status CheckDeviceMemory(const std::vector<RankStatus>& footprints, uint64_t device_bytes);
 
 }  // namespace switchyard

@@ -413,7 +413,7 @@ TEST_F(PlacementFileTest, MissingFileAndBadFlags) {
 
 // Footprints.
 
-uint64_t Sum(const std::vector<RankFootprint>& fps) {
+uint64_t Sum(const std::vector<RankStatus>& fps) {
   uint64_t s = 0;
   for (const auto& f : fps) s += f.weight_bytes;
   return s;

@@ -1,9 +1,11 @@
 // Expert and pipeline parallelism give the single-rank answers: run under mpirun with N ranks,
-// every EP x PP = N layout is opened in turn; rank 0 compares greedy tokens (identical),
+// every EP x PP = N layout is opened in turn, with the default placement and (for EP > 1)
+// with replicated and unevenly spread experts; rank 0 compares greedy tokens (identical),
 // logits (within 1e-4) and perplexity (within 0.01%) with a single-process executor it builds
 // beside the job. Every rank also checks it read no tensor outside its shard.
 #include <mpi.h>
 
+#include <algorithm>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -75,14 +77,45 @@ struct Reference {
 
 struct Layout {
   int ep, pp;
+  bool uneven = false;  // a placement file with replicated and unevenly spread experts
 };
 
 std::vector<Layout> LayoutsFor(int world, int layers) {
   std::vector<Layout> out;
   for (int pp = 1; pp <= world; ++pp) {
-    if (world % pp == 0 && pp <= layers) out.push_back({world / pp, pp});
+    if (world % pp == 0 && pp <= layers) {
+      out.push_back({world / pp, pp});
+      if (world / pp > 1) out.push_back({world / pp, pp, true});
+    }
   }
   return out;
+}
+
+// Expert 0 on every EP rank; the first half of the others on rank 0 (which then does most of
+// the work), the rest on e % ep; the last expert on ranks 0 and ep - 1; in layer 0, expert 1
+// moved to the last rank. Written by every rank to its own file (same content).
+std::string UnevenPlacementFile(const Layout& layout, int experts, int rank) {
+  nlohmann::json per_expert = nlohmann::json::object();
+  for (int e = 0; e < experts; ++e) {
+    std::vector<int> ranks;
+    if (e == 0) {
+      for (int r = 0; r < layout.ep; ++r) ranks.push_back(r);
+    } else if (e == experts - 1) {
+      ranks = {0, layout.ep - 1};
+    } else {
+      ranks = {e < experts / 2 ? 0 : e % layout.ep};
+    }
+    per_expert[std::to_string(e)] = ranks;
+  }
+  const nlohmann::json plan = {
+      {"ep", layout.ep},
+      {"pp", layout.pp},
+      {"experts", per_expert},
+      {"layer_experts", {{"0", {{"1", {layout.ep - 1}}}}}}};
+  const std::string path = testing::TempDir() + "/uneven-placement-" + std::to_string(rank) + "-" +
+                           std::to_string(layout.ep) + "x" + std::to_string(layout.pp) + ".json";
+  std::ofstream(path) << plan.dump();
+  return path;
 }
 
 class DistributedEquality : public testing::TestWithParam<std::string> {};
@@ -98,19 +131,28 @@ TEST_P(DistributedEquality, MatchesSingleRank) {
   const ModelConfig cfg = *LoadModelConfig(dir + "/config.json");
 
   for (const Layout& layout : LayoutsFor(WorldSize(), cfg.num_hidden_layers)) {
-    SCOPED_TRACE(absl::StrCat(GetParam(), " ep ", layout.ep, " x pp ", layout.pp));
+    SCOPED_TRACE(absl::StrCat(GetParam(), " ep ", layout.ep, " x pp ", layout.pp,
+                              layout.uneven ? " (replicated, uneven experts)" : ""));
+    const std::string placement =
+        layout.uneven ? UnevenPlacementFile(layout, cfg.num_local_experts, rank) : "";
     // A small step limit makes long inputs cross several steps and micro-batches.
     auto opened = ModelSession::Open({.model_dir = dir,
                                       .max_step_tokens = 48,
                                       .show_progress = false,
                                       .ep = layout.ep,
                                       .pp = layout.pp,
+                                      .placement_file = placement,
                                       .comm_timeout = absl::Seconds(60)});
     ASSERT_TRUE(opened.ok()) << opened.status();
     ModelSession& s = **opened;
     const ShardSpec spec = s.placement.ShardFor(s.world_rank, cfg);
     EXPECT_EQ(s.checkpoint->Accessed(), ExpectedTensors(spec, cfg))
         << "rank " << s.world_rank << " read tensors outside its shard";
+    if (layout.uneven) {  // the placement file took effect: expert 0 is on every rank
+      for (const std::vector<int>& held : spec.local_experts) {
+        EXPECT_TRUE(std::find(held.begin(), held.end(), 0) != held.end());
+      }
+    }
     if (!s.is_coordinator()) {
       ASSERT_TRUE(s.RunWorker().ok());
       continue;

@@ -1,5 +1,7 @@
-// CudaExecutor: the whole model on one GPU. See worker/cuda_executor.h for the contract; the
-// forward pass below mirrors ShardForward::RunLayers and ShardForward::Head step for step.
+// CudaExecutor: the whole model on one GPU. See worker/cuda_executor.h for the contract. The
+// plan rules (ValidatePlan, HeadRows, ReturnedLogitRows) are worker/step.h's; the forward pass
+// is the CPU stage backend's sequence of operations on the device kernels (until the CUDA stage
+// backend replaces this executor, see docs/architecture.md "GPU path").
 #include "worker/cuda_executor.h"
 
 #include <cublas_v2.h>
@@ -15,6 +17,7 @@
 #include "common/status_macros.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/ops.h"
+#include "worker/kv_cache.h"
 
 namespace switchyard {
 namespace {
@@ -24,6 +27,8 @@ using cuda::CudaCheck;
 
 constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;  // cuBLAS's advice for Hopper
 constexpr size_t kConvertChunk = size_t{1} << 22;           // elements per host conversion
+// The KV cache holds bf16 K and V: the element type ModelSession sizes the pool for.
+static_assert(KvElementBytes(kCudaKvDType) == sizeof(bf16));
 
 // Device allocations owned together (cudaMalloc aligns to 256 bytes).
 class DeviceMemory {
@@ -162,7 +167,7 @@ class CudaExecutor final : public CudaStepExecutor {
   absl::Status CheckShapes() const;
   absl::Status UploadWeights();
   absl::Status AllocateBuffers();
-  // Validates `plan` (as ShardForward does, plus block ids) and stages its inputs.
+  // Validates `plan` (ValidatePlan, the rule every executor applies) and stages its inputs.
   absl::Status Prepare(const StepPlan& plan);
   // Enqueues the forward pass of the prepared step on stream_. `static_shapes`: decode with
   // the padded expert path and no host synchronisation (capturable).
@@ -414,55 +419,24 @@ absl::Status CudaExecutor::AllocateBuffers() {
 }
 
 absl::Status CudaExecutor::Prepare(const StepPlan& plan) {
+  RETURN_IF_ERROR(ValidatePlan(plan, {.vocab_size = V_,
+                                      .dp_size = 1,
+                                      .max_step_tokens = limits_.max_tokens,
+                                      .max_context = limits_.max_context,
+                                      .num_blocks = kv_.num_blocks,
+                                      .block_size = kv_.block_size}));
   const int T = plan.total_tokens();
-  if (T > limits_.max_tokens) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("step of ", T, " tokens exceeds the limit of ", limits_.max_tokens));
-  }
-  for (int32_t t : plan.tokens) {
-    if (t < 0 || t >= V_) {
-      return absl::InvalidArgumentError(absl::StrCat("token id ", t, " outside [0, ", V_, ")"));
-    }
-  }
   const int bs = kv_.block_size;
   StepShape sh;
   sh.T = T;
   bool all_single = true;
   for (const SeqEntry& s : plan.seqs) {
     if (s.num_tokens == 0) continue;
-    // Offsets come from StepPlan::AddSequence; checked because the device trusts them.
-    if (s.start_pos < 0 || s.num_tokens < 0 || s.token_offset < 0 ||
-        s.token_offset + s.num_tokens > T || s.block_offset < 0 ||
-        static_cast<size_t>(s.block_offset) + s.num_blocks > plan.block_tables.size()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("sequence ", s.seq_id, ": malformed step plan entry"));
-    }
-    const int ctx = s.start_pos + s.num_tokens;
-    if (ctx > limits_.max_context) {
-      return absl::InvalidArgumentError(absl::StrCat("sequence ", s.seq_id, " reaches position ",
-                                                     ctx, ", over the context limit ",
-                                                     limits_.max_context));
-    }
-    const int needed = (ctx + bs - 1) / bs;
-    if (s.num_blocks < needed) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("sequence ", s.seq_id, " has ", s.num_blocks, " KV blocks, needs ", needed));
-    }
-    for (int b = 0; b < needed; ++b) {
-      const int32_t id = plan.block_tables[s.block_offset + b];
-      if (id < 0 || id >= kv_.num_blocks) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("sequence ", s.seq_id, " names KV block ", id, " of ", kv_.num_blocks));
-      }
-    }
+    const int needed = (s.start_pos + s.num_tokens + bs - 1) / bs;
     ++sh.S;
     sh.stride = std::max(sh.stride, needed);
     all_single = all_single && s.num_tokens == 1;
-    if (s.logits == LogitsMode::kAll) {
-      sh.R += s.num_tokens;
-    } else if (s.logits == LogitsMode::kLast || s.sample) {
-      sh.R += 1;
-    }
+    sh.R += HeadRows(s);
     sh.NR += s.sample ? 1 : 0;
     if (s.num_tokens == 1) {
       ++sh.ND;
@@ -502,13 +476,8 @@ absl::Status CudaExecutor::Prepare(const StepPlan& plan) {
     const int needed = (s.start_pos + s.num_tokens + bs - 1) / bs;
     std::memcpy(at(layout_.tables) + static_cast<size_t>(j) * sh.stride, table,
                 sizeof(int32_t) * needed);
-    // Head rows, as StepHead::RowsForHead; the static path gives every sequence its row.
-    int rows = 0;
-    if (s.logits == LogitsMode::kAll) {
-      rows = s.num_tokens;
-    } else if (s.logits == LogitsMode::kLast || s.sample || static_step_) {
-      rows = 1;
-    }
+    // Head rows (HeadRows); the static path gives every sequence its row.
+    const int rows = std::max(HeadRows(s), static_step_ ? 1 : 0);
     if (rows > 0) {
       seq_head_row_[i] = head;
       for (int r = 0; r < rows; ++r) {
@@ -761,10 +730,11 @@ absl::Status CudaExecutor::Finish(const StepPlan& plan, StepResult* result) {
     const SeqEntry& s = plan.seqs[i];
     if (s.num_tokens == 0) continue;
     if (seq_request_[i] >= 0) result->next_tokens[i] = tokens_host_[seq_request_[i]];
-    if (s.logits == LogitsMode::kNone) continue;
-    // kAll: every row of the chunk; kLast: its last row. Either way the sequence's head rows.
-    const int keep = s.logits == LogitsMode::kAll ? s.num_tokens : 1;
-    const size_t first = static_cast<size_t>(seq_head_row_[i]) * V_;
+    const int keep = ReturnedLogitRows(s);
+    if (keep == 0) continue;
+    // The last `keep` of the sequence's head rows.
+    const int head_rows = std::max(HeadRows(s), static_step_ ? 1 : 0);
+    const size_t first = static_cast<size_t>(seq_head_row_[i] + head_rows - keep) * V_;
     result->logits_offset[i] = out_rows;
     result->logits_rows[i] = keep;
     result->logits.insert(result->logits.end(), logits_host_.begin() + first,
@@ -809,9 +779,12 @@ absl::StatusOr<std::vector<RankStatus>> CudaExecutor::CollectStatus() {
   r.layer_begin = spec.layer_begin;
   r.layer_end = spec.layer_end;
   r.experts = spec.local_experts;
-  r.weight_bytes = static_cast<int64_t>(w_.resident_bytes());
-  r.kv_bytes = int64_t{2} * cfg_.num_hidden_layers * kv_.num_blocks * kv_.block_size * kv_dim_ *
-               static_cast<int64_t>(sizeof(bf16));
+  r.has_embedding = spec.has_embedding;
+  r.has_head = spec.has_head;
+  r.weight_bytes = w_.resident_bytes();
+  const uint64_t kv_bytes = KvBytesPerToken(cfg_.num_hidden_layers, kv_dim_, kCudaKvDType) *
+                            kv_.num_blocks * kv_.block_size;
+  r.kv_bytes = kv_bytes;
   r.steps = steps_;
   r.expert_tokens.assign(layers_.size(), std::vector<int64_t>(E_));
   RETURN_IF_ERROR(CudaCheck(cudaSetDevice(device_), "cudaSetDevice"));

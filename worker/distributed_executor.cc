@@ -19,90 +19,94 @@ struct PlanHeader {
 
 constexpr int kResultTag = 900;  // activations use the micro-batch index as tag
 
-int HeadRows(const SeqEntry& s) {
-  if (s.num_tokens == 0) return 0;
-  if (s.logits == LogitsMode::kAll) return s.num_tokens;
-  return s.logits == LogitsMode::kLast ? 1 : 0;
+}  // namespace
+
+void SplitMicroBatches(std::span<const SeqEntry> seqs, int count, std::vector<MicroBatch>* out) {
+  out->clear();
+  int64_t T = 0;
+  for (const SeqEntry& s : seqs) T += s.num_tokens;
+  size_t seq = 0;
+  int row = 0;
+  for (int m = 0; m < count; ++m) {
+    const int64_t target = (T * (m + 1) + count - 1) / count;
+    MicroBatch mb{.seq_begin = static_cast<int>(seq), .row0 = row};
+    while (seq < seqs.size() && (row < target || m == count - 1)) row += seqs[seq++].num_tokens;
+    mb.seq_end = static_cast<int>(seq);
+    mb.rows = row - mb.row0;
+    out->push_back(mb);
+  }
 }
 
-}  // namespace
+DistributedWorker::DistributedWorker(const ModelWeights& weights, const ParallelShape& shape,
+                                     Communicator* world, Communicator* stage_link,
+                                     std::unique_ptr<StageBackend> backend,
+                                     const KvPoolOptions& kv)
+    : weights_(weights),
+      shape_(shape),
+      world_(world),
+      stage_link_(stage_link),
+      backend_(std::move(backend)),
+      kv_(kv) {}
 
 DistributedWorker::DistributedWorker(const ModelWeights& weights, const ParallelShape& shape,
                                      Communicator* world, Communicator* ep_group,
                                      ExpertRanks routing, const KvPoolOptions& kv,
                                      const ForwardLimits& limits)
-    : weights_(weights),
-      shape_(shape),
-      world_(world),
-      kv_({.num_layers = weights.spec().layer_end - weights.spec().layer_begin,
-           .num_blocks = kv.num_blocks,
-           .block_size = kv.block_size,
-           .kv_dim = weights.config().kv_dim()}),
-      moe_(weights, ep_group, std::move(routing), limits.max_tokens),
-      forward_(weights, &kv_, &moe_, limits),
-      head_(weights.config().vocab_size),
-      hidden_(static_cast<size_t>(limits.max_tokens) * weights.config().hidden_size) {
-  if (weights.spec().has_head) {
-    logits_.resize(static_cast<size_t>(limits.max_tokens) * weights.config().vocab_size);
-  }
+    : DistributedWorker(
+          weights, shape, world, world,
+          MakeCpuStageBackend(weights, ep_group, std::move(routing),
+                              {.num_layers = weights.spec().layer_end - weights.spec().layer_begin,
+                               .num_blocks = kv.num_blocks,
+                               .block_size = kv.block_size,
+                               .kv_dim = weights.config().kv_dim()},
+                              limits),
+          kv) {}
+
+PlanLimits DistributedWorker::plan_limits() const {
+  return {.vocab_size = weights_.config().vocab_size,
+          .dp_size = shape_.ep,
+          .max_step_tokens = backend_->limits().max_tokens,
+          .max_context = backend_->limits().max_context,
+          .num_blocks = kv_.num_blocks,
+          .block_size = kv_.block_size};
 }
 
 void DistributedWorker::SelectLocal(const StepPlan& plan) {
   local_.Clear();
-  local_to_global_.clear();
   for (size_t i = 0; i < plan.seqs.size(); ++i) {
     const SeqEntry& s = plan.seqs[i];
     if (s.dp_rank != shape_.ep_rank()) continue;
     local_.AddSequence(
         s, std::span<const int32_t>(plan.tokens).subspan(s.token_offset, s.num_tokens),
         std::span<const int32_t>(plan.block_tables).subspan(s.block_offset, s.num_blocks));
-    local_to_global_.push_back(static_cast<int32_t>(i));
   }
 }
 
 absl::Status DistributedWorker::RunStep(const StepPlan& plan, StepResult* result) {
   ++steps_;
   SelectLocal(plan);
-  const int H = weights_.config().hidden_size;
-  const int T = local_.total_tokens();
-  if (T > forward_.limits().max_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat("data-parallel rank ", shape_.ep_rank(),
-                                                   " has ", T, " tokens, over the limit of ",
-                                                   forward_.limits().max_tokens));
-  }
-  const int stage = shape_.stage(), M = shape_.pp;
+  const int stage = shape_.stage();
   const bool first = stage == 0, last = stage == shape_.pp - 1;
-  // Micro-batches: contiguous runs of sequences of about T / M tokens each. Every stage
-  // computes the same split from the same plan, so sender and receiver agree on sizes.
-  size_t seq = 0;
-  int row = 0;
-  for (int m = 0; m < M; ++m) {
-    const int target = static_cast<int>((static_cast<int64_t>(T) * (m + 1) + M - 1) / M);
-    micro_batch_.clear();
-    const int row0 = row;
-    while (seq < local_.seqs.size() && (row < target || m == M - 1)) {
-      SeqEntry s = local_.seqs[seq++];
-      s.token_offset -= row0;
-      row += s.num_tokens;
-      micro_batch_.push_back(s);
-    }
-    const int rows = row - row0;
-    float* h = hidden_.data() + static_cast<size_t>(row0) * H;
-    const size_t bytes = static_cast<size_t>(rows) * H * sizeof(float);
+  const int prev = shape_.WorldRank(stage - 1, shape_.ep_rank());
+  const int next = shape_.WorldRank(stage + 1, shape_.ep_rank());
+  SplitMicroBatches(local_.seqs, shape_.pp, &micro_batches_);
+  for (int m = 0; m < static_cast<int>(micro_batches_.size()); ++m) {
+    const MicroBatch& mb = micro_batches_[m];
+    micro_batch_.assign(local_.seqs.begin() + mb.seq_begin, local_.seqs.begin() + mb.seq_end);
+    for (SeqEntry& s : micro_batch_) s.token_offset -= mb.row0;
+    const size_t bytes = static_cast<size_t>(mb.rows) * backend_->row_bytes();
     if (first) {
-      forward_.Embed(local_.tokens.data() + row0, rows, h);
-    } else if (rows > 0) {
-      RETURN_IF_ERROR(world_->Recv(h, bytes, shape_.WorldRank(stage - 1, shape_.ep_rank()), m));
+      RETURN_IF_ERROR(backend_->Embed(local_.tokens.data() + mb.row0, mb.rows, mb.row0));
+    } else if (mb.rows > 0) {
+      RETURN_IF_ERROR(stage_link_->Recv(backend_->hidden_rows(mb.row0), bytes, prev, m));
     }
-    RETURN_IF_ERROR(forward_.RunLayers(micro_batch_, local_.block_tables.data(), h));
-    if (!last && rows > 0) {
-      RETURN_IF_ERROR(world_->Send(h, bytes, shape_.WorldRank(stage + 1, shape_.ep_rank()), m));
+    RETURN_IF_ERROR(backend_->RunLayers(micro_batch_, local_.block_tables.data(), mb.row0));
+    if (!last && mb.rows > 0) {
+      RETURN_IF_ERROR(stage_link_->Send(backend_->hidden_rows(mb.row0), bytes, next, m));
     }
   }
   if (last) {
-    StepHead::RowsForHead(local_, &head_rows_);
-    forward_.Head(hidden_.data(), head_rows_, logits_.data());
-    head_.Finish(local_, logits_.data(), &local_result_);
+    RETURN_IF_ERROR(backend_->Head(local_, &local_result_));
     if (shape_.world_rank != 0) RETURN_IF_ERROR(SendResults());
   }
   if (shape_.world_rank == 0) RETURN_IF_ERROR(CollectResults(plan, result));
@@ -120,6 +124,11 @@ absl::Status DistributedWorker::SendResults() {
 }
 
 absl::Status DistributedWorker::CollectResults(const StepPlan& plan, StepResult* result) {
+  if (shape_.ep == 1 && shape_.pp == 1) {
+    // One rank: the local plan is the plan, in the same order; no copy.
+    std::swap(*result, local_result_);
+    return absl::OkStatus();
+  }
   const size_t n = plan.seqs.size();
   const int V = weights_.config().vocab_size;
   result->next_tokens.assign(n, -1);
@@ -128,7 +137,7 @@ absl::Status DistributedWorker::CollectResults(const StepPlan& plan, StepResult*
   int32_t total_rows = 0;
   for (size_t i = 0; i < n; ++i) {
     result->logits_offset[i] = total_rows;
-    result->logits_rows[i] = HeadRows(plan.seqs[i]);
+    result->logits_rows[i] = ReturnedLogitRows(plan.seqs[i]);
     total_rows += result->logits_rows[i];
   }
   result->logits.resize(static_cast<size_t>(total_rows) * V);
@@ -139,7 +148,7 @@ absl::Status DistributedWorker::CollectResults(const StepPlan& plan, StepResult*
     for (const SeqEntry& s : plan.seqs) {
       if (s.dp_rank != dp) continue;
       ++count;
-      rows += HeadRows(s);
+      rows += ReturnedLogitRows(s);
     }
     const size_t tok_bytes = count * sizeof(int32_t);
     const int32_t* tokens;
@@ -173,7 +182,7 @@ absl::StatusOr<std::vector<RankStatus>> DistributedWorker::GatherStatus() {
   // routed-token count and whether this rank holds the expert.
   const ModelConfig& cfg = weights_.config();
   const size_t LE = static_cast<size_t>(cfg.num_hidden_layers) * cfg.num_local_experts;
-  const size_t words = 8 + 2 * LE;
+  const size_t words = 9 + 2 * LE;
   std::vector<int64_t> mine(words, 0);
   const ShardSpec& spec = weights_.spec();
   mine[0] = shape_.world_rank;
@@ -182,15 +191,16 @@ absl::StatusOr<std::vector<RankStatus>> DistributedWorker::GatherStatus() {
   mine[3] = spec.layer_begin;
   mine[4] = spec.layer_end;
   mine[5] = static_cast<int64_t>(weights_.resident_bytes());
-  mine[6] = static_cast<int64_t>(kv_.shape().bytes());
+  mine[6] = static_cast<int64_t>(backend_->kv_bytes());
   mine[7] = steps_;
-  const auto& counts = moe_.dispatcher().expert_token_counts();
+  mine[8] = (spec.has_embedding ? 1 : 0) | (spec.has_head ? 2 : 0);
+  const auto& counts = backend_->expert_token_counts();
   for (int l = spec.layer_begin; l < spec.layer_end; ++l) {
     for (int e = 0; e < cfg.num_local_experts; ++e) {
-      mine[8 + l * cfg.num_local_experts + e] = counts[l][e];
+      mine[9 + l * cfg.num_local_experts + e] = counts[l][e];
     }
     for (int e : spec.local_experts[l - spec.layer_begin]) {
-      mine[8 + LE + l * cfg.num_local_experts + e] = 1;
+      mine[9 + LE + l * cfg.num_local_experts + e] = 1;
     }
   }
   const int world = shape_.ep * shape_.pp;
@@ -209,12 +219,14 @@ absl::StatusOr<std::vector<RankStatus>> DistributedWorker::GatherStatus() {
     st.weight_bytes = rec[5];
     st.kv_bytes = rec[6];
     st.steps = rec[7];
+    st.has_embedding = (rec[8] & 1) != 0;
+    st.has_head = (rec[8] & 2) != 0;
     for (int l = st.layer_begin; l < st.layer_end; ++l) {
       std::vector<int> held;
       std::vector<int64_t> tokens(cfg.num_local_experts);
       for (int e = 0; e < cfg.num_local_experts; ++e) {
-        tokens[e] = rec[8 + l * cfg.num_local_experts + e];
-        if (rec[8 + LE + l * cfg.num_local_experts + e] != 0) held.push_back(e);
+        tokens[e] = rec[9 + l * cfg.num_local_experts + e];
+        if (rec[9 + LE + l * cfg.num_local_experts + e] != 0) held.push_back(e);
       }
       st.experts.push_back(std::move(held));
       st.expert_tokens.push_back(std::move(tokens));
@@ -248,20 +260,7 @@ absl::Status DistributedExecutor::BroadcastPlan(uint32_t command, const StepPlan
 }
 
 absl::Status DistributedExecutor::Execute(const StepPlan& plan, StepResult* result) {
-  const ParallelShape& shape = worker_->shape();
-  std::vector<int> per_dp(shape.ep, 0);
-  for (const SeqEntry& s : plan.seqs) {
-    if (s.dp_rank < 0 || s.dp_rank >= shape.ep) {
-      return absl::InvalidArgumentError(absl::StrCat("sequence ", s.seq_id, " has dp_rank ",
-                                                     s.dp_rank, " outside [0, ", shape.ep, ")"));
-    }
-    per_dp[s.dp_rank] += s.num_tokens;
-    if (per_dp[s.dp_rank] > max_step_tokens()) {
-      return absl::InvalidArgumentError(absl::StrCat("data-parallel rank ", s.dp_rank,
-                                                     " would get more than ", max_step_tokens(),
-                                                     " tokens in one step"));
-    }
-  }
+  RETURN_IF_ERROR(ValidatePlan(plan, worker_->plan_limits()));
   RETURN_IF_ERROR(BroadcastPlan(kStep, plan));
   return worker_->RunStep(plan, result);
 }

@@ -1,15 +1,20 @@
-// Steps across every rank of an mpirun job: world = PP stages x EP ranks, world rank =
-// stage * EP + ep_rank.
+// Steps across every rank of a job: world = PP stages x EP ranks, world rank =
+// stage * EP + ep_rank. The one orchestration for every device and every size, down to a
+// single process (LocalExecutor is this over a group of one).
 //
 // Rank 0 (the coordinator) calls DistributedExecutor::Execute; every other rank runs
 // RunWorkerLoop until rank 0 shuts the job down. For one step:
-// 1. rank 0 broadcasts the plan to every rank;
+// 1. rank 0 validates the plan (ValidatePlan) and broadcasts it to every rank;
 // 2. each rank takes the sequences of its data-parallel index (SeqEntry::dp_rank == its EP
-//    rank) and splits them into PP micro-batches (the same split on every stage);
-// 3. per micro-batch, stage 0 embeds, every stage runs its layers (attention on its own
-//    sequences, MoE through the EP group's dispatcher) and sends the activations to the same
-//    EP rank of the next stage, so stages work on different micro-batches at once;
-// 4. the last stage's ranks run the head, sample, and send their results to rank 0.
+//    rank) and splits them into PP micro-batches (SplitMicroBatches: the same split on every
+//    stage);
+// 3. per micro-batch, stage 0 embeds, every stage runs its layers through its StageBackend
+//    (attention on its own sequences, MoE through the EP group's dispatcher) and sends the
+//    activations over the stage link to the same EP rank of the next stage, so stages work
+//    on different micro-batches at once;
+// 4. the last stage's backends run the head and sample; their results go to rank 0.
+// Control (plans, results, status) travels on `world`; activations on the stage link (the
+// world for host backends).
 //
 //   DistributedWorker worker(...);       // every rank
 //   if (rank == 0) { DistributedExecutor exec(&worker); ... exec.Execute(plan, &result); }
@@ -21,13 +26,16 @@
 
 #include "comm/communicator.h"
 #include "model/weights.h"
-#include "worker/expert_parallel_moe.h"
 #include "worker/kv_cache.h"
-#include "worker/local_executor.h"
-#include "worker/shard_forward.h"
+#include "worker/stage_backend.h"
 #include "worker/step.h"
 
 namespace switchyard {
+
+struct KvPoolOptions {
+  int num_blocks = 256;
+  int block_size = 16;
+};
 
 struct ParallelShape {
   int ep = 1;
@@ -38,24 +46,43 @@ struct ParallelShape {
   int WorldRank(int stage, int ep_rank) const { return stage * ep + ep_rank; }
 };
 
-// What one rank holds and does: its shard, KV cache, MoE runner and forward pass.
+// One micro-batch of a rank's local plan: sequences [seq_begin, seq_end), rows
+// [row0, row0 + rows).
+struct MicroBatch {
+  int seq_begin = 0, seq_end = 0;
+  int row0 = 0, rows = 0;
+};
+// Splits `seqs` (a local plan, rows in order) into `count` contiguous micro-batches of about
+// T / count tokens each (the last takes the rest; some may be empty). A pure function of its
+// input, so every stage computes the same split.
+void SplitMicroBatches(std::span<const SeqEntry> seqs, int count, std::vector<MicroBatch>* out);
+
+// What one rank holds and does: its stage backend (shard, KV cache, MoE, forward pass) and
+// its part of each step.
 class DistributedWorker {
  public:
-  // `world` spans the job; `ep_group` is this rank's stage group (size ep). Both, and
-  // `weights`, must outlive the worker. `routing` covers this stage's layers.
+  // `world` spans the job (control); `stage_link` carries activations between stages (the
+  // world for host backends). Both, and `weights`, must outlive the worker.
+  DistributedWorker(const ModelWeights& weights, const ParallelShape& shape, Communicator* world,
+                    Communicator* stage_link, std::unique_ptr<StageBackend> backend,
+                    const KvPoolOptions& kv);
+  // The CPU backend over `ep_group` (this rank's stage group, size ep); `routing` covers this
+  // stage's layers.
   DistributedWorker(const ModelWeights& weights, const ParallelShape& shape, Communicator* world,
                     Communicator* ep_group, ExpertRanks routing, const KvPoolOptions& kv,
                     const ForwardLimits& limits);
 
-  // Runs this rank's part of `plan`. On rank 0 fills `result` with the whole step's results;
-  // elsewhere `result` is unused. Errors: communication failures (the job must end).
+  // Runs this rank's part of `plan` (validated by rank 0). On rank 0 fills `result` with the
+  // whole step's results; elsewhere `result` is unused. Errors: communication failures (the
+  // job must end).
   absl::Status RunStep(const StepPlan& plan, StepResult* result);
 
   const ParallelShape& shape() const { return shape_; }
   Communicator* world() { return world_; }
-  const ExpertParallelMoe& moe() const { return moe_; }
-  const PagedKvCache& kv_cache() const { return kv_; }
-  const ForwardLimits& limits() const { return forward_.limits(); }
+  const StageBackend& backend() const { return *backend_; }
+  const ForwardLimits& limits() const { return backend_->limits(); }
+  // What every plan this job runs must respect.
+  PlanLimits plan_limits() const;
   int64_t steps() const { return steps_; }
   // Collective over the world: every rank sends its RankStatus to rank 0, which returns all
   // of them (other ranks get an empty vector).
@@ -70,18 +97,14 @@ class DistributedWorker {
   const ModelWeights& weights_;
   ParallelShape shape_;
   Communicator* world_;
-  PagedKvCache kv_;
-  ExpertParallelMoe moe_;
-  ShardForward forward_;
-  StepHead head_;
+  Communicator* stage_link_;
+  std::unique_ptr<StageBackend> backend_;
+  KvPoolOptions kv_;
   int64_t steps_ = 0;
   // Per-step state, reused.
   StepPlan local_;
+  std::vector<MicroBatch> micro_batches_;
   std::vector<SeqEntry> micro_batch_;
-  std::vector<int32_t> local_to_global_;
-  std::vector<float> hidden_;
-  std::vector<int32_t> head_rows_;
-  std::vector<float> logits_;
   StepResult local_result_;
   std::vector<char> message_;
 };

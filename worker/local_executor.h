@@ -1,5 +1,8 @@
 // Runs whole steps in this process over a ModelWeights that holds the full model: the
-// single-rank executor, and the reference the distributed one must match.
+// single-rank executor, and the reference the distributed job must match. It is the
+// distributed orchestration (worker/distributed_executor.h) with EP = PP = 1 over a group of
+// one rank (comm/self_communicator.h) and the CPU stage backend: one forward pass for every
+// job size.
 //
 //   LocalExecutor exec(*weights, {.num_blocks = 256, .block_size = 16},
 //                      {.max_tokens = 512, .max_context = 1024});
@@ -9,52 +12,28 @@
 #include <memory>
 #include <vector>
 
-#include "worker/kv_cache.h"
-#include "worker/moe.h"
-#include "worker/shard_forward.h"
+#include "comm/self_communicator.h"
+#include "worker/distributed_executor.h"
 #include "worker/step.h"
 
 namespace switchyard {
-
-struct KvPoolOptions {
-  int num_blocks = 256;
-  int block_size = 16;
-};
-
-// Samples and copies out what a plan asked for, from logits of the rows RowsForHead chose.
-// Shared by every executor that owns a model head.
-class StepHead {
- public:
-  explicit StepHead(int vocab) : vocab_(vocab) {}
-  // Rows of the step whose logits are needed: every row of kAll sequences, the last row of
-  // kLast or sampling ones. `rows` is cleared first.
-  static void RowsForHead(const StepPlan& plan, std::vector<int32_t>* rows);
-  // `logits` holds one row per entry of RowsForHead(plan), in that order.
-  void Finish(const StepPlan& plan, const float* logits, StepResult* result);
-
- private:
-  int vocab_;
-  SamplingScratch sampling_scratch_;
-};
 
 class LocalExecutor : public StepExecutor {
  public:
   LocalExecutor(const ModelWeights& weights, const KvPoolOptions& kv,
                 const ForwardLimits& limits);
-  absl::Status Execute(const StepPlan& plan, StepResult* result) override;
-  int max_step_tokens() const override { return forward_.limits().max_tokens; }
-  absl::StatusOr<std::vector<RankStatus>> CollectStatus() override;
+  absl::Status Execute(const StepPlan& plan, StepResult* result) override {
+    return executor_.Execute(plan, result);
+  }
+  int max_step_tokens() const override { return executor_.max_step_tokens(); }
+  absl::StatusOr<std::vector<RankStatus>> CollectStatus() override {
+    return executor_.CollectStatus();
+  }
 
  private:
-  const ModelWeights& weights_;
-  int64_t steps_ = 0;
-  PagedKvCache kv_;
-  LocalMoe moe_;
-  ShardForward forward_;
-  StepHead head_;
-  std::vector<float> hidden_;
-  std::vector<int32_t> head_rows_;
-  std::vector<float> logits_;
+  SelfCommunicator self_;
+  DistributedWorker worker_;
+  DistributedExecutor executor_;
 };
 
 }  // namespace switchyard

@@ -36,8 +36,9 @@ class ShardForward {
   void Embed(const int32_t* tokens, int T, float* hidden);
 
   // Runs this shard's layers in place over hidden[T, H], T = sum of seqs' num_tokens (in
-  // order); reads and writes KV for every sequence through its block table.
-  // Errors: kInvalidArgument when the batch exceeds the limits; MoE errors pass through.
+  // order); reads and writes KV for every sequence through its block table. The sequences
+  // must have passed ValidatePlan (worker/step.h): positions, blocks and ids are not checked
+  // again. Errors: kInvalidArgument when the batch exceeds max_tokens; MoE errors pass through.
   absl::Status RunLayers(std::span<const SeqEntry> seqs, const int32_t* block_tables,
                          float* hidden);
 

@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/cpu/sampling.h"
+#include "worker/rank_status.h"
 
 namespace switchyard {
 
@@ -53,6 +54,30 @@ struct StepPlan {
   int total_tokens() const { return static_cast<int>(tokens.size()); }
 };
 
+// The rows of a sequence's chunk the model head computes: every row for kAll, the last row
+// for kLast or sampling, none otherwise (or when the chunk is empty).
+int HeadRows(const SeqEntry& s);
+// The rows of logits a sequence gets back in StepResult: num_tokens for kAll, 1 for kLast,
+// 0 otherwise (or when the chunk is empty).
+int ReturnedLogitRows(const SeqEntry& s);
+
+// What a plan must respect to run on a job (every executor checks it once, with
+// ValidatePlan, before any rank starts the step).
+struct PlanLimits {
+  int vocab_size = 0;
+  int dp_size = 1;          // data-parallel indices: SeqEntry::dp_rank in [0, dp_size)
+  int max_step_tokens = 0;  // per data-parallel index
+  int max_context = 0;      // positions
+  int num_blocks = 0;       // KV blocks of each data-parallel index's cache
+  int block_size = 16;
+};
+
+// OK, or kInvalidArgument naming the sequence and the field: dp_rank out of range, too many
+// tokens for one data-parallel index, a token id outside the vocabulary, negative or
+// inconsistent offsets and counts, a position past the context, too few KV blocks, a block id
+// outside the cache.
+absl::Status ValidatePlan(const StepPlan& plan, const PlanLimits& limits);
+
 struct StepResult {
   std::vector<int32_t> next_tokens;   // per seq; -1 where not sampled
   std::vector<float> logits;          // rows of every seq that asked, concatenated
@@ -63,21 +88,6 @@ struct StepResult {
     return {logits.data() + static_cast<size_t>(logits_offset[i]) * vocab,
             static_cast<size_t>(logits_rows[i]) * vocab};
   }
-};
-
-// What one rank holds and has done, for observability.
-struct RankStatus {
-  int world_rank = 0;
-  int stage = 0;
-  int ep_rank = 0;
-  int layer_begin = 0;  // [layer_begin, layer_end)
-  int layer_end = 0;
-  std::vector<std::vector<int>> experts;  // per held layer: global expert ids
-  int64_t weight_bytes = 0;
-  int64_t kv_bytes = 0;
-  int64_t steps = 0;
-  // Per held layer and expert: tokens this rank's router sent to that expert since start.
-  std::vector<std::vector<int64_t>> expert_tokens;
 };
 
 // Executes steps. The coordinator owns one; the local implementation runs the whole model in

@@ -101,7 +101,7 @@ void ClusterStatusToProto(const ClusterStatusInfo& cluster, const SchedulerStats
   out->set_ep(cluster.ep);
   out->set_pp(cluster.pp);
   out->set_world_size(cluster.ep * cluster.pp);
-  for (const RankStatusInfo& r : cluster.ranks) {
+  for (const RankStatus& r : cluster.ranks) {
     v1::RankStatus* rank = out->add_ranks();
     rank->set_world_rank(r.world_rank);
     rank->set_stage(r.stage);

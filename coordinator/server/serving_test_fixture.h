@@ -140,7 +140,7 @@ class ServingTest : public testing::Test {
     c.ep = 2;
     c.pp = 1;
     for (int r = 0; r < 2; ++r) {
-      RankStatusInfo row;
+      RankStatus row;
       row.world_rank = r;
       row.stage = 0;
       row.ep_rank = r;

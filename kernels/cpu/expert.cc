@@ -37,10 +37,11 @@ void SiluMul(float* g, const float* u, int n, float scale) {
 #endif
 }
 
-}  // namespace
-
-void SwiGluExpert(const float* x, int T, const WeightMatrix& w1, const WeightMatrix& w3,
-                  const WeightMatrix& w2, float* y, float* scratch, const float* accumulate_scale) {
+// The expert over rows read through `x`, results written through `y`; `input_scale`
+// scales the down projection's input rows (see SwiGluExpert).
+void SwiGlu(const internal::InRows& x, int T, const WeightMatrix& w1, const WeightMatrix& w3,
+            const WeightMatrix& w2, const internal::OutRows& y, float* scratch,
+            const float* input_scale) {
   if (T <= 0) return;
   const int F = w1.rows;
   const int H = w2.rows;
@@ -48,6 +49,9 @@ void SwiGluExpert(const float* x, int T, const WeightMatrix& w1, const WeightMat
   float* u = scratch + static_cast<int64_t>(T) * F;
   const int64_t macs = static_cast<int64_t>(T) * F * (w1.cols + w3.cols + w2.cols);
   const bool parallel = macs >= internal::kParallelMacs;
+  const internal::OutRows g_out = internal::OutRows::Strided(g, F, false);
+  const internal::OutRows u_out = internal::OutRows::Strided(u, F, false);
+  const internal::InRows g_in = internal::InRows::Strided(g, F);
   // One OpenMP region: each thread computes the same rows of w1 and w3, so it can apply the
   // gate to those columns at once; one barrier, then the rows of w2.
 #pragma omp parallel if (parallel)
@@ -56,19 +60,38 @@ void SwiGluExpert(const float* x, int T, const WeightMatrix& w1, const WeightMat
     const int tid = omp_get_thread_num();
     int b, e;
     internal::SplitRows(F, tid, nt, &b, &e);
-    internal::MatMulRows(x, T, w1, g, /*accumulate=*/false, b, e);
-    internal::MatMulRows(x, T, w3, u, /*accumulate=*/false, b, e);
+    internal::MatMulRows(x, T, w1, g_out, b, e);
+    internal::MatMulRows(x, T, w3, u_out, b, e);
     if (b < e) {
       for (int t = 0; t < T; ++t) {
         const int64_t off = static_cast<int64_t>(t) * F + b;
         // The down projection is linear: scaling its input row scales its output row.
-        SiluMul(g + off, u + off, e - b, accumulate_scale ? accumulate_scale[t] : 1.0f);
+        SiluMul(g + off, u + off, e - b, input_scale ? input_scale[t] : 1.0f);
       }
     }
 #pragma omp barrier
     internal::SplitRows(H, tid, nt, &b, &e);
-    internal::MatMulRows(g, T, w2, y, /*accumulate=*/accumulate_scale != nullptr, b, e);
+    internal::MatMulRows(g_in, T, w2, y, b, e);
   }
+}
+
+}  // namespace
+
+void SwiGluExpert(const float* x, int T, const WeightMatrix& w1, const WeightMatrix& w3,
+                  const WeightMatrix& w2, float* y, float* scratch, const float* accumulate_scale) {
+  SwiGlu(internal::InRows::Strided(x, w1.cols), T, w1, w3, w2,
+         internal::OutRows::Strided(y, w2.rows, accumulate_scale != nullptr), scratch,
+         accumulate_scale);
+}
+
+void SwiGluExpertRows(const float* const* x, int T, const WeightMatrix& w1,
+                      const WeightMatrix& w3, const WeightMatrix& w2, float* const* y,
+                      const float* scale, const uint8_t* accumulate, float* scratch) {
+  internal::OutRows out;
+  out.rows = y;
+  out.scale = scale;
+  out.accumulate_rows = accumulate;
+  SwiGlu(internal::InRows::Gathered(x), T, w1, w3, w2, out, scratch, nullptr);
 }
 
 }  // namespace switchyard::cpu

@@ -39,17 +39,19 @@ constexpr int kTokBlock = 4;  // 16 accumulators + 8 operands of 32 zmm
 constexpr int kTokBlock = 2;  // 8 accumulators + 6 operands of 16 ymm
 #endif
 
-// Computes the R x TT dot products of weight rows w[r*K ...] (r < R) with token rows
-// x[t*K ...] (t < TT) and stores them at y[t*ldy + r].
+// Computes the R x TT dot products of weight rows w[r*K ...] (r < R) with token rows xs[t]
+// (t < TT) and stores them at ys[t][r] (times scale[t] when scaling; added to what is there
+// when acc[t]).
 template <DType D, int R, int TT>
-inline void Tile(const float* x, const void* w, int K, float* y, int64_t ldy, bool accumulate) {
-  Vf acc[R][TT];
+inline void Tile(const float* const* xs, const void* w, int K, float* const* ys, int r0,
+                 const float* scale, const bool* acc) {
+  Vf acc_v[R][TT];
   for (int r = 0; r < R; ++r)
-    for (int t = 0; t < TT; ++t) acc[r][t] = VZero();
+    for (int t = 0; t < TT; ++t) acc_v[r][t] = VZero();
   int k = 0;
   for (; k + kLanes <= K; k += kLanes) {
     Vf xv[TT];
-    for (int t = 0; t < TT; ++t) xv[t] = VLoad(x + static_cast<int64_t>(t) * K + k);
+    for (int t = 0; t < TT; ++t) xv[t] = VLoad(xs[t] + k);
     for (int r = 0; r < R; ++r) {
       if constexpr (TT == 1) {
         // One prefetch per 64-byte line: every (64 / bytes per step)-th step.
@@ -61,50 +63,62 @@ inline void Tile(const float* x, const void* w, int K, float* y, int64_t ldy, bo
         }
       }
       const Vf wv = VLoadW<D>(w, static_cast<int64_t>(r) * K + k);
-      for (int t = 0; t < TT; ++t) acc[r][t] = VFma(wv, xv[t], acc[r][t]);
+      for (int t = 0; t < TT; ++t) acc_v[r][t] = VFma(wv, xv[t], acc_v[r][t]);
     }
   }
   if (k < K) {
     const int n = K - k;
     Vf xv[TT];
-    for (int t = 0; t < TT; ++t) xv[t] = VLoadN(x + static_cast<int64_t>(t) * K + k, n);
+    for (int t = 0; t < TT; ++t) xv[t] = VLoadN(xs[t] + k, n);
     for (int r = 0; r < R; ++r) {
       const Vf wv = VLoadWN<D>(w, static_cast<int64_t>(r) * K + k, n);
-      for (int t = 0; t < TT; ++t) acc[r][t] = VFma(wv, xv[t], acc[r][t]);
+      for (int t = 0; t < TT; ++t) acc_v[r][t] = VFma(wv, xv[t], acc_v[r][t]);
     }
   }
   for (int t = 0; t < TT; ++t) {
-    float* yt = y + t * ldy;
+    float* yt = ys[t] + r0;
     if constexpr (R == 4) {
-      __m128 s = VSum4(acc[0][t], acc[1][t], acc[2][t], acc[3][t]);
-      if (accumulate) s = _mm_add_ps(s, _mm_loadu_ps(yt));
+      __m128 s = VSum4(acc_v[0][t], acc_v[1][t], acc_v[2][t], acc_v[3][t]);
+      if (scale) s = _mm_mul_ps(s, _mm_set1_ps(scale[t]));
+      if (acc[t]) s = _mm_add_ps(s, _mm_loadu_ps(yt));
       _mm_storeu_ps(yt, s);
     } else {
       for (int r = 0; r < R; ++r) {
-        const float s = VSum(acc[r][t]);
-        yt[r] = accumulate ? yt[r] + s : s;
+        float s = VSum(acc_v[r][t]);
+        if (scale) s *= scale[t];
+        yt[r] = acc[t] ? yt[r] + s : s;
       }
     }
   }
 }
 
+// Tokens [t0, t0 + TT) against weight rows [r_begin, r_end).
 template <DType D, int TT>
-inline void TokenBlock(const float* x, const WeightMatrix& W, float* y, bool accumulate,
-                       int r_begin, int r_end) {
+inline void TokenBlock(const internal::InRows& x, int t0, const WeightMatrix& W,
+                       const internal::OutRows& y, int r_begin, int r_end) {
   const int K = W.cols;
-  const int64_t ldy = W.rows;
+  const float* xs[TT];
+  float* ys[TT];
+  float scale[TT];
+  bool acc[TT];
+  for (int t = 0; t < TT; ++t) {
+    xs[t] = x.row(t0 + t);
+    ys[t] = y.row(t0 + t);
+    if (y.scale) scale[t] = y.scale[t0 + t];
+    acc[t] = y.accumulates(t0 + t);
+  }
+  const float* sc = y.scale ? scale : nullptr;
   int r = r_begin;
-  for (; r + 4 <= r_end; r += 4) Tile<D, 4, TT>(x, W.row(r), K, y + r, ldy, accumulate);
-  for (; r < r_end; ++r) Tile<D, 1, TT>(x, W.row(r), K, y + r, ldy, accumulate);
+  for (; r + 4 <= r_end; r += 4) Tile<D, 4, TT>(xs, W.row(r), K, ys, r, sc, acc);
+  for (; r < r_end; ++r) Tile<D, 1, TT>(xs, W.row(r), K, ys, r, sc, acc);
 }
 
 template <DType D>
-void RowRange(const float* x, int T, const WeightMatrix& W, float* y, bool accumulate, int r_begin,
-              int r_end) {
+void RowRange(const internal::InRows& x, int T, const WeightMatrix& W, const internal::OutRows& y,
+              int r_begin, int r_end) {
   const int K = W.cols;
-  const int N = W.rows;
   if (T == 1) {
-    TokenBlock<D, 1>(x, W, y, accumulate, r_begin, r_end);
+    TokenBlock<D, 1>(x, 0, W, y, r_begin, r_end);
     return;
   }
   const int64_t row_bytes = std::max<int64_t>(1, static_cast<int64_t>(K) * DTypeSize(D));
@@ -112,14 +126,8 @@ void RowRange(const float* x, int T, const WeightMatrix& W, float* y, bool accum
   for (int g = r_begin; g < r_end; g += group) {
     const int g_end = std::min(r_end, g + group);
     int t = 0;
-    for (; t + kTokBlock <= T; t += kTokBlock) {
-      TokenBlock<D, kTokBlock>(x + static_cast<int64_t>(t) * K, W, y + static_cast<int64_t>(t) * N,
-                               accumulate, g, g_end);
-    }
-    for (; t < T; ++t) {
-      TokenBlock<D, 1>(x + static_cast<int64_t>(t) * K, W, y + static_cast<int64_t>(t) * N,
-                       accumulate, g, g_end);
-    }
+    for (; t + kTokBlock <= T; t += kTokBlock) TokenBlock<D, kTokBlock>(x, t, W, y, g, g_end);
+    for (; t < T; ++t) TokenBlock<D, 1>(x, t, W, y, g, g_end);
   }
 }
 
@@ -137,14 +145,13 @@ inline float WAt(const void* base, int64_t i) {
 }
 
 template <DType D>
-void RowRange(const float* x, int T, const WeightMatrix& W, float* y, bool accumulate, int r_begin,
-              int r_end) {
+void RowRange(const internal::InRows& x, int T, const WeightMatrix& W, const internal::OutRows& y,
+              int r_begin, int r_end) {
   const int K = W.cols;
-  const int N = W.rows;
   for (int r = r_begin; r < r_end; ++r) {
     const void* w = W.row(r);
     for (int t = 0; t < T; ++t) {
-      const float* xt = x + static_cast<int64_t>(t) * K;
+      const float* xt = x.row(t);
       float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
       int k = 0;
       for (; k + 4 <= K; k += 4) {
@@ -154,9 +161,10 @@ void RowRange(const float* x, int T, const WeightMatrix& W, float* y, bool accum
         s3 += WAt<D>(w, k + 3) * xt[k + 3];
       }
       for (; k < K; ++k) s0 += WAt<D>(w, k) * xt[k];
-      const float s = (s0 + s1) + (s2 + s3);
-      float& out = y[static_cast<int64_t>(t) * N + r];
-      out = accumulate ? out + s : s;
+      float s = (s0 + s1) + (s2 + s3);
+      if (y.scale) s *= y.scale[t];
+      float& out = y.row(t)[r];
+      out = y.accumulates(t) ? out + s : s;
     }
   }
 }
@@ -165,18 +173,18 @@ void RowRange(const float* x, int T, const WeightMatrix& W, float* y, bool accum
 
 }  // namespace
 
-void internal::MatMulRows(const float* x, int T, const WeightMatrix& W, float* y, bool accumulate,
+void internal::MatMulRows(const InRows& x, int T, const WeightMatrix& W, const OutRows& y,
                           int r_begin, int r_end) {
   if (T <= 0 || r_begin >= r_end) return;
   switch (W.dtype) {
     case DType::kBF16:
-      RowRange<DType::kBF16>(x, T, W, y, accumulate, r_begin, r_end);
+      RowRange<DType::kBF16>(x, T, W, y, r_begin, r_end);
       break;
     case DType::kF16:
-      RowRange<DType::kF16>(x, T, W, y, accumulate, r_begin, r_end);
+      RowRange<DType::kF16>(x, T, W, y, r_begin, r_end);
       break;
     case DType::kF32:
-      RowRange<DType::kF32>(x, T, W, y, accumulate, r_begin, r_end);
+      RowRange<DType::kF32>(x, T, W, y, r_begin, r_end);
       break;
   }
 }
@@ -190,7 +198,8 @@ void MatMul(const float* x, int T, const WeightMatrix& W, float* y, bool accumul
   {
     int r_begin, r_end;
     internal::SplitRows(N, omp_get_thread_num(), omp_get_num_threads(), &r_begin, &r_end);
-    internal::MatMulRows(x, T, W, y, accumulate, r_begin, r_end);
+    internal::MatMulRows(internal::InRows::Strided(x, W.cols), T, W,
+                         internal::OutRows::Strided(y, W.rows, accumulate), r_begin, r_end);
   }
 }
 

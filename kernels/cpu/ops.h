@@ -6,8 +6,18 @@
 //   cpu::MatMul(x, T, wq, q);                       // q[T, N] = x[T, K] · Wq[N, K]^T
 //   cpu::RmsNorm(x, gamma, T, H, eps, y);
 //
-// All pointers are to distinct, non-overlapping buffers unless a function says "in place".
-// Shapes are the caller's contract (checked only in debug builds).
+// Nothing here checks its arguments, in any build (there are no asserts): input outside the
+// contract is undefined behaviour (out-of-bounds reads and writes), not an error. The caller
+// guarantees that
+// - pointers are to distinct, non-overlapping buffers unless a function says "in place";
+// - sizes are non-negative and every buffer holds at least the elements its documented shape
+//   implies (e.g. MatMul: x holds T * W.cols floats, y T * W.rows);
+// - shapes agree with each other: head_dim is even (Rope), n_heads is a multiple of n_kv_heads
+//   and n_kv_heads * head_dim equals the cache's kv_dim (Attention), k <= E (RouterTopK);
+// - indices are in range: token ids in [0, table.rows); block tables list existing blocks
+//   covering every position the call reads or writes.
+// What comes from outside is checked before it gets here: the model's shapes by
+// LoadModelConfig, a step plan's token ids, positions and block tables by the executors.
 #pragma once
 
 #include <cstdint>
@@ -86,6 +96,15 @@ void RouterTopK(const float* logits, int T, int E, int k, int32_t* experts, floa
 void SwiGluExpert(const float* x, int T, const WeightMatrix& w1, const WeightMatrix& w3,
                   const WeightMatrix& w2, float* y, float* scratch,
                   const float* accumulate_scale = nullptr);
+
+// The same expert over rows read and written in place, wherever they are (a receive buffer,
+// the step's activations): row t is read at x[t] and its result goes to y[t] as
+// scale[t] * result (scale may be null: 1), overwriting y[t] or, where accumulate[t] != 0
+// (accumulate may be null: never), adding to it. The scale multiplies the finished output
+// row, as a separate weighted sum would. scratch holds 2*T*F floats; the y[t] are distinct.
+void SwiGluExpertRows(const float* const* x, int T, const WeightMatrix& w1,
+                      const WeightMatrix& w3, const WeightMatrix& w2, float* const* y,
+                      const float* scale, const uint8_t* accumulate, float* scratch);
 
 // x[i] += y[i] for i < n.
 void AddInPlace(float* x, const float* y, int64_t n);

@@ -583,6 +583,54 @@ TEST(SwiGluExpert, MatchesReferenceWithAndWithoutAccumulateScale) {
   }
 }
 
+// Rows read and written in place through pointers (scattered, reversed, with a stride) give
+// exactly the contiguous expert's rows, scaled on the output, overwriting or accumulating.
+TEST(SwiGluExpertRows, MatchesContiguousExpertRowForRow) {
+  const int H = 70, F = 36;
+  const TestWeights w1 = MakeWeights(DType::kBF16, F, H, 11),
+                    w3 = MakeWeights(DType::kBF16, F, H, 12),
+                    w2 = MakeWeights(DType::kBF16, H, F, 13);
+  for (int T : {1, 2, 5, 13}) {
+    SCOPED_TRACE(T);
+    const int stride = H + 6;  // rows sit in a wider buffer, as in a dispatch receive buffer
+    const std::vector<float> x = RandomVec(static_cast<size_t>(T) * H, 20 + T, -2, 2);
+    std::vector<float> wide(static_cast<size_t>(T) * stride, kNaN);
+    std::vector<const float*> in(T);
+    for (int t = 0; t < T; ++t) {
+      const int slot = T - 1 - t;  // reversed order
+      std::copy(&x[t * H], &x[t * H] + H, &wide[static_cast<size_t>(slot) * stride]);
+      in[t] = &wide[static_cast<size_t>(slot) * stride];
+    }
+    std::vector<float> scratch(2 * static_cast<size_t>(T) * F), ref(static_cast<size_t>(T) * H);
+    SwiGluExpert(x.data(), T, w1.matrix(), w3.matrix(), w2.matrix(), ref.data(), scratch.data());
+    const std::vector<float> scale = RandomVec(T, 30 + T, 0.1f, 0.9f);
+    const std::vector<float> y0 = RandomVec(static_cast<size_t>(T) * 2 * H, 40 + T);
+    std::vector<float> y = y0;  // row t at 2t*H: every other row of the buffer
+    std::vector<float*> out(T);
+    std::vector<uint8_t> acc(T);
+    for (int t = 0; t < T; ++t) {
+      out[t] = &y[static_cast<size_t>(2 * t) * H];
+      acc[t] = t % 2;
+    }
+    SwiGluExpertRows(in.data(), T, w1.matrix(), w3.matrix(), w2.matrix(), out.data(),
+                     scale.data(), acc.data(), scratch.data());
+    for (int t = 0; t < T; ++t) {
+      for (int o = 0; o < H; ++o) {
+        const size_t i = static_cast<size_t>(2 * t) * H + o;
+        const float want = acc[t] ? y0[i] + scale[t] * ref[t * H + o] : scale[t] * ref[t * H + o];
+        ASSERT_FLOAT_EQ(y[i], want) << "t=" << t << " o=" << o;
+        ASSERT_EQ(y[i + H], y0[i + H]) << "row between outputs written";
+      }
+    }
+    // No scale, no accumulation: the contiguous result exactly.
+    SwiGluExpertRows(in.data(), T, w1.matrix(), w3.matrix(), w2.matrix(), out.data(), nullptr,
+                     nullptr, scratch.data());
+    for (int t = 0; t < T; ++t) {
+      for (int o = 0; o < H; ++o) ASSERT_EQ(y[static_cast<size_t>(2 * t) * H + o], ref[t * H + o]);
+    }
+  }
+}
+
 TEST(SwiGluExpert, BitIdenticalAcrossThreadCount) {
   const int H = 100, F = 40, T = 17;
   const TestWeights w1 = MakeWeights(DType::kBF16, F, H, 1),

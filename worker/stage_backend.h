@@ -1,0 +1,63 @@
+// A rank's compute for its pipeline stage, behind one interface for every device: the
+// DistributedWorker (worker/distributed_executor.h) selects the rank's sequences, splits them
+// into micro-batches, moves activations between stages and gathers results; the backend
+// embeds, runs the stage's layers (attention on its own sequences, the MoE through its EP
+// group), and runs the head and sampling.
+//
+//   backend->Embed(tokens, rows, row0);                    // first stage
+//   link->Recv(backend->hidden_rows(row0), rows * backend->row_bytes(), ...);  // other stages
+//   RETURN_IF_ERROR(backend->RunLayers(micro_batch, block_tables, row0));
+//   RETURN_IF_ERROR(backend->Head(local_plan, &local_result));                // last stage
+//
+// The hidden-state buffer holds limits().max_tokens rows and lives where the backend computes
+// (host memory for the CPU backend): hidden_rows() is what the stage link sends and receives.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "comm/expert_dispatcher.h"
+#include "model/weights.h"
+#include "worker/kv_cache.h"
+#include "worker/shard_forward.h"
+#include "worker/step.h"
+
+namespace switchyard {
+
+class StageBackend {
+ public:
+  virtual ~StageBackend() = default;
+
+  // hidden[row0, row0 + rows) = embedding of tokens. Requires the shard to hold the embedding.
+  virtual absl::Status Embed(const int32_t* tokens, int rows, int row0) = 0;
+  // Runs the stage's layers in place over the micro-batch whose rows start at row0 (the
+  // entries' token_offset count from row0; block_tables is the step's concatenated tables).
+  // Collective over the EP group (every rank calls it per micro-batch, possibly empty).
+  virtual absl::Status RunLayers(std::span<const SeqEntry> seqs, const int32_t* block_tables,
+                                 int row0) = 0;
+  // Head and sampling over the rank's whole local plan (rows as StepHead::RowsForHead),
+  // filling `result` as StepExecutor::Execute would for that plan. Requires the head.
+  virtual absl::Status Head(const StepPlan& local, StepResult* result) = 0;
+
+  // The hidden-state rows the stage link moves, and the bytes of one row.
+  virtual void* hidden_rows(int row0) = 0;
+  virtual size_t row_bytes() const = 0;
+
+  virtual const ForwardLimits& limits() const = 0;
+  virtual uint64_t kv_bytes() const = 0;
+  // Routed tokens per (layer, expert) this rank's router chose since start.
+  virtual const std::vector<std::vector<int64_t>>& expert_token_counts() const = 0;
+};
+
+// The CPU backend: ShardForward over the shard's layers, KV in host memory, the MoE through
+// an ExpertDispatcher over `ep_group` (a SelfCommunicator for a single process).
+// `weights` and `ep_group` must outlive it.
+std::unique_ptr<StageBackend> MakeCpuStageBackend(const ModelWeights& weights,
+                                                  Communicator* ep_group, ExpertRanks routing,
+                                                  const KvCacheShape& kv,
+                                                  const ForwardLimits& limits);
+
+}  // namespace switchyard
