@@ -149,7 +149,7 @@ absl::Status ExpertDispatcher::Dispatch(int layer, const float* x, int T, const 
   // One row per (token, other destination), carrying the pairs that destination applies: here
   // the row of every choice and the (expert, weight) words, in token order so rows keep their
   // tokens' order within each destination; the activations below, destination by destination.
-  int64_t S = 0;  // rows packed
+  int64_t S = 0, own_rows = 0;  // rows packed for other ranks; tokens with pairs here
   for (int t = 0; t < T; ++t) {
     int32_t* rows_of_t = &token_rows_[static_cast<size_t>(t) * K];
     int n = 0;  // distinct other destinations of t so far
@@ -157,6 +157,7 @@ absl::Status ExpertDispatcher::Dispatch(int layer, const float* x, int T, const 
     for (int k = 0; k < K; ++k) {
       const int r = dest_of_token_k_[t * K + k];
       if (r == rank_) {
+        own_rows += token_local_[t] == 0;
         token_local_[t] = 1;
         continue;
       }
@@ -222,8 +223,6 @@ absl::Status ExpertDispatcher::Dispatch(int layer, const float* x, int T, const 
                                            recv_.data(), recv_counts_, recv_offsets_));
   }
   RETURN_IF_ERROR(BuildBatch(layer, x, T, experts, weights, out));
-  int64_t own_rows = 0;
-  for (int t = 0; t < T; ++t) own_rows += token_local_[t];
   stats_.rows_sent = S + own_rows;
   stats_.rows_received = R_ + own_rows;
   stats_.bytes_sent = (S * static_cast<int64_t>(W) + R_ * H) * 4;

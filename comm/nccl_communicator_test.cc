@@ -9,51 +9,16 @@
 
 #include <mpi.h>
 
-#include <cstring>
 #include <memory>
 #include <numeric>
 #include <vector>
 
 #include "comm/mpi_communicator.h"
+#include "comm/self_communicator.h"
 #include "gtest/gtest.h"
 
 namespace switchyard {
 namespace {
-
-// A one-rank host communicator: the bootstrap of the single-process binary.
-class LoopbackCommunicator final : public Communicator {
- public:
-  int rank() const override { return 0; }
-  int size() const override { return 1; }
-  const std::string& name() const override { return name_; }
-  absl::Status AllToAllV(const void* send, std::span<const size_t> send_counts,
-                         std::span<const size_t> send_offsets, void* recv,
-                         std::span<const size_t> recv_counts,
-                         std::span<const size_t> recv_offsets) override {
-    std::memcpy(static_cast<char*>(recv) + recv_offsets[0],
-                static_cast<const char*>(send) + send_offsets[0], send_counts[0]);
-    return absl::OkStatus();
-  }
-  absl::Status AllToAll(const void* send, void* recv, size_t bytes) override {
-    std::memcpy(recv, send, bytes);
-    return absl::OkStatus();
-  }
-  absl::Status Send(const void*, size_t, int, int) override {
-    return absl::UnimplementedError("loopback Send");
-  }
-  absl::Status Recv(void*, size_t, int, int) override {
-    return absl::UnimplementedError("loopback Recv");
-  }
-  absl::Status Broadcast(void*, size_t, int) override { return absl::OkStatus(); }
-  absl::Status Gather(const void* send, size_t bytes, void* recv, int) override {
-    std::memcpy(recv, send, bytes);
-    return absl::OkStatus();
-  }
-  absl::Status Barrier() override { return absl::OkStatus(); }
-
- private:
-  std::string name_ = "loopback";
-};
 
 bool UnderMpi() {
   int initialized = 0;
@@ -123,7 +88,7 @@ class NcclCommunicatorTest : public testing::Test {
     if (UnderMpi()) {
       bootstrap_ = MpiCommunicator::World({.timeout = absl::Seconds(30)});
     } else {
-      bootstrap_ = std::make_unique<LoopbackCommunicator>();
+      bootstrap_ = std::make_unique<SelfCommunicator>("loopback");  // single process
     }
     auto c = NcclCommunicator::Create(bootstrap_.get(),
                                       {.name = "test", .comm = {.timeout = absl::Seconds(30)}});

@@ -11,16 +11,10 @@ using ::testing::HasSubstr;
 
 constexpr uint64_t kMiB = uint64_t{1} << 20;
 
-// The shapes of models/brown-moe that KV sizing reads: 4 layers, 2 KV heads of 32 (kv_dim 64),
-// a context of 1024 positions (64 blocks of 16).
+// models/brown-moe: 4 layers, 2 KV heads of 32 (kv_dim 64), a context of 1024 positions
+// (64 blocks of 16).
 ModelConfig BrownMoe() {
-  ModelConfig c;
-  c.num_hidden_layers = 4;
-  c.num_attention_heads = 8;
-  c.num_key_value_heads = 2;
-  c.head_dim = 32;
-  c.max_position_embeddings = 1024;
-  return c;
+  return *LoadModelConfig(std::string(SWITCHYARD_SOURCE_ROOT) + "/models/brown-moe/config.json");
 }
 
 PlacementPlan OneStage() { return {.ep = 1, .pp = 1, .stage_layers = {{0, 4}}}; }

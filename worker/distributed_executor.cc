@@ -84,29 +84,31 @@ void DistributedWorker::SelectLocal(const StepPlan& plan) {
 
 absl::Status DistributedWorker::RunStep(const StepPlan& plan, StepResult* result) {
   ++steps_;
-  SelectLocal(plan);
+  // With one data-parallel index every sequence is local (ValidatePlan): no copy.
+  if (shape_.ep > 1) SelectLocal(plan);
+  const StepPlan& local = shape_.ep > 1 ? local_ : plan;
   const int stage = shape_.stage();
   const bool first = stage == 0, last = stage == shape_.pp - 1;
   const int prev = shape_.WorldRank(stage - 1, shape_.ep_rank());
   const int next = shape_.WorldRank(stage + 1, shape_.ep_rank());
-  SplitMicroBatches(local_.seqs, shape_.pp, &micro_batches_);
+  SplitMicroBatches(local.seqs, shape_.pp, &micro_batches_);
   for (int m = 0; m < static_cast<int>(micro_batches_.size()); ++m) {
     const MicroBatch& mb = micro_batches_[m];
-    micro_batch_.assign(local_.seqs.begin() + mb.seq_begin, local_.seqs.begin() + mb.seq_end);
+    micro_batch_.assign(local.seqs.begin() + mb.seq_begin, local.seqs.begin() + mb.seq_end);
     for (SeqEntry& s : micro_batch_) s.token_offset -= mb.row0;
     const size_t bytes = static_cast<size_t>(mb.rows) * backend_->row_bytes();
     if (first) {
-      RETURN_IF_ERROR(backend_->Embed(local_.tokens.data() + mb.row0, mb.rows, mb.row0));
+      RETURN_IF_ERROR(backend_->Embed(local.tokens.data() + mb.row0, mb.rows, mb.row0));
     } else if (mb.rows > 0) {
       RETURN_IF_ERROR(stage_link_->Recv(backend_->hidden_rows(mb.row0), bytes, prev, m));
     }
-    RETURN_IF_ERROR(backend_->RunLayers(micro_batch_, local_.block_tables.data(), mb.row0));
+    RETURN_IF_ERROR(backend_->RunLayers(micro_batch_, local.block_tables.data(), mb.row0));
     if (!last && mb.rows > 0) {
       RETURN_IF_ERROR(stage_link_->Send(backend_->hidden_rows(mb.row0), bytes, next, m));
     }
   }
   if (last) {
-    RETURN_IF_ERROR(backend_->Head(local_, &local_result_));
+    RETURN_IF_ERROR(backend_->Head(local, &local_result_));
     if (shape_.world_rank != 0) RETURN_IF_ERROR(SendResults());
   }
   if (shape_.world_rank == 0) RETURN_IF_ERROR(CollectResults(plan, result));
