@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "common/byte_size.h"
+#include "comm/job_failure.h"
 #include "common/log.h"
 
 namespace switchyard::cli {
@@ -37,8 +38,13 @@ void AddRunFlags(CLI::App* cmd, RunFlags* f) {
   cmd->add_option("--placement", f->placement, "Placement file (JSON) overriding the planner")
       ->check(CLI::ExistingFile);
   cmd->add_option("--comm-timeout", f->comm_timeout_s,
-                  "Seconds any rank waits for a peer before failing the job")
+                  "Seconds any rank waits for a peer's data before failing the job (the "
+                  "longest legitimate step must fit)")
       ->check(CLI::Range(0.1, 86400.0));
+  cmd->add_option("--liveness-timeout", f->liveness_timeout_s,
+                  "Seconds a rank may be silent on the liveness channel (killed, stopped, "
+                  "hung) before the job fails naming it")
+      ->check(CLI::Range(0.2, 3600.0));
   cmd->add_option("--device", f->device,
                   "cpu, cuda, or auto (cuda when built with CUDA and a GPU is present; "
                   "single-process jobs only)")
@@ -56,22 +62,26 @@ SessionOptions ToSessionOptions(const RunFlags& f, bool show_progress) {
           .pp = f.pp,
           .placement_file = f.placement,
           .comm_timeout = absl::Seconds(f.comm_timeout_s),
+          .liveness_timeout = absl::Seconds(f.liveness_timeout_s),
           .device = f.device};
 }
 
+namespace {
+// True when the liveness channel already logged `st` on this rank.
+bool LoggedByLiveness(const absl::Status& st) {
+  return JobFailed() && JobFailure().message() == st.message();
+}
+}  // namespace
+
 int Fail(const absl::Status& st) {
-  if (ReportedByCoordinator(st)) return 1;  // rank 0 prints it
+  if (ReportedByCoordinator(st) || LoggedByLiveness(st)) return 1;  // printed already
   spdlog::error("{}", st.message());
   return 1;
 }
 
 int WorkerMain(ModelSession& s) {
   absl::Status st = s.RunWorker();
-  if (!st.ok()) {
-    spdlog::error("{}", st.message());
-    return 1;
-  }
-  return 0;
+  return st.ok() ? 0 : Fail(st);
 }
 
 int Finish(ModelSession& s, int code) {

@@ -16,13 +16,15 @@ struct RunFlags {
   int pp = 1;
   std::string placement;
   double comm_timeout_s = 60;
+  double liveness_timeout_s = 5;
   int max_step_tokens = 512;
   std::string device = "auto";
 };
 
 // --model (required, an existing directory).
 void AddModelOption(CLI::App* cmd, std::string* dir);
-// --model, --ep, --pp, --placement, --comm-timeout, --max-step-tokens.
+// --model, --ep, --pp, --placement, --comm-timeout, --liveness-timeout,
+// --max-step-tokens.
 void AddRunFlags(CLI::App* cmd, RunFlags* flags);
 SessionOptions ToSessionOptions(const RunFlags& flags, bool show_progress);
 

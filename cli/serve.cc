@@ -17,10 +17,13 @@
 #include <thread>
 #include <utility>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "cli/client_connection.h"
 #include "cli/commands.h"
 #include "cli/run_flags.h"
+#include "comm/job_failure.h"
+#include "comm/liveness.h"
 #include "common/log.h"
 #include "common/status_macros.h"
 #include "coordinator/model_session.h"
@@ -234,9 +237,21 @@ int RunServe(const ServeArgs& a) {
   // Wait for a signal or a failed cluster. After requests with large texts (refused or
   // tokenized), give the heap glibc keeps on the gRPC and pool threads back to the system,
   // a few times a second at most, so rank 0 returns to its steady size.
+  Liveness* live = s.liveness();  // null on one process
+  if (live != nullptr) {
+    live->OnFailure([&front](const absl::Status& why) { front.Fail(why); });
+    live->ExpectOperationsEvery(sched_opts.heartbeat);
+  }
+  absl::Cleanup forget_front = [live] {  // `front` goes before the session's liveness thread
+    if (live != nullptr) live->OnFailure(nullptr);
+  };
+  auto cluster_failure = [&scheduler]() -> absl::Status {
+    if (JobFailed()) return JobFailure();  // the liveness channel named a rank
+    return scheduler.failure();
+  };
   uint64_t trimmed_at = front.large_requests();
   auto last_trim = std::chrono::steady_clock::now();
-  while (g_signal.load() == 0 && scheduler.failure().ok()) {
+  while (g_signal.load() == 0 && cluster_failure().ok()) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     const uint64_t large = front.large_requests();
     if (large != trimmed_at &&
@@ -246,22 +261,36 @@ int RunServe(const ServeArgs& a) {
       last_trim = std::chrono::steady_clock::now();
     }
   }
-  absl::Status failure = scheduler.failure();
-  if (!failure.ok()) {
-    // A rank died or hung: in-flight requests already failed with UNAVAILABLE.
-    front.Drain();
+  // A failed rank: every request in flight or queued ends UNAVAILABLE naming it, new ones
+  // are refused the same way, health is NOT_SERVING; then the job ends (main() aborts it, so
+  // the launcher sees the failure).
+  auto fail = [&](const absl::Status& failure) {
+    if (live != nullptr) live->ExpectOperationsEvery(absl::ZeroDuration());
+    front.Fail(failure);
+    scheduler.Stop(absl::UnavailableError(absl::StrCat("the cluster failed: ", failure.message())));
     front.Shutdown(absl::Now() + absl::Seconds(2));
-    scheduler.Stop();
-    return Fail(failure);  // main() aborts the job so the launcher sees it
-  }
+    return Fail(failure);
+  };
+  absl::Status failure = cluster_failure();
+  // A signal may be Open MPI tearing the job down because a rank died: that is a failure to
+  // report as such, not a drain. Ask every rank for a fresh beat before draining.
+  if (failure.ok() && live != nullptr) failure = live->ConfirmAlive(absl::Milliseconds(600));
+  if (!failure.ok()) return fail(failure);
   spdlog::info("signal {}: draining", g_signal.load());
   front.Drain();
   // Let in-flight requests finish for up to --drain-timeout, then cancel the rest.
   std::thread drainer([&scheduler] { scheduler.Drain(); });
   const absl::Time give_up = absl::Now() + absl::Seconds(a.drain_timeout_s);
-  while (absl::Now() < give_up && scheduler.Stats().running + scheduler.Stats().waiting > 0) {
+  while (absl::Now() < give_up && scheduler.Stats().running + scheduler.Stats().waiting > 0 &&
+         cluster_failure().ok()) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
+  if (failure = cluster_failure(); !failure.ok()) {  // a rank failed during the drain
+    const int code = fail(failure);
+    drainer.join();
+    return code;
+  }
+  if (live != nullptr) live->ExpectOperationsEvery(absl::ZeroDuration());
   scheduler.Stop(absl::UnavailableError(absl::StrCat(
       "server drained: the request did not finish within --drain-timeout (", a.drain_timeout_s,
       " s) of the shutdown; retry on another server")));

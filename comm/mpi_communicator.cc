@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "comm/job_failure.h"
 #include "common/status_macros.h"
 
 namespace switchyard {
@@ -149,6 +150,7 @@ void MpiCommunicator::set_max_message_bytes(size_t bytes) {
 }
 
 absl::Status MpiCommunicator::CheckUsable(absl::string_view op) const {
+  if (JobFailed()) return JobFailure();
   if (!broken_) return absl::OkStatus();
   return absl::FailedPreconditionError(
       absl::StrCat(op, ": communicator ", name_, " is unusable after an earlier failure"));
@@ -233,6 +235,8 @@ absl::Status MpiCommunicator::Wait(Pending& p, absl::string_view op, absl::Time 
       progress = absl::Now();
       continue;
     }
+    // Another thread (the liveness channel) learned that the job cannot go on.
+    if (JobFailed()) return Fail(JobFailure());
     const absl::Time now = absl::Now();
     if (now >= deadline) return DeadlineError(p, op);
     if (++spins < kSpins) continue;

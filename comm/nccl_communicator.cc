@@ -7,6 +7,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "comm/job_failure.h"
 #include "common/status_macros.h"
 
 namespace switchyard {
@@ -235,6 +236,10 @@ absl::Status NcclCommunicator::WaitReady(ncclComm_t comm, absl::string_view op) 
       return Fail(absl::UnavailableError(msg));
     }
     if (state == ncclSuccess) return absl::OkStatus();
+    if (JobFailed()) {  // the liveness channel declared a rank failed: stop waiting for it
+      if (comm != comm_) ncclCommAbort(comm);
+      return Fail(JobFailure());
+    }
     if (absl::Now() > deadline) {
       const std::string msg = absl::StrCat(Describe(op, -1), " did not complete within ",
                                            absl::FormatDuration(options_.timeout),
@@ -264,6 +269,7 @@ absl::Status NcclCommunicator::Wait(absl::string_view op, int peer) {
             absl::StrCat(Describe(op, peer), ": cudaStreamQuery: ", cudaGetErrorString(q))));
       }
     }
+    if (JobFailed()) return Fail(JobFailure());  // aborts the NCCL communicator
     if (absl::Now() > deadline) {
       return Fail(absl::DeadlineExceededError(absl::StrCat(
           Describe(op, peer), " did not complete within ", absl::FormatDuration(options_.timeout),

@@ -14,6 +14,7 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "comm/liveness.h"
 #include "comm/mpi_communicator.h"
 #include "common/cpu_threads.h"
 #include "common/log.h"
@@ -170,7 +171,6 @@ bool ReportedByCoordinator(const absl::Status& status) {
 
 absl::StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const SessionOptions& options) {
   auto s = std::make_unique<ModelSession>();
-  const std::string& dir = options.model_dir;
   if (LaunchedUnderMpi()) {
     s->world_comm_ = MpiCommunicator::World(CommOptions{.timeout = options.comm_timeout});
     s->world_rank = s->world_comm_->rank();
@@ -186,6 +186,32 @@ absl::StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const SessionOp
   // Before anything is loaded, so that a --device the job cannot honour fails at once.
   ASSIGN_OR_RETURN(const bool use_cuda,
                    ChooseCuda(options.device, s->world_size, s->world_rank == 0));
+  if (s->world_comm_ != nullptr && s->world_size > 1) {
+    // From here on a rank that dies, stops or hangs is named within seconds (loading too).
+    s->progress_ = std::make_unique<ProgressMeter>();
+    LivenessOptions live;
+    live.timeout = options.liveness_timeout;
+    live.interval = std::clamp(options.liveness_timeout / 20, absl::Milliseconds(20),
+                               absl::Milliseconds(250));
+    live.connect_timeout = options.comm_timeout;
+    ASSIGN_OR_RETURN(s->liveness_, Liveness::Start(*s->world_comm_, s->progress_.get(), live));
+  }
+  if (absl::Status st = Load(s.get(), options, use_cuda); !st.ok()) {
+    if (s->liveness_ != nullptr) {
+      // Rank 0 reports its own error; a worker tells rank 0 why it leaves.
+      if (s->is_coordinator()) {
+        s->liveness_->Stop();
+      } else {
+        s->liveness_->ReportExit(st);
+      }
+    }
+    return st;
+  }
+  return s;
+}
+
+absl::Status ModelSession::Load(ModelSession* s, const SessionOptions& options, bool use_cuda) {
+  const std::string& dir = options.model_dir;
   ASSIGN_OR_RETURN(s->config, LoadModelConfig(dir + "/config.json"));
   if (options.placement_file.empty()) {
     ASSIGN_OR_RETURN(s->placement, PlanPlacement(s->config, options.ep, options.pp));
@@ -228,7 +254,7 @@ absl::StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const SessionOp
       SecondsSince(open_start), open_secs, load_secs, ByteProgress::FormatBytes(resident),
       ByteProgress::FormatBytes(load_secs > 0 ? resident / load_secs : 0),
       SecondsSince(build_start) - peers_secs, peers_secs);
-  return s;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<int> KvPoolBlocks(const SessionOptions& options, const ModelConfig& config,
@@ -283,6 +309,7 @@ absl::StatusOr<double> ModelSession::BuildExecutor(const SessionOptions& options
   peers_secs += SecondsSince(split_start);
   worker_ = std::make_unique<DistributedWorker>(*weights, shape, world_comm_.get(),
                                                 ep_comm_.get(), placement.expert_ranks, kv, limits);
+  worker_->set_progress(progress_.get());
   LogShard(*this, spec, worker_->backend().kv_bytes());
   // Every rank has its shard and its communicators before the first step.
   const Clock::time_point barrier_start = Clock::now();
@@ -298,11 +325,21 @@ absl::StatusOr<double> ModelSession::BuildExecutor(const SessionOptions& options
 
 absl::Status ModelSession::RunWorker() {
   if (worker_ == nullptr) return absl::FailedPreconditionError("not a distributed session");
-  return RunWorkerLoop(worker_.get());
+  absl::Status st = RunWorkerLoop(worker_.get());
+  if (liveness_ != nullptr) {
+    if (st.ok()) {
+      liveness_->Stop();
+    } else {
+      liveness_->ReportExit(st);
+    }
+  }
+  return st;
 }
 
 absl::Status ModelSession::Shutdown() {
   if (distributed_ == nullptr) return absl::OkStatus();
+  // Goodbye first: the workers' connections close after it without alarming anyone.
+  if (liveness_ != nullptr) liveness_->Stop();
   return distributed_->Shutdown();
 }
 

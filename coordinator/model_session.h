@@ -32,6 +32,8 @@
 namespace switchyard {
 
 class MpiCommunicator;
+class Liveness;
+class ProgressMeter;
 class DistributedWorker;
 class DistributedExecutor;
 
@@ -52,6 +54,9 @@ struct SessionOptions {
   int pp = 1;
   std::string placement_file;  // optional JSON placement (coordinator/placement.h)
   absl::Duration comm_timeout = absl::Seconds(60);
+  // A rank silent this long on the liveness channel (comm/liveness.h) is declared failed;
+  // also the floor of its progress check.
+  absl::Duration liveness_timeout = absl::Seconds(5);
   // "cpu", "cuda", or "auto" (cuda when this build has CUDA and a GPU is present, else cpu).
   // The CUDA executor runs single-process jobs; a distributed job runs on CPUs.
   std::string device = "auto";
@@ -84,10 +89,14 @@ struct ModelSession {
   int dp_size() const { return placement.ep; }
   DistributedWorker* worker() { return worker_.get(); }
   DistributedExecutor* distributed_executor() { return distributed_; }
+  // The job's liveness channel; null on one process.
+  Liveness* liveness() { return liveness_.get(); }
 
-  // Ranks other than 0: serve steps until the coordinator shuts the job down.
+  // Ranks other than 0: serve steps until the coordinator shuts the job down. On an error
+  // rank 0 is told why first (it names this rank and the reason).
   absl::Status RunWorker();
-  // Coordinator: tell every other rank to leave RunWorker. No-op on one process.
+  // Coordinator: say goodbye on the liveness channel, then tell every other rank to leave
+  // RunWorker. No-op on one process.
   absl::Status Shutdown();
 
   // Errors name the file at fault (config.json, a safetensors file and tensor, the
@@ -102,6 +111,12 @@ struct ModelSession {
   absl::StatusOr<double> BuildExecutor(const SessionOptions& options, const ShardSpec& spec,
                                        bool use_cuda, int kv_blocks);
 
+  // The steps of Open after the liveness channel is up: config, placement, checkpoint,
+  // tokenizer, weights, KV pool and executor.
+  static absl::Status Load(ModelSession* s, const SessionOptions& options, bool use_cuda);
+
+  std::unique_ptr<ProgressMeter> progress_;  // before liveness_: it reads the meter
+  std::unique_ptr<Liveness> liveness_;
   std::unique_ptr<MpiCommunicator> world_comm_;
   std::unique_ptr<MpiCommunicator> ep_comm_;
   std::unique_ptr<DistributedWorker> worker_;

@@ -239,6 +239,7 @@ absl::StatusOr<std::vector<RankStatus>> DistributedWorker::GatherStatus() {
 }
 
 absl::StatusOr<std::vector<RankStatus>> DistributedExecutor::CollectStatus() {
+  ProgressMeter::Scope operation(worker_->progress());
   RETURN_IF_ERROR(BroadcastPlan(kStatus, StepPlan()));
   return worker_->GatherStatus();
 }
@@ -263,11 +264,13 @@ absl::Status DistributedExecutor::BroadcastPlan(uint32_t command, const StepPlan
 
 absl::Status DistributedExecutor::Execute(const StepPlan& plan, StepResult* result) {
   RETURN_IF_ERROR(ValidatePlan(plan, worker_->plan_limits()));
+  ProgressMeter::Scope operation(worker_->progress());
   RETURN_IF_ERROR(BroadcastPlan(kStep, plan));
   return worker_->RunStep(plan, result);
 }
 
 absl::Status DistributedExecutor::Heartbeat() {
+  ProgressMeter::Scope operation(worker_->progress());
   RETURN_IF_ERROR(BroadcastPlan(kHeartbeat, StepPlan()));
   return worker_->world()->Barrier();
 }
@@ -282,6 +285,8 @@ absl::Status RunWorkerLoop(DistributedWorker* worker) {
     PlanHeader header;
     RETURN_IF_ERROR(world->Broadcast(&header, sizeof(header), 0));
     if (header.command == kShutdown) return absl::OkStatus();
+    // From the plan's arrival to the end of this rank's part: one operation.
+    ProgressMeter::Scope operation(worker->progress());
     if (header.command == kHeartbeat) {
       RETURN_IF_ERROR(world->Barrier());
       continue;

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
+#include "common/progress_meter.h"
 #include "model/weights.h"
 #include "worker/kv_cache.h"
 #include "worker/stage_backend.h"
@@ -84,6 +85,10 @@ class DistributedWorker {
   // What every plan this job runs must respect.
   PlanLimits plan_limits() const;
   int64_t steps() const { return steps_; }
+  // Where this rank's operations (steps, liveness rounds, status collections) are counted
+  // for the liveness channel's progress check; null (the default) counts nothing.
+  void set_progress(ProgressMeter* progress) { progress_ = progress; }
+  ProgressMeter* progress() const { return progress_; }
   // Collective over the world: every rank sends its RankStatus to rank 0, which returns all
   // of them (other ranks get an empty vector).
   absl::StatusOr<std::vector<RankStatus>> GatherStatus();
@@ -101,6 +106,7 @@ class DistributedWorker {
   std::unique_ptr<StageBackend> backend_;
   KvPoolOptions kv_;
   int64_t steps_ = 0;
+  ProgressMeter* progress_ = nullptr;
   // Per-step state, reused.
   StepPlan local_;
   std::vector<MicroBatch> micro_batches_;

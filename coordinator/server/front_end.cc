@@ -197,6 +197,12 @@ void ServingFrontEnd::Drain() {
   SetHealthLocked(false);
 }
 
+void ServingFrontEnd::Fail(const absl::Status& why) {
+  std::lock_guard lock(mu_);
+  context_->set_failed(why);
+  SetHealthLocked(false);
+}
+
 void ServingFrontEnd::Shutdown(absl::Time deadline) {
   grpc::Server* server = nullptr;
   {

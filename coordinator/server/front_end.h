@@ -95,6 +95,10 @@ class ServingFrontEnd {
   // "server is draining"; calls in flight continue. Idempotent.
   void Drain();
 
+  // The cluster failed for `why`: health NOT_SERVING for good, new Generate/Complete/
+  // ModelInfer calls answer UNAVAILABLE "the cluster failed: <why>". Idempotent.
+  void Fail(const absl::Status& why);
+
   // Drains, stops accepting calls, waits for in-flight calls until `deadline` and then
   // cancels the rest (their requests are cancelled in the queue). Idempotent.
   void Shutdown(absl::Time deadline);

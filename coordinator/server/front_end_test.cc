@@ -353,6 +353,25 @@ TEST_F(ServingTest, MaxMessageBytesIsConfigurable) {
   EXPECT_EQ(stub_->Tokenize(&ctx, req, &resp).error_code(), StatusCode::RESOURCE_EXHAUSTED);
 }
 
+TEST_F(ServingTest, AFailedClusterIsNotServingAndRefusesNewWorkSayingWhy) {
+  EXPECT_EQ(Health(""), HealthCheckResponse::SERVING);
+  front_->Fail(absl::UnavailableError("rank 2 (pid 7 on node07) has not answered for 5s"));
+  EXPECT_EQ(Health(""), HealthCheckResponse::NOT_SERVING);
+  front_->SetReady(true);  // a failure is for good
+  EXPECT_EQ(Health(""), HealthCheckResponse::NOT_SERVING);
+  std::vector<v1::GenerateResponse> msgs;
+  grpc::Status s = ReadStream(TextRequest("hi"), &msgs);
+  EXPECT_EQ(s.error_code(), StatusCode::UNAVAILABLE);
+  EXPECT_THAT(s.error_message(),
+              HasSubstr("the cluster failed: rank 2 (pid 7 on node07) has not answered"));
+  grpc::ClientContext ctx;
+  v1::CompleteResponse resp;
+  s = stub_->Complete(&ctx, TextRequest("hi"), &resp);
+  EXPECT_EQ(s.error_code(), StatusCode::UNAVAILABLE);
+  EXPECT_THAT(s.error_message(), HasSubstr("the cluster failed: rank 2"));
+  EXPECT_TRUE(fake_.submitted().empty());
+}
+
 TEST_F(ServingTest, DrainingRefusesNewWorkButFinishesTheStreamInFlight) {
   FakeGenerationQueue::Script slow =
       FakeGenerationQueue::TextScript(*tokenizer_, " the jury said it", FinishReason::kLength);

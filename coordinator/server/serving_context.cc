@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 
 namespace switchyard {
@@ -51,9 +52,22 @@ absl::Status ServingContext::AuthorizeMetadata(
 
 absl::Status ServingContext::AdmitGeneration(const grpc::CallbackServerContext& call) const {
   if (absl::Status s = Authorize(call); !s.ok()) return s;
+  if (failed_.load()) {
+    std::lock_guard<std::mutex> lock(failure_mu_);
+    return absl::UnavailableError(absl::StrCat("the cluster failed: ", failure_));
+  }
   if (draining_.load()) return absl::UnavailableError("server is draining");
   if (!ready_.load()) return absl::UnavailableError("server is not ready");
   return absl::OkStatus();
+}
+
+void ServingContext::set_failed(const absl::Status& why) {
+  {
+    std::lock_guard<std::mutex> lock(failure_mu_);
+    if (!failed_.load()) failure_ = std::string(why.message());
+  }
+  failed_.store(true);
+  draining_.store(true);
 }
 
 absl::Status ServingContext::CheckText(size_t bytes) const {

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <string>
 
 #include "absl/status/status.h"
@@ -50,6 +51,9 @@ class ServingContext {
 
   void set_ready(bool ready) { ready_.store(ready); }
   void set_draining() { draining_.store(true); }
+  // The cluster failed for `why`: draining, and new generation work is refused with
+  // kUnavailable "the cluster failed: <why>" (not "draining": retrying here will not help).
+  void set_failed(const absl::Status& why);
   bool draining() const { return draining_.load(); }
   // Ready for inference: ready and not draining (the health status).
   bool serving() const { return ready_.load() && !draining_.load(); }
@@ -84,6 +88,9 @@ class ServingContext {
   mutable std::atomic<uint64_t> large_requests_{0};
   std::atomic<bool> ready_{false};
   std::atomic<bool> draining_{false};
+  std::atomic<bool> failed_{false};
+  mutable std::mutex failure_mu_;
+  std::string failure_;  // GUARDED_BY(failure_mu_)
 };
 
 }  // namespace switchyard

@@ -1,0 +1,216 @@
+// The liveness channel between "ranks" that are Liveness objects in one process (loopback
+// TCP, as between processes): what each kind of failure is reported as, and what is not a
+// failure (a long operation, an orderly goodbye).
+#include "comm/liveness.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "comm/job_failure.h"
+
+namespace switchyard {
+namespace {
+
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+
+constexpr int kWorld = 4;
+
+class LivenessTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ResetJobFailureForTest(); }
+  void TearDown() override {
+    live_.clear();
+    ResetJobFailureForTest();
+  }
+
+  // Ranks 0..kWorld-1 on loopback; timeout 1 s, beats every 50 ms, nothing exits.
+  void StartJob(LivenessOptions o = {}) {
+    o.timeout = absl::Seconds(1);
+    o.interval = absl::Milliseconds(50);
+    o.connect_timeout = absl::Seconds(5);
+    o.abort_delay = absl::Milliseconds(200);
+    o.exit_process = false;
+    options_ = o;
+    live_.resize(kWorld);
+    auto zero = Liveness::Listen(kWorld, "127.0.0.1", &meters_[0], o);
+    ASSERT_TRUE(zero.ok()) << zero.status();
+    live_[0] = std::move(zero).value();
+    for (int r = 1; r < kWorld; ++r) {
+      auto w = Liveness::Connect(r, kWorld, live_[0]->endpoint(), &meters_[r], o);
+      ASSERT_TRUE(w.ok()) << w.status();
+      live_[r] = std::move(w).value();
+    }
+    ASSERT_TRUE(live_[0]->AcceptPeers().ok());
+  }
+
+  // Every rank runs one short operation; rank `skip` (if any) does not.
+  void Operation(int skip = -1) {
+    for (int r = 0; r < kWorld; ++r) {
+      if (r == skip) continue;
+      meters_[r].Begin();
+      meters_[r].End();
+    }
+  }
+
+  // Waits up to `limit` for rank `r` to see a failure; returns how long it took.
+  absl::Duration AwaitFailure(int r, absl::Duration limit = absl::Seconds(5)) {
+    const absl::Time start = absl::Now();
+    while (live_[r]->failure().ok() && absl::Now() - start < limit) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    return absl::Now() - start;
+  }
+
+  ProgressMeter meters_[kWorld];
+  std::vector<std::unique_ptr<Liveness>> live_;
+  LivenessOptions options_;
+};
+
+TEST_F(LivenessTest, AHealthyJobStaysHealthyAndEndsInOrder) {
+  StartJob();
+  for (int r = 0; r < kWorld; ++r) live_[r]->SetLoadProgress(r * 10, 100);
+  const absl::Time until = absl::Now() + absl::Seconds(2);  // twice the timeout
+  while (absl::Now() < until) {
+    Operation();
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  for (int r = 0; r < kWorld; ++r) EXPECT_TRUE(live_[r]->failure().ok()) << r;
+  EXPECT_EQ(live_[0]->JobLoadProgress(), std::make_pair(uint64_t{60}, uint64_t{400}));
+  EXPECT_TRUE(live_[0]->ConfirmAlive(absl::Seconds(1)).ok());
+  // Orderly end: rank 0 says goodbye, then the workers go (as after a shutdown command).
+  live_[0]->Stop();
+  absl::SleepFor(absl::Milliseconds(100));
+  for (int r = 1; r < kWorld; ++r) live_[r].reset();
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_TRUE(live_[0]->failure().ok()) << live_[0]->failure();
+  EXPECT_FALSE(JobFailed());
+}
+
+TEST_F(LivenessTest, AKilledWorkerIsNamedAtOnceAndTheOthersAreToldWhy) {
+  StartJob();
+  live_[2].reset();  // its socket closes without a goodbye, as when the process is killed
+  EXPECT_LT(AwaitFailure(0), absl::Milliseconds(500));
+  EXPECT_THAT(live_[0]->failure().message(),
+              AllOf(HasSubstr("rank 2 (pid "), HasSubstr("without a goodbye")));
+  EXPECT_EQ(live_[0]->failure().code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(JobFailed());  // every communication wait of the process is released
+  // After abort_delay rank 0 tells the live workers, with its reason.
+  AwaitFailure(1);
+  EXPECT_THAT(live_[1]->failure().message(),
+              AllOf(HasSubstr("the job failed (rank 0:"), HasSubstr("rank 2 (pid ")));
+  AwaitFailure(3);
+  EXPECT_FALSE(live_[3]->failure().ok());
+}
+
+TEST_F(LivenessTest, AStoppedWorkerIsNamedAfterTheTimeout) {
+  StartJob();
+  live_[3]->FreezeForTest();  // no beats, as under SIGSTOP
+  const absl::Duration took = AwaitFailure(0);
+  EXPECT_GE(took, absl::Milliseconds(800));
+  EXPECT_LT(took, absl::Seconds(2));
+  EXPECT_THAT(live_[0]->failure().message(),
+              AllOf(HasSubstr("rank 3 (pid "), HasSubstr("has not answered for")));
+}
+
+TEST_F(LivenessTest, AWorkerWhoseMainThreadHangsIsNamedByTheProgressCheck) {
+  StartJob();
+  Operation();
+  meters_[2].Begin();  // rank 2 starts the next operation and never ends it
+  for (int r : {0, 1, 3}) {
+    meters_[r].Begin();
+    meters_[r].End();
+  }
+  // Its liveness thread keeps beating: only the progress check can tell.
+  const absl::Duration took = AwaitFailure(0);
+  EXPECT_GE(took, absl::Milliseconds(800));
+  EXPECT_LT(took, absl::Seconds(3));
+  EXPECT_THAT(live_[0]->failure().message(),
+              AllOf(HasSubstr("rank 2 (pid "), HasSubstr("is stuck"),
+                    HasSubstr("has not finished operation 2")));
+}
+
+TEST_F(LivenessTest, ALongOperationFinishedAtDifferentTimesIsNotAFailure) {
+  StartJob();
+  // Every rank starts an operation that takes twice the timeout; rank 1 finishes it 1.5 s
+  // (more than the timeout, less than twice the operation) before the others, as an early
+  // pipeline stage does.
+  for (int r = 0; r < kWorld; ++r) meters_[r].Begin();
+  absl::SleepFor(absl::Seconds(2));
+  meters_[1].End();
+  absl::SleepFor(absl::Milliseconds(1500));
+  for (int r : {0, 2, 3}) meters_[r].End();
+  absl::SleepFor(absl::Milliseconds(300));
+  for (int r = 0; r < kWorld; ++r) EXPECT_TRUE(live_[r]->failure().ok()) << r;
+}
+
+TEST_F(LivenessTest, AWorkerReportsWhyItExits) {
+  StartJob();
+  live_[1]->ReportExit(absl::InternalError("cudaMemcpy: an illegal memory access"));
+  AwaitFailure(0);
+  EXPECT_THAT(live_[0]->failure().message(),
+              AllOf(HasSubstr("rank 1 (pid "), HasSubstr("failed: cudaMemcpy: an illegal")));
+}
+
+TEST_F(LivenessTest, WorkersNoticeAKilledRankZero) {
+  StartJob();
+  live_[0].reset();
+  for (int r = 1; r < kWorld; ++r) {
+    EXPECT_LT(AwaitFailure(r), absl::Milliseconds(500)) << r;
+    EXPECT_THAT(live_[r]->failure().message(),
+                AllOf(HasSubstr("rank 0 (pid "), HasSubstr("without a goodbye")));
+  }
+}
+
+TEST_F(LivenessTest, WorkersNoticeAStoppedRankZero) {
+  StartJob();
+  live_[0]->FreezeForTest();
+  const absl::Duration took = AwaitFailure(1);
+  EXPECT_GE(took, absl::Milliseconds(800));
+  EXPECT_LT(took, absl::Seconds(2));
+  EXPECT_THAT(live_[1]->failure().message(),
+              AllOf(HasSubstr("rank 0 (pid "), HasSubstr("has not answered")));
+}
+
+TEST_F(LivenessTest, RankZeroWhoseSchedulerStopsIssuingOperationsIsStuck) {
+  StartJob();
+  live_[0]->ExpectOperationsEvery(absl::Milliseconds(200));
+  Operation();
+  const absl::Duration took = AwaitFailure(0);
+  EXPECT_GE(took, absl::Seconds(1));
+  EXPECT_LT(took, absl::Seconds(3));
+  EXPECT_THAT(live_[0]->failure().message(),
+              AllOf(HasSubstr("rank 0 (pid "), HasSubstr("started no operation")));
+}
+
+TEST_F(LivenessTest, AConnectionWithoutTheJobTokenIsRefused) {
+  LivenessOptions o;
+  o.connect_timeout = absl::Milliseconds(700);
+  o.exit_process = false;
+  auto zero = Liveness::Listen(2, "127.0.0.1", nullptr, o);
+  ASSERT_TRUE(zero.ok());
+  Liveness::Endpoint wrong = (*zero)->endpoint();
+  wrong.token = "not-the-token";
+  auto intruder = Liveness::Connect(1, 2, wrong, nullptr, o);
+  ASSERT_TRUE(intruder.ok());  // connecting works; being counted as rank 1 does not
+  absl::Status st = (*zero)->AcceptPeers();
+  EXPECT_EQ(st.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(st.message(), AllOf(HasSubstr("rank(s) 1 did not connect"), HasSubstr("127.0.0.1:")));
+}
+
+TEST_F(LivenessTest, ConnectNamesAnAddressNobodyListensOn) {
+  LivenessOptions o;
+  o.connect_timeout = absl::Milliseconds(300);
+  auto w = Liveness::Connect(3, 4, {.host = "127.0.0.1", .port = 1, .token = "x"}, nullptr, o);
+  ASSERT_FALSE(w.ok());
+  EXPECT_THAT(w.status().message(),
+              AllOf(HasSubstr("rank 3 cannot reach rank 0 at 127.0.0.1:1"), HasSubstr("refused")));
+}
+
+}  // namespace
+}  // namespace switchyard
