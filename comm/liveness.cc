@@ -20,6 +20,7 @@
 #include "absl/strings/str_join.h"
 #include "comm/job_failure.h"
 #include "common/log.h"
+#include "common/progress.h"
 #include "common/status_macros.h"
 
 namespace switchyard {
@@ -633,7 +634,31 @@ void Liveness::CheckProgress(absl::Time now) {
   }
 }
 
+void Liveness::LogJobLoad(absl::Time now) {
+  uint64_t done = 0, total = 0;
+  int loading = 0, reported = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (size_t r = 0; r < peers_.size(); ++r) {
+      const uint64_t d = r == 0 ? load_done_.load() : peers_[r].load_done;
+      const uint64_t t = r == 0 ? load_total_.load() : peers_[r].load_total;
+      if (t == 0) continue;
+      ++reported;
+      loading += d < t;
+      done += d;
+      total += t;
+    }
+  }
+  if (loading == 0) return;  // nothing loading (or done): stay quiet
+  last_load_log_ = now;
+  spdlog::info("job loading weights: {} / {} ({} of {} ranks reporting, {} still loading)",
+               ByteProgress::FormatBytes(static_cast<double>(done)),
+               ByteProgress::FormatBytes(static_cast<double>(total)), reported, world_size_,
+               loading);
+}
+
 void Liveness::Loop() {
+  last_load_log_ = SteadyNow();
   absl::Time next_beat = SteadyNow();
   std::vector<pollfd> fds;
   std::vector<Peer*> polled;
@@ -665,6 +690,7 @@ void Liveness::Loop() {
       CheckPeers(now);
       CheckProgress(now);
     }
+    if (rank_ == 0 && now - last_load_log_ >= absl::Seconds(10)) LogJobLoad(now);
     absl::Duration since_failure;
     std::string reason;
     {

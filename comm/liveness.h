@@ -124,7 +124,8 @@ class Liveness {
   // Tests: the thread stops beating, reading and checking, as if the process were stopped.
   void FreezeForTest() { frozen_.store(true); }
 
-  // This rank's loading progress, sent with each beat.
+  // This rank's loading progress, sent with each beat; rank 0 logs the job's sum every 10 s
+  // while a rank is still loading.
   void SetLoadProgress(uint64_t done, uint64_t total);
   // Rank 0: the job's loading progress, summed over every rank's last beat.
   std::pair<uint64_t, uint64_t> JobLoadProgress() const;
@@ -141,6 +142,8 @@ class Liveness {
   bool ReadFrom(Peer& peer);
   void CheckPeers(absl::Time now);
   void CheckProgress(absl::Time now);
+  // Rank 0, every 10 s while some rank is still loading: the job's loading progress.
+  void LogJobLoad(absl::Time now);
   // Declares `status` (the first one only). On a worker, unless it came from rank 0's
   // abort, rank 0 is told too.
   void Fail(absl::Status status, bool from_rank0 = false);
@@ -175,6 +178,7 @@ class Liveness {
     int rank;
   };
   std::map<uint64_t, Finished> finished_;
+  absl::Time last_load_log_;
 };
 
 }  // namespace switchyard

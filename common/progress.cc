@@ -30,8 +30,14 @@ std::string ByteProgress::FormatBytes(double bytes) {
   return buf;
 }
 
+void ByteProgress::set_observer(std::function<void(uint64_t, uint64_t)> observer) {
+  observer_ = std::move(observer);
+  if (observer_) observer_(done_, total_);
+}
+
 void ByteProgress::Add(uint64_t bytes) {
   done_ += bytes;
+  if (observer_) observer_(done_, total_);
   auto now = std::chrono::steady_clock::now();
   if (on_terminal_) {
     if (now - start_ < std::chrono::seconds(1)) return;
@@ -75,6 +81,7 @@ void ByteProgress::Print(bool final_line) {
 void ByteProgress::Finish() {
   if (finished_) return;
   finished_ = true;
+  if (observer_) observer_(total_, total_);
   if (printed_) Print(true);
 }
 

@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace switchyard {
@@ -23,6 +24,9 @@ class ByteProgress {
   ~ByteProgress();
   void Add(uint64_t bytes);
   void Finish();
+  // Called with (done, total) at the start, on every Add and at Finish (the liveness channel
+  // carries it to rank 0, which logs the job's progress). Must be cheap.
+  void set_observer(std::function<void(uint64_t done, uint64_t total)> observer);
 
   // Human-readable size, e.g. "1.5 GiB".
   static std::string FormatBytes(double bytes);
@@ -31,6 +35,7 @@ class ByteProgress {
   void Print(bool final_line);
   std::string Line() const;
 
+  std::function<void(uint64_t, uint64_t)> observer_;
   std::string label_;
   uint64_t total_;
   uint64_t done_ = 0;

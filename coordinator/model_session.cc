@@ -232,10 +232,11 @@ absl::Status ModelSession::Load(ModelSession* s, const SessionOptions& options, 
   const double open_secs = SecondsSince(open_start);
   const ShardSpec spec = s->placement.ShardFor(s->world_rank, s->config);
   const Clock::time_point load_start = Clock::now();
-  ASSIGN_OR_RETURN(s->weights,
-                   ModelWeights::Load(*s->checkpoint, s->config, spec,
-                                      {.show_progress = options.show_progress &&
-                                                        s->is_coordinator()}));
+  LoadOptions load{.show_progress = options.show_progress && s->is_coordinator()};
+  if (Liveness* live = s->liveness_.get()) {  // rank 0 logs the job's progress from these
+    load.on_progress = [live](uint64_t done, uint64_t total) { live->SetLoadProgress(done, total); };
+  }
+  ASSIGN_OR_RETURN(s->weights, ModelWeights::Load(*s->checkpoint, s->config, spec, load));
   const double load_secs = SecondsSince(load_start);
   const Clock::time_point build_start = Clock::now();
   ASSIGN_OR_RETURN(const int blocks, KvPoolBlocks(options, s->config, s->placement,

@@ -285,6 +285,12 @@ absl::StatusOr<PlacementPlan> ParsePlacement(const std::string& text, const std:
     }
     return absl::InvalidArgumentError(
         absl::StrCat(source, ":", line, ":", column, ": invalid JSON: ", reason));
+  } catch (const json::exception& e) {  // e.g. a number too large for a double (1e400)
+    std::string reason = e.what();
+    if (const size_t bracket = reason.find("] "); bracket != std::string::npos) {
+      reason = reason.substr(bracket + 2);
+    }
+    return absl::InvalidArgumentError(absl::StrCat(source, ": invalid JSON: ", reason));
   }
   if (!j.is_object()) {
     return absl::InvalidArgumentError(source + ": expected a JSON object at the top level");

@@ -259,6 +259,12 @@ class PlacementFileTest : public ::testing::Test {
   std::vector<std::string> paths_;
 };
 
+// Found by fuzz/placement_fuzzer: a number beyond a double made the JSON library throw
+// out_of_range, which escaped the parser.
+TEST_F(PlacementFileTest, ANumberTooLargeForADoubleIsInvalidJsonNotACrash) {
+  ExpectRefused("huge", R"({"ep": 1e400})", {"invalid JSON", "number overflow"});
+}
+
 TEST_F(PlacementFileTest, ExampleFromTheDocs) {
   auto plan = LoadPlacementFile(Write("example", R"({"ep": 2, "pp": 2, "stages": [[0, 3], [3, 4]],
       "experts": {"0": [0], "1": [1, 0]}, "layer_experts": {"3": {"5": [1], "2": [0, 1]}}})"),

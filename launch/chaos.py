@@ -129,9 +129,10 @@ def trial(args, index, fault, target):
     t_fault = time.monotonic()
     os.kill(victim, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
     deadline = t_fault + args.bound
-    # Wait for every process of the job to be gone (mpirun included), or the bound.
+    # Wait for every process of the job to be gone (mpirun and every rank, the stopped one
+    # too: the job must end it), or the bound.
     while time.monotonic() < deadline:
-        if not alive(mpirun) and not any(alive(p) for r, p in ranks.items() if not (fault == "stop" and r == target)):
+        if not alive(mpirun) and not any(alive(p) for p in ranks.values()):
             break
         time.sleep(0.05)
     t_gone = time.monotonic()
@@ -139,8 +140,7 @@ def trial(args, index, fault, target):
     load.stop.set()
     health_stop.set()
     watcher.join(2)
-    orphans = [r for r, p in ranks.items() if alive(p) and not (fault == "stop" and r == target and not alive(mpirun))]
-    stopped_left = fault == "stop" and alive(victim)
+    orphans = [r for r, p in ranks.items() if alive(p)]
     for p in ranks.values():  # leave nothing behind
         for sig in (signal.SIGCONT, signal.SIGKILL):
             try:
@@ -169,7 +169,7 @@ def trial(args, index, fault, target):
         "detect_s": None if detect is None else round(detect, 3),
         "all_exited_s": round(t_gone - t_fault, 3),
         "hang": hang,
-        "orphans": orphans + ([target] if stopped_left and target != 0 else []),
+        "orphans": orphans,
         "named_rank": bool(named) if target != 0 else None,
         "errors": sorted({f"{e[1]}: {e[2][:160]}" for e in after if e[1] != "OK"})[:3],
         "partial_ok": len(partial_ok),

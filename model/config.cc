@@ -33,6 +33,11 @@ absl::Status ReadInt(const json& j, const std::string& source, const char* field
   return absl::OkStatus();
 }
 
+// Bounds that keep derived sizes representable: q_dim/kv_dim are int, and element counts
+// times bytes per element (up to 4) and small factors stay far below 2^63.
+constexpr double kMaxDerivedDim = 1 << 30;
+constexpr double kMaxParams = 1e15;
+
 absl::Status ReadPositive(const json& j, const std::string& source, const char* field, int* out) {
   RETURN_IF_ERROR(ReadInt(j, source, field, true, out));
   if (*out <= 0) return FieldError(source, field, "must be positive");
@@ -143,6 +148,22 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
   }
   if (auto it = j.find("rope_scaling"); it != j.end() && !it->is_null()) {
     return FieldError(source, "rope_scaling", "is set; RoPE scaling is not supported");
+  }
+  // Every size derived from these (q_dim and kv_dim as int, parameter and byte counts as
+  // int64) must be representable: a config that overflows them is refused, not computed.
+  const double q_dim = static_cast<double>(c.num_attention_heads) * c.head_dim;
+  if (q_dim > kMaxDerivedDim) {
+    return FieldError(source, "head_dim",
+                      absl::StrCat("x num_attention_heads (", c.num_attention_heads, " x ",
+                                   c.head_dim, ") exceeds ", kMaxDerivedDim));
+  }
+  const double h = c.hidden_size, e = c.num_local_experts;
+  const double per_layer = h * q_dim * 4 + 2 * h + e * h + e * 3 * h * c.intermediate_size;
+  const double total = 2.0 * c.vocab_size * h + c.num_hidden_layers * per_layer + h;
+  if (total > kMaxParams) {
+    return FieldError(source, "hidden_size",
+                      absl::StrCat("and the other sizes give ", total, " parameters, more than ",
+                                   kMaxParams, " (overflow in size arithmetic)"));
   }
   return c;
 }

@@ -103,6 +103,24 @@ TEST(ModelConfigTest, ExplicitHeadDimIsHonoured) {
   ExpectRefused(j, "hidden_size", "multiple of num_attention_heads");
 }
 
+// Found by fuzz/config_fuzzer: sizes each in range whose products overflow q_dim (int) or the
+// parameter counts (int64) are refused, naming the field.
+TEST(ModelConfigTest, SizesWhoseProductsOverflowAreRefused) {
+  json j = BaseConfig();
+  j["head_dim"] = 1 << 30;
+  ExpectRefused(j, "head_dim", "exceeds");
+  j = BaseConfig();
+  j["hidden_size"] = 2147483646;
+  j["intermediate_size"] = 2147483647;
+  j["head_dim"] = 64;
+  ExpectRefused(j, "hidden_size", "parameters");
+  j = BaseConfig();
+  j["hidden_size"] = 1000000000;
+  j["head_dim"] = 2;
+  j["vocab_size"] = 1000000000;
+  ExpectRefused(j, "hidden_size", "overflow");
+}
+
 TEST(ModelConfigTest, DefaultsForOptionalFields) {
   json j = BaseConfig();
   for (const char* f :

@@ -121,6 +121,7 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(const Safetenso
   if (options.prefetch) {
     // Every rank reports: on rank 0's terminal a refreshing line, in logs a line every 10 s.
     ByteProgress progress("loading weights", total, /*terminal=*/options.show_progress);
+    if (options.on_progress) progress.set_observer(options.on_progress);
     ckpt.Prefetch(c.views(), &progress);
   }
   return w;

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -52,6 +53,8 @@ struct LayerWeights {
 struct LoadOptions {
   bool show_progress = false;  // byte progress on a terminal when loading takes > 1 s
   bool prefetch = true;        // touch every page at load time
+  // Called with (bytes loaded, bytes in all) as loading proceeds (ByteProgress::set_observer).
+  std::function<void(uint64_t done, uint64_t total)> on_progress;
 };
 
 class ModelWeights {
