@@ -269,6 +269,7 @@ int RunServe(const ServeArgs& a) {
     front.Fail(failure);
     scheduler.Stop(absl::UnavailableError(absl::StrCat("the cluster failed: ", failure.message())));
     front.Shutdown(absl::Now() + absl::Seconds(2));
+    if (live != nullptr) live->AbortWorkers();  // clients have their errors: workers go now
     return Fail(failure);
   };
   absl::Status failure = cluster_failure();

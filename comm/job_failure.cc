@@ -31,6 +31,14 @@ absl::Status JobFailure() {
   return FailureSlot();
 }
 
+namespace {
+std::atomic<int> g_waiting_on{-1};
+}  // namespace
+
+void EnterWait(int world_peer) { g_waiting_on.store(world_peer, std::memory_order_relaxed); }
+void LeaveWait() { g_waiting_on.store(-1, std::memory_order_relaxed); }
+int WaitingOn() { return g_waiting_on.load(std::memory_order_relaxed); }
+
 void ResetJobFailureForTest() {
   std::lock_guard<std::mutex> lock(g_mu);
   FailureSlot() = absl::OkStatus();

@@ -19,6 +19,13 @@ void DeclareJobFailure(const absl::Status& status);
 bool JobFailed();
 // The declared failure, or OK.
 absl::Status JobFailure();
+// The communication wait this process is in, for the liveness beats (comm/liveness.h): the
+// world rank of a peer whose data or delivery is still outstanding, or -1 when not waiting.
+// Set by the communicators' waits (one thread drives communication).
+void EnterWait(int world_peer);
+void LeaveWait();
+int WaitingOn();
+
 // Tests only: forget the declared failure.
 void ResetJobFailureForTest();
 

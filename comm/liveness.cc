@@ -1,6 +1,9 @@
 #include "comm/liveness.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -41,6 +44,8 @@ struct Frame {
   int64_t last_ns = 0;
   uint64_t load_done = 0;
   uint64_t load_total = 0;
+  int32_t waiting_on = -1;  // world rank whose data this rank waits for; -1: none
+  int32_t reserved = 0;
   char token[40] = {};
   char host[64] = {};
   char text[392] = {};
@@ -61,6 +66,23 @@ std::string ReadText(const char (&src)[N]) {
 absl::Time SteadyNow() {
   return absl::UnixEpoch() +
          absl::FromChrono(std::chrono::steady_clock::now().time_since_epoch());
+}
+
+// The first IPv4 address of an interface that is up and not loopback (for a job that spans
+// hosts: a host name may resolve to 127.0.1.1 on Debian and Ubuntu); empty if none.
+std::string ClusterAddress() {
+  ifaddrs* list = nullptr;
+  if (getifaddrs(&list) != 0) return "";
+  std::string found;
+  for (ifaddrs* a = list; a != nullptr && found.empty(); a = a->ifa_next) {
+    if (a->ifa_addr == nullptr || a->ifa_addr->sa_family != AF_INET) continue;
+    if (!(a->ifa_flags & IFF_UP) || (a->ifa_flags & IFF_LOOPBACK)) continue;
+    char text[INET_ADDRSTRLEN] = {};
+    inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(a->ifa_addr)->sin_addr, text, sizeof(text));
+    found = text;
+  }
+  freeifaddrs(list);
+  return found;
 }
 
 std::string HostName() {
@@ -112,11 +134,13 @@ struct Liveness::Peer {
   std::string host;
   std::string inbuf;
   absl::Time last_seen;
+  bool heard = false;    // a frame has arrived (until then silence is measured by connect_timeout)
   bool gone = false;     // the connection is closed
   bool goodbye = false;  // it ended in order (or its end was already reported)
   uint64_t done = 0;
   int64_t busy_ns = 0;
   int64_t last_ns = 0;
+  int waiting_on = -1;
   uint64_t seen_done = 0;  // progress check: operations already noted
   uint64_t load_done = 0, load_total = 0;
 };
@@ -132,6 +156,7 @@ Liveness::Liveness(int rank, int world_size, const ProgressMeter* progress,
 Liveness::~Liveness() {
   stop_.store(true);
   if (thread_.joinable()) thread_.join();
+  if (rank_ == 0 && !failure().ok() && !abort_sent_) SendAbort(std::string(failure().message()));
   for (Peer& p : peers_) {
     if (p.fd >= 0) close(p.fd);
   }
@@ -166,7 +191,8 @@ absl::StatusOr<std::unique_ptr<Liveness>> Liveness::Listen(int world_size, const
   const int fd = socket(found->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return absl::InternalError(Errno("control channel: socket"));
   live->listen_fd_ = fd;
-  if (bind(fd, found->ai_addr, found->ai_addrlen) != 0 || listen(fd, 128) != 0) {
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  if (bind(fd, found->ai_addr, found->ai_addrlen) != 0 || listen(fd, SOMAXCONN) != 0) {
     return absl::UnavailableError(Errno(absl::StrCat("control channel: listen on ", host)));
   }
   sockaddr_storage addr{};
@@ -213,9 +239,10 @@ absl::Status Liveness::AcceptPeers() {
     std::vector<pollfd> fds{{listen_fd_, POLLIN, 0}};
     for (const Pending& p : pending) fds.push_back({p.fd, POLLIN, 0});
     poll(fds.data(), fds.size(), 100);
-    if (fds[0].revents & POLLIN) {
-      const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-      if (fd >= 0) pending.push_back({fd, {}});
+    if (fds[0].revents & POLLIN) {  // everyone queued, not one per pass
+      for (int fd; (fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK)) >= 0;) {
+        pending.push_back({fd, {}});
+      }
     }
     for (size_t i = 1; i < fds.size(); ++i) {
       if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
@@ -246,6 +273,7 @@ absl::Status Liveness::AcceptPeers() {
       peer.pid = f.pid;
       peer.host = ReadText(f.host);
       peer.last_seen = SteadyNow();
+      peer.heard = true;  // its hello
       SetNoDelay(peer.fd);
       fcntl(peer.fd, F_SETFL, fcntl(peer.fd, F_GETFL) | O_NONBLOCK);
       p.fd = -1;
@@ -281,9 +309,29 @@ absl::StatusOr<std::unique_ptr<Liveness>> Liveness::Connect(int rank, int world_
   int fd = -1;
   std::string last_error;
   while (fd < 0) {
-    fd = socket(found->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    fd = socket(found->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) return absl::InternalError(Errno("control channel: socket"));
-    if (connect(fd, found->ai_addr, found->ai_addrlen) == 0) break;
+    // Non-blocking, bounded by the deadline: a firewall that drops packets must not hold
+    // this rank for the kernel's two minutes.
+    int rc = connect(fd, found->ai_addr, found->ai_addrlen);
+    if (rc != 0 && errno == EINPROGRESS) {
+      pollfd w{fd, POLLOUT, 0};
+      const int64_t ms = std::clamp<int64_t>(
+          absl::ToInt64Milliseconds(deadline - SteadyNow()), 1, 1000);
+      if (poll(&w, 1, static_cast<int>(ms)) == 1) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        errno = err;
+        rc = err == 0 ? 0 : -1;
+      } else {
+        errno = ETIMEDOUT;
+      }
+    }
+    if (rc == 0) {
+      fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);  // the hello is sent blocking
+      break;
+    }
     last_error = std::strerror(errno);
     close(fd);
     fd = -1;
@@ -346,7 +394,8 @@ absl::StatusOr<std::unique_ptr<Liveness>> Liveness::Start(Communicator& world,
     if (const char* env = std::getenv("SWITCHYARD_CONTROL_HOST"); env != nullptr && *env) {
       host = env;
     } else if (!one_host) {
-      host = HostName();
+      host = ClusterAddress();
+      if (host.empty()) host = HostName();
     }
     auto listening = Listen(size, host, progress, options);
     if (listening.ok()) {
@@ -389,21 +438,24 @@ absl::Status Liveness::failure() const {
 }
 
 void Liveness::OnFailure(std::function<void(const absl::Status&)> fn) {
+  std::lock_guard<std::mutex> calling(callback_mu_);  // waits for a call in progress
   std::lock_guard<std::mutex> lock(mu_);
   on_failure_ = std::move(fn);
 }
 
 void Liveness::Fail(absl::Status status, bool from_rank0) {
-  std::function<void(const absl::Status&)> on_failure;
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!failure_.ok()) return;
-    failure_ = status;
-    failed_at_ = SteadyNow();
-    on_failure = on_failure_;
+    std::lock_guard<std::mutex> calling(callback_mu_);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!failure_.ok()) return;
+      failure_ = status;
+      failed_at_ = SteadyNow();
+    }
+    // Before any wait is released: the front end is NOT_SERVING before a client hears.
+    if (on_failure_) on_failure_(status);
   }
   spdlog::error("{}", status.message());
-  if (on_failure) on_failure(status);
   DeclareJobFailure(status);
   // A worker that gives up on rank 0 says why on the way out: if rank 0 was only stopped,
   // it reads this when it resumes and names the real cause, not this rank's exit.
@@ -447,7 +499,14 @@ absl::Status Liveness::ConfirmAlive(absl::Duration within) {
       if (!failure_.ok()) return failure_;
       bool all = true;
       for (size_t r = 1; r < peers_.size(); ++r) {
-        if (!peers_[r].gone && peers_[r].last_seen <= asked) all = false;
+        const Peer& p = peers_[r];
+        if (p.gone && !p.goodbye) {  // closed, not yet declared by the thread: it is dead
+          return absl::UnavailableError(absl::StrCat(
+              "rank ", r, " (pid ", p.pid, " on ", p.host,
+              ") is gone: its control connection closed without a goodbye (the process was "
+              "killed or exited)"));
+        }
+        if (!p.gone && p.last_seen <= asked) all = false;
       }
       if (all || rank_ != 0) return absl::OkStatus();
     }
@@ -478,7 +537,23 @@ void Liveness::ReportExit(const absl::Status& why) {
 void Liveness::Stop() {
   stop_.store(true);
   if (thread_.joinable()) thread_.join();
-  if (rank_ == 0) SendBeats(/*goodbye=*/true);
+  if (rank_ != 0) return;
+  const absl::Status failure = this->failure();
+  if (failure.ok()) {
+    SendBeats(/*goodbye=*/true);
+  } else if (!abort_sent_) {  // a failed job does not end in order: say why
+    SendAbort(std::string(failure.message()));
+    abort_sent_ = true;
+  }
+}
+
+void Liveness::AbortWorkers() {
+  const absl::Status failure = this->failure();
+  if (rank_ != 0 || failure.ok()) return;
+  std::lock_guard<std::mutex> lock(send_mu_);
+  if (abort_sent_) return;
+  SendAbort(std::string(failure.message()));
+  abort_sent_ = true;
 }
 
 void Liveness::SendBeats(bool goodbye) {
@@ -492,6 +567,7 @@ void Liveness::SendBeats(bool goodbye) {
     f.busy_ns = r.busy_ns;
     f.last_ns = r.last_ns;
   }
+  f.waiting_on = options_.waiting_on ? options_.waiting_on() : WaitingOn();
   f.load_done = load_done_.load(std::memory_order_relaxed);
   f.load_total = load_total_.load(std::memory_order_relaxed);
   CopyText(f.host, host_name_);
@@ -539,12 +615,14 @@ bool Liveness::ReadFrom(Peer& peer) {
         break;
       }
       peer.last_seen = now;
+      peer.heard = true;
       peer.pid = f.pid;
       if (f.host[0] != 0) peer.host = ReadText(f.host);
       if (f.type == kBeat) {
         peer.done = f.done;
         peer.busy_ns = f.busy_ns;
         peer.last_ns = f.last_ns;
+        peer.waiting_on = f.waiting_on;
         peer.load_done = f.load_done;
         peer.load_total = f.load_total;
       } else if (f.type == kGoodbye) {
@@ -579,7 +657,9 @@ void Liveness::CheckPeers(absl::Time now) {
       continue;
     }
     const absl::Duration silent = now - p.last_seen;
-    if (silent > options_.timeout) {
+    // Rank 0 beats only once every rank has connected: until its first beat, a worker
+    // allows as long as connecting may take.
+    if (silent > (p.heard ? options_.timeout : options_.connect_timeout)) {
       Fail(absl::UnavailableError(absl::StrCat(
           Describe(p.rank), " has not answered for ", absl::FormatDuration(absl::Trunc(silent, absl::Milliseconds(100))),
           " (stopped, frozen or cut off)")));
@@ -592,13 +672,16 @@ void Liveness::CheckProgress(absl::Time now) {
   if (rank_ != 0 || progress_ == nullptr) return;
   const ProgressMeter::Reading own = progress_->Read();
   std::vector<uint64_t> done(world_size_);
+  std::vector<int> waiting(world_size_, -1);
   {
     std::lock_guard<std::mutex> lock(mu_);
     peers_[0].done = own.done;
     peers_[0].last_ns = own.last_ns;
+    peers_[0].waiting_on = options_.waiting_on ? options_.waiting_on() : WaitingOn();
     for (int r = 0; r < world_size_; ++r) {
       Peer& p = peers_[r];
       done[r] = p.done;
+      waiting[r] = p.waiting_on;
       // Note who finished each operation first, and how long it took there.
       const uint64_t from = std::max(p.seen_done, p.done > 64 ? p.done - 64 : 0);
       for (uint64_t k = from + 1; k <= p.done; ++k) {
@@ -609,28 +692,49 @@ void Liveness::CheckProgress(absl::Time now) {
   }
   const uint64_t lowest = *std::min_element(done.begin(), done.end());
   finished_.erase(finished_.begin(), finished_.lower_bound(lowest + 1));
+  // Ranks behind an operation another rank finished longer ago than the limit.
+  struct Behind {
+    int rank;
+    uint64_t op;
+    const Finished* first;
+    absl::Duration for_how_long;
+  };
+  std::vector<Behind> behind;
   for (int r = 0; r < world_size_; ++r) {
     if (r > 0 && (peers_[r].gone || peers_[r].goodbye)) continue;
     auto it = finished_.find(done[r] + 1);
     if (it == finished_.end() || it->second.rank == r) continue;
-    const absl::Duration limit = std::max(options_.timeout, 2 * it->second.took);
-    const absl::Duration behind = now - it->second.at;
-    if (behind > limit) {
-      Fail(absl::UnavailableError(absl::StrCat(
-          Describe(r), " is stuck: it has not finished operation ", done[r] + 1, ", which ",
-          Describe(it->second.rank), " finished ",
-          absl::FormatDuration(absl::Trunc(behind, absl::Milliseconds(100))), " ago")));
-      return;
-    }
+    const absl::Duration limit =
+        std::max(options_.timeout, 2 * std::max(1, options_.pipeline_stages) * it->second.took);
+    const absl::Duration lag = now - it->second.at;
+    if (lag > limit) behind.push_back({r, done[r] + 1, &it->second, lag});
   }
+  auto round = [](absl::Duration d) { return absl::FormatDuration(absl::Trunc(d, absl::Milliseconds(100))); };
+  // A rank waiting for a peer's data is a victim, not the culprit: name a rank that is behind
+  // and not waiting, else the rank such a victim waits for (when that one is not waiting).
+  for (const Behind& b : behind) {
+    if (waiting[b.rank] >= 0) continue;
+    Fail(absl::UnavailableError(absl::StrCat(
+        Describe(b.rank), " is stuck: it has not finished operation ", b.op, ", which ",
+        Describe(b.first->rank), " finished ", round(b.for_how_long), " ago")));
+    return;
+  }
+  for (const Behind& b : behind) {
+    const int suspect = waiting[b.rank];
+    if (suspect < 0 || suspect >= world_size_ || suspect == b.rank || waiting[suspect] >= 0) continue;
+    Fail(absl::UnavailableError(absl::StrCat(
+        Describe(suspect), " is stuck: ", Describe(b.rank), " has waited for it in operation ",
+        b.op, ", which ", Describe(b.first->rank), " finished ", round(b.for_how_long), " ago")));
+    return;
+  }
+  // Rank 0's scheduler starts an operation every `cadence` when serving.
   const int64_t cadence = cadence_ns_.load();
   if (cadence > 0 && own.busy_ns == 0 &&
       absl::Nanoseconds(own.idle_ns) > absl::Nanoseconds(cadence) + options_.timeout) {
     Fail(absl::UnavailableError(absl::StrCat(
         Describe(0), " is stuck: its scheduler has started no operation for ",
-        absl::FormatDuration(absl::Trunc(absl::Nanoseconds(own.idle_ns), absl::Milliseconds(100))),
-        " (it starts one at least every ", absl::FormatDuration(absl::Nanoseconds(cadence)),
-        ")")));
+        round(absl::Nanoseconds(own.idle_ns)), " (it starts one at least every ",
+        absl::FormatDuration(absl::Nanoseconds(cadence)), ")")));
   }
 }
 
@@ -649,8 +753,8 @@ void Liveness::LogJobLoad(absl::Time now) {
       total += t;
     }
   }
-  if (loading == 0) return;  // nothing loading (or done): stay quiet
   last_load_log_ = now;
+  if (loading == 0) return;  // nothing loading (or done): stay quiet
   spdlog::info("job loading weights: {} / {} ({} of {} ranks reporting, {} still loading)",
                ByteProgress::FormatBytes(static_cast<double>(done)),
                ByteProgress::FormatBytes(static_cast<double>(total)), reported, world_size_,
@@ -699,9 +803,12 @@ void Liveness::Loop() {
       since_failure = now - failed_at_;
       reason = std::string(failure_.message());
     }
-    if (rank_ == 0 && !abort_sent_ && since_failure >= options_.abort_delay) {
-      SendAbort(reason);  // the workers exit now, with rank 0's reason in their logs
-      abort_sent_ = true;
+    if (rank_ == 0 && since_failure >= options_.abort_delay) {
+      std::lock_guard<std::mutex> lock(send_mu_);
+      if (!abort_sent_) {
+        SendAbort(reason);  // the workers exit now, with rank 0's reason in their logs
+        abort_sent_ = true;
+      }
     }
     if (options_.exit_process && options_.exit_grace > absl::ZeroDuration() &&
         since_failure >= options_.exit_grace) {

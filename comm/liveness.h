@@ -61,6 +61,12 @@ struct LivenessOptions {
   // running. Zero or exit_process false: never (tests).
   absl::Duration exit_grace = absl::Seconds(3);
   bool exit_process = true;
+  // Pipeline stages of the job: an early stage may finish a step (PP-1)/PP of it before the
+  // last, so the progress check allows 2 x PP x an operation's duration.
+  int pipeline_stages = 1;
+  // Whom this rank's main thread waits for (a world rank, -1: nobody); the communicators
+  // record it (WaitingOn in comm/job_failure.h). Tests set their own.
+  std::function<int()> waiting_on;
 };
 
 class Liveness {
@@ -117,6 +123,9 @@ class Liveness {
   // Workers: tells rank 0 why this rank is about to exit with an error (rank 0 names the
   // rank and the reason), then stops. Does nothing after a failure this rank declared.
   void ReportExit(const absl::Status& why);
+  // Rank 0 after a failure, once its clients have their errors: tells every live worker why,
+  // so they exit now (the thread does it anyway after abort_delay). Idempotent.
+  void AbortWorkers();
   // The orderly end: rank 0 says goodbye to every worker (their later disconnects are not
   // failures); a worker stops watching rank 0. Joins the thread.
   void Stop();
@@ -167,7 +176,9 @@ class Liveness {
 
   mutable std::mutex mu_;
   absl::Status failure_;  // GUARDED_BY(mu_)
-  std::function<void(const absl::Status&)> on_failure_;  // GUARDED_BY(mu_)
+  std::function<void(const absl::Status&)> on_failure_;  // GUARDED_BY(mu_) and callback_mu_
+  std::mutex callback_mu_;  // held while on_failure_ runs, so OnFailure(nullptr) waits for it
+  std::mutex send_mu_;      // the abort is sent once, by the thread or AbortWorkers
   absl::Time failed_at_;  // GUARDED_BY(mu_)
   bool abort_sent_ = false;
   // Progress check (rank 0, thread only): operation number -> when some rank was first seen

@@ -19,12 +19,12 @@ TEST(LivenessMpi, StartsOverTheWorldAndEndsInOrder) {
   auto world = MpiCommunicator::World({.timeout = absl::Seconds(30)});
   ProgressMeter meter;
   LivenessOptions o;
-  o.timeout = absl::Seconds(1);
+  o.timeout = absl::Seconds(3);
   o.interval = absl::Milliseconds(50);
   o.exit_process = false;
   auto live = Liveness::Start(*world, &meter, o);
   ASSERT_TRUE(live.ok()) << live.status();
-  for (int i = 0; i < 20; ++i) {  // 1.5 s of operations, longer than the timeout
+  for (int i = 0; i < 45; ++i) {  // 3.4 s of operations, longer than the timeout
     meter.Begin();
     ASSERT_TRUE(world->Barrier().ok());
     meter.End();

@@ -205,6 +205,17 @@ absl::Status MpiCommunicator::Wait(Pending& p, absl::string_view op, absl::Time 
   int spins = 0;
   absl::Duration sleep = kFirstSleep;
   absl::Time progress = absl::Now();
+  // Whom this rank waits for, for the liveness channel's progress check: the first peer with
+  // a request still outstanding.
+  auto mark = [&] {
+    for (int i = 0; i < n; ++i) {
+      if (p.requests[i] != MPI_REQUEST_NULL) return EnterWait(world_ranks_[p.info[i].peer]);
+    }
+  };
+  mark();
+  struct Unmark {
+    ~Unmark() { LeaveWait(); }
+  } unmark;
   while (true) {
     int completed = 0;
     const int rc = MPI_Testsome(n, p.requests.data(), &completed, indices.data(), statuses.data());
@@ -230,6 +241,7 @@ absl::Status MpiCommunicator::Wait(Pending& p, absl::string_view op, absl::Time 
       }
     }
     if (completed > 0) {
+      mark();
       spins = 0;
       sleep = kFirstSleep;
       progress = absl::Now();

@@ -15,10 +15,12 @@ class ProgressMeter {
   void Begin() { started_ns_.store(NowNs(), std::memory_order_release); }
   void End() {
     const int64_t now = NowNs();
-    const int64_t started = started_ns_.exchange(0, std::memory_order_acq_rel);
+    const int64_t started = started_ns_.load(std::memory_order_relaxed);
     if (started != 0) last_ns_.store(now - started, std::memory_order_relaxed);
-    ended_ns_.store(now, std::memory_order_relaxed);
+    // The end time before "idle": a reader never sees idle with the previous end's time.
+    ended_ns_.store(now, std::memory_order_release);
     done_.fetch_add(1, std::memory_order_release);
+    started_ns_.store(0, std::memory_order_release);
   }
 
   struct Reading {
@@ -33,7 +35,7 @@ class ProgressMeter {
     r.done = done_.load(std::memory_order_acquire);
     const int64_t started = started_ns_.load(std::memory_order_acquire);
     r.busy_ns = started != 0 ? std::max<int64_t>(1, now - started) : 0;
-    r.idle_ns = started != 0 ? 0 : now - ended_ns_.load(std::memory_order_relaxed);
+    r.idle_ns = started != 0 ? 0 : now - ended_ns_.load(std::memory_order_acquire);
     r.last_ns = last_ns_.load(std::memory_order_relaxed);
     return r;
   }

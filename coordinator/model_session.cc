@@ -194,6 +194,7 @@ absl::StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const SessionOp
     live.interval = std::clamp(options.liveness_timeout / 20, absl::Milliseconds(20),
                                absl::Milliseconds(250));
     live.connect_timeout = options.comm_timeout;
+    live.pipeline_stages = options.pp;
     ASSIGN_OR_RETURN(s->liveness_, Liveness::Start(*s->world_comm_, s->progress_.get(), live));
   }
   if (absl::Status st = Load(s.get(), options, use_cuda); !st.ok()) {
