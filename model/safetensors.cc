@@ -275,6 +275,14 @@ absl::StatusOr<std::unique_ptr<SafetensorsCheckpoint>> SafetensorsCheckpoint::Op
         return Malformed(index_path, absl::StrCat("weight_map entry for tensor ", it.key(),
                                                   " is not a file name: ", it.value().dump()));
       }
+      // Shards live beside the index: a path would let an index open any file on the machine.
+      const std::string& file = it.value().get_ref<const std::string&>();
+      if (file.find('/') != std::string::npos || file == "." || file == "..") {
+        return Malformed(index_path,
+                         absl::StrCat("weight_map entry for tensor ", it.key(), " is ", file,
+                                      ": a shard must be a file name in the checkpoint "
+                                      "directory, not a path"));
+      }
       by_file[it.value().get<std::string>()].push_back(it.key());
     }
     for (const auto& [shard, names] : by_file) {

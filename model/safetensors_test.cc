@@ -536,6 +536,10 @@ TEST(SafetensorsCheckpointTest, MalformedIndex) {
       {R"({"weight_map": []})", "no weight_map"},
       {R"({"weight_map": {}})", "weight_map is empty"},
       {R"({"weight_map": {"a": 3}})", "tensor a is not a file name"},
+      // An index may not reach outside its directory (fuzz/README.md).
+      {R"({"weight_map": {"a": "../../etc/passwd"}})", "not a path"},
+      {R"({"weight_map": {"a": "/etc/passwd"}})", "not a path"},
+      {R"({"weight_map": {"a": ".."}})", "not a path"},
   };
   for (const Case& c : cases) {
     const std::string dir = WriteShards();
