@@ -523,6 +523,7 @@ void Liveness::ReportExit(const absl::Status& why) {
   }
   stop_.store(true);
   if (thread_.joinable()) thread_.join();
+  if (!failure().ok()) return;  // declared (and reported) while the thread was stopping
   Peer& zero = peers_[0];
   if (zero.fd >= 0 && !zero.gone) {
     Frame f;

@@ -101,11 +101,14 @@ class Load:
 def health_watch(port, stop, seen):
     stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
     while not stop.is_set():
+        # Stamped when the probe is sent: a SERVING answer to a probe sent after a client was
+        # told of the failure breaks the promise; one sent before may be answered after it.
+        sent = time.monotonic()
         try:
             r = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5)
-            seen.append((time.monotonic(), health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)))
+            seen.append((sent, health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)))
         except grpc.RpcError as e:
-            seen.append((time.monotonic(), e.code().name))
+            seen.append((sent, e.code().name))
         time.sleep(0.1)
 
 

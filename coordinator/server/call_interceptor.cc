@@ -51,7 +51,7 @@ grpc::Status UnparsableStatus(const std::string& type) {
   return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                       absl::StrCat("request: the bytes do not parse as ", type,
                                    " (malformed protobuf, or a string field that is not valid "
-                                   "UTF-8: send such text as bytes or token ids)"));
+                                   "UTF-8: send such text as token ids, or to KServe as a BYTES tensor)"));
 }
 
 class CallInterceptor final : public grpc::experimental::Interceptor {

@@ -5,7 +5,9 @@
 #include <cstdint>
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/status_macros.h"
 
 namespace switchyard {
@@ -36,7 +38,19 @@ absl::Status ValidateSampling(const GenerationParams& p) {
   if (p.top_p.has_value()) {
     const float top_p = static_cast<float>(*p.top_p);
     if (!(std::isfinite(*p.top_p) && top_p > 0 && *p.top_p <= 1)) {
-      return Invalid("top_p", absl::StrCat("must be in (0, 1] (as a float), got ", *p.top_p));
+      // As many digits as it takes: 1.0000001 must not read as "got 1".
+      // The shortest form that reads back: as a float when it is one (switchyard.v1 sends
+      // floats: -0.1f prints -0.1), else as a double.
+      const double v = *p.top_p;
+      const bool is_float = static_cast<double>(static_cast<float>(v)) == v;
+      std::string value;
+      for (int digits = 6; digits <= 17; ++digits) {
+        value = absl::StrFormat("%.*g", digits, v);
+        double back = 0;
+        if (!absl::SimpleAtod(value, &back)) continue;
+        if (is_float ? static_cast<float>(back) == static_cast<float>(v) : back == v) break;
+      }
+      return Invalid("top_p", absl::StrCat("must be in (0, 1] (as a float), got ", value));
     }
   }
   if (p.max_tokens.has_value() && *p.max_tokens < 1) {

@@ -148,6 +148,14 @@ TEST_F(RequestValidationTest, EachBadFieldIsNamed) {
   p = text("a");
   p.top_p = 1e-300;  // zero as a float
   ExpectInvalid(p, "top_p");
+  // The refused value is printed with the digits that tell it apart from 1.
+  p = text("a");
+  p.top_p = 1.0000001;
+  EXPECT_THAT(std::string(BuildGenerateRequest(p, ctx_).status().message()),
+              testing::EndsWith("got 1.0000001"));
+  p.top_p = 1.5;
+  EXPECT_THAT(std::string(BuildGenerateRequest(p, ctx_).status().message()),
+              testing::EndsWith("got 1.5"));
   p = text("a");
   p.max_tokens = std::numeric_limits<int64_t>::max();  // the sum with the prompt overflows
   ExpectInvalid(p, "max_tokens");
