@@ -7,6 +7,7 @@ namespace switchyard {
 namespace {
 
 std::atomic<bool> g_failed{false};
+std::atomic<int> g_waiting_on{-1};
 std::mutex g_mu;
 absl::Status& FailureSlot() {
   static absl::Status* status = new absl::Status();  // never destroyed: read at exit
@@ -30,10 +31,6 @@ absl::Status JobFailure() {
   std::lock_guard<std::mutex> lock(g_mu);
   return FailureSlot();
 }
-
-namespace {
-std::atomic<int> g_waiting_on{-1};
-}  // namespace
 
 void EnterWait(int world_peer) { g_waiting_on.store(world_peer, std::memory_order_relaxed); }
 void LeaveWait() { g_waiting_on.store(-1, std::memory_order_relaxed); }

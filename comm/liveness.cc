@@ -40,7 +40,6 @@ struct Frame {
   int32_t rank = 0;
   int32_t pid = 0;
   uint64_t done = 0;
-  int64_t busy_ns = 0;
   int64_t last_ns = 0;
   uint64_t load_done = 0;
   uint64_t load_total = 0;
@@ -118,6 +117,24 @@ bool SendFrame(int fd, const Frame& f, bool wait) {
   return true;
 }
 
+// A frame of `type` from this process, rank `rank` on `host`.
+Frame NewFrame(uint16_t type, int rank, const std::string& host) {
+  Frame f;
+  f.type = type;
+  f.rank = rank;
+  f.pid = getpid();
+  CopyText(f.host, host);
+  return f;
+}
+
+// "rank 2 (pid 4711 on node07) is gone: ...", the message of a connection closed without a
+// goodbye.
+absl::Status GoneError(const std::string& who) {
+  return absl::UnavailableError(absl::StrCat(
+      who, " is gone: its control connection closed without a goodbye (the process was killed "
+           "or exited)"));
+}
+
 void SetNoDelay(int fd) {
   const int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -138,7 +155,6 @@ struct Liveness::Peer {
   bool gone = false;     // the connection is closed
   bool goodbye = false;  // it ended in order (or its end was already reported)
   uint64_t done = 0;
-  int64_t busy_ns = 0;
   int64_t last_ns = 0;
   int waiting_on = -1;
   uint64_t seen_done = 0;  // progress check: operations already noted
@@ -156,21 +172,36 @@ Liveness::Liveness(int rank, int world_size, const ProgressMeter* progress,
 Liveness::~Liveness() {
   stop_.store(true);
   if (thread_.joinable()) thread_.join();
-  if (rank_ == 0 && !failure().ok() && !abort_sent_) SendAbort(std::string(failure().message()));
+  AbortWorkers();  // rank 0 after a failure, if nobody told the workers yet
   for (Peer& p : peers_) {
     if (p.fd >= 0) close(p.fd);
   }
   if (listen_fd_ >= 0) close(listen_fd_);
 }
 
+std::string Liveness::DescribeLocked(const Peer& p) {
+  if (p.pid == 0) return absl::StrCat("rank ", p.rank);
+  return absl::StrCat("rank ", p.rank, " (pid ", p.pid, " on ", p.host, ")");
+}
+
 std::string Liveness::Describe(int rank) const {
   std::lock_guard<std::mutex> lock(mu_);
   for (const Peer& p : peers_) {
-    if (p.rank == rank && p.pid != 0) {
-      return absl::StrCat("rank ", rank, " (pid ", p.pid, " on ", p.host, ")");
-    }
+    if (p.rank == rank) return DescribeLocked(p);
   }
   return absl::StrCat("rank ", rank);
+}
+
+int Liveness::WaitingNow() const {
+  return options_.waiting_on ? options_.waiting_on() : WaitingOn();
+}
+
+void Liveness::SendExit(const std::string& why) {
+  Peer& zero = peers_[0];
+  if (zero.fd < 0 || zero.gone) return;
+  Frame f = NewFrame(kExit, rank_, host_name_);
+  CopyText(f.text, why);
+  SendFrame(zero.fd, f, /*wait=*/false);
 }
 
 absl::StatusOr<std::unique_ptr<Liveness>> Liveness::Listen(int world_size, const std::string& host,
@@ -210,7 +241,7 @@ absl::StatusOr<std::unique_ptr<Liveness>> Liveness::Listen(int world_size, const
   live->peers_[0].rank = 0;
   live->peers_[0].fd = -2;  // this process: no connection
   live->peers_[0].pid = getpid();
-  live->peers_[0].host = HostName();
+  live->peers_[0].host = live->host_name_;
   return live;
 }
 
@@ -343,12 +374,8 @@ absl::StatusOr<std::unique_ptr<Liveness>> Liveness::Connect(int rank, int world_
     absl::SleepFor(absl::Milliseconds(50));
   }
   SetNoDelay(fd);
-  Frame hello;
-  hello.type = kHello;
-  hello.rank = rank;
-  hello.pid = getpid();
+  Frame hello = NewFrame(kHello, rank, live->host_name_);
   CopyText(hello.token, endpoint.token);
-  CopyText(hello.host, HostName());
   if (!SendFrame(fd, hello, /*wait=*/true)) {
     close(fd);
     return absl::UnavailableError(
@@ -459,15 +486,7 @@ void Liveness::Fail(absl::Status status, bool from_rank0) {
   DeclareJobFailure(status);
   // A worker that gives up on rank 0 says why on the way out: if rank 0 was only stopped,
   // it reads this when it resumes and names the real cause, not this rank's exit.
-  if (rank_ != 0 && !from_rank0 && !peers_.empty() && peers_[0].fd >= 0 && !peers_[0].gone) {
-    Frame f;
-    f.type = kExit;
-    f.rank = rank_;
-    f.pid = getpid();
-    CopyText(f.host, host_name_);
-    CopyText(f.text, std::string(status.message()));
-    SendFrame(peers_[0].fd, f, /*wait=*/false);
-  }
+  if (rank_ != 0 && !from_rank0) SendExit(std::string(status.message()));
 }
 
 void Liveness::ExpectOperationsEvery(absl::Duration cadence) {
@@ -500,12 +519,7 @@ absl::Status Liveness::ConfirmAlive(absl::Duration within) {
       bool all = true;
       for (size_t r = 1; r < peers_.size(); ++r) {
         const Peer& p = peers_[r];
-        if (p.gone && !p.goodbye) {  // closed, not yet declared by the thread: it is dead
-          return absl::UnavailableError(absl::StrCat(
-              "rank ", r, " (pid ", p.pid, " on ", p.host,
-              ") is gone: its control connection closed without a goodbye (the process was "
-              "killed or exited)"));
-        }
+        if (p.gone && !p.goodbye) return GoneError(DescribeLocked(p));  // not yet declared
         if (!p.gone && p.last_seen <= asked) all = false;
       }
       if (all || rank_ != 0) return absl::OkStatus();
@@ -524,14 +538,14 @@ void Liveness::ReportExit(const absl::Status& why) {
   stop_.store(true);
   if (thread_.joinable()) thread_.join();
   if (!failure().ok()) return;  // declared (and reported) while the thread was stopping
-  Peer& zero = peers_[0];
-  if (zero.fd >= 0 && !zero.gone) {
-    Frame f;
-    f.type = kExit;
-    f.rank = rank_;
-    f.pid = getpid();
-    CopyText(f.text, std::string(why.message()));
-    SendFrame(zero.fd, f, /*wait=*/false);
+  SendExit(std::string(why.message()));
+}
+
+void Liveness::End(const absl::Status& how) {
+  if (rank_ == 0 || how.ok()) {
+    Stop();
+  } else {
+    ReportExit(how);
   }
 }
 
@@ -539,12 +553,10 @@ void Liveness::Stop() {
   stop_.store(true);
   if (thread_.joinable()) thread_.join();
   if (rank_ != 0) return;
-  const absl::Status failure = this->failure();
-  if (failure.ok()) {
+  if (failure().ok()) {
     SendBeats(/*goodbye=*/true);
-  } else if (!abort_sent_) {  // a failed job does not end in order: say why
-    SendAbort(std::string(failure.message()));
-    abort_sent_ = true;
+  } else {
+    AbortWorkers();  // a failed job does not end in order: say why
   }
 }
 
@@ -558,20 +570,15 @@ void Liveness::AbortWorkers() {
 }
 
 void Liveness::SendBeats(bool goodbye) {
-  Frame f;
-  f.type = goodbye ? kGoodbye : kBeat;
-  f.rank = rank_;
-  f.pid = getpid();
+  Frame f = NewFrame(goodbye ? kGoodbye : kBeat, rank_, host_name_);
   if (progress_ != nullptr) {
     const ProgressMeter::Reading r = progress_->Read();
     f.done = r.done;
-    f.busy_ns = r.busy_ns;
     f.last_ns = r.last_ns;
   }
-  f.waiting_on = options_.waiting_on ? options_.waiting_on() : WaitingOn();
+  f.waiting_on = WaitingNow();
   f.load_done = load_done_.load(std::memory_order_relaxed);
   f.load_total = load_total_.load(std::memory_order_relaxed);
-  CopyText(f.host, host_name_);
   for (Peer& p : peers_) {
     if (p.fd < 0 || p.gone) continue;
     SendFrame(p.fd, f, /*wait=*/false);
@@ -579,10 +586,7 @@ void Liveness::SendBeats(bool goodbye) {
 }
 
 void Liveness::SendAbort(const std::string& reason) {
-  Frame f;
-  f.type = kAbort;
-  f.rank = rank_;
-  f.pid = getpid();
+  Frame f = NewFrame(kAbort, rank_, host_name_);
   CopyText(f.text, reason);
   for (Peer& p : peers_) {
     if (p.fd >= 0 && !p.gone) SendFrame(p.fd, f, /*wait=*/false);
@@ -621,7 +625,6 @@ bool Liveness::ReadFrom(Peer& peer) {
       if (f.host[0] != 0) peer.host = ReadText(f.host);
       if (f.type == kBeat) {
         peer.done = f.done;
-        peer.busy_ns = f.busy_ns;
         peer.last_ns = f.last_ns;
         peer.waiting_on = f.waiting_on;
         peer.load_done = f.load_done;
@@ -651,9 +654,7 @@ void Liveness::CheckPeers(absl::Time now) {
   for (Peer& p : peers_) {
     if (p.fd == -2 || p.goodbye) continue;
     if (p.gone) {
-      Fail(absl::UnavailableError(absl::StrCat(
-          Describe(p.rank), " is gone: its control connection closed without a goodbye (the "
-          "process was killed or exited)")));
+      Fail(GoneError(Describe(p.rank)));
       p.goodbye = true;
       continue;
     }
@@ -678,7 +679,7 @@ void Liveness::CheckProgress(absl::Time now) {
     std::lock_guard<std::mutex> lock(mu_);
     peers_[0].done = own.done;
     peers_[0].last_ns = own.last_ns;
-    peers_[0].waiting_on = options_.waiting_on ? options_.waiting_on() : WaitingOn();
+    peers_[0].waiting_on = WaitingNow();
     for (int r = 0; r < world_size_; ++r) {
       Peer& p = peers_[r];
       done[r] = p.done;
@@ -797,20 +798,13 @@ void Liveness::Loop() {
     }
     if (rank_ == 0 && now - last_load_log_ >= absl::Seconds(10)) LogJobLoad(now);
     absl::Duration since_failure;
-    std::string reason;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (failure_.ok()) continue;
       since_failure = now - failed_at_;
-      reason = std::string(failure_.message());
     }
-    if (rank_ == 0 && since_failure >= options_.abort_delay) {
-      std::lock_guard<std::mutex> lock(send_mu_);
-      if (!abort_sent_) {
-        SendAbort(reason);  // the workers exit now, with rank 0's reason in their logs
-        abort_sent_ = true;
-      }
-    }
+    // The workers exit now, with rank 0's reason in their logs (if serve has not yet).
+    if (rank_ == 0 && since_failure >= options_.abort_delay) AbortWorkers();
     if (options_.exit_process && options_.exit_grace > absl::ZeroDuration() &&
         since_failure >= options_.exit_grace) {
       spdlog::error("exiting {} after the failure above", absl::FormatDuration(since_failure));

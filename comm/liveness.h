@@ -123,6 +123,9 @@ class Liveness {
   // Workers: tells rank 0 why this rank is about to exit with an error (rank 0 names the
   // rank and the reason), then stops. Does nothing after a failure this rank declared.
   void ReportExit(const absl::Status& why);
+  // The end of this rank's part, as `how` says: Stop() on rank 0 or when OK, else
+  // ReportExit(how).
+  void End(const absl::Status& how);
   // Rank 0 after a failure, once its clients have their errors: tells every live worker why,
   // so they exit now (the thread does it anyway after abort_delay). Idempotent.
   void AbortWorkers();
@@ -141,6 +144,12 @@ class Liveness {
 
  private:
   struct Peer;
+  // "rank 2 (pid 4711 on node07)", or "rank 2" before its pid is known. Describe takes mu_.
+  static std::string DescribeLocked(const Peer& p);
+  // Whom this rank's main thread waits for (options_.waiting_on, or the communicators').
+  int WaitingNow() const;
+  // Workers: an exit frame with `why` to rank 0, if its connection is open.
+  void SendExit(const std::string& why);
   Liveness(int rank, int world_size, const ProgressMeter* progress,
            const LivenessOptions& options);
   void StartThread();

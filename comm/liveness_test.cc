@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <initializer_list>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -57,10 +58,9 @@ class LivenessTest : public ::testing::Test {
     ASSERT_TRUE(live_[0]->AcceptPeers().ok());
   }
 
-  // Every rank runs one short operation; rank `skip` (if any) does not.
-  void Operation(int skip = -1) {
-    for (int r = 0; r < kWorld; ++r) {
-      if (r == skip) continue;
+  // Ranks `ranks` (default: every rank) each run one short operation.
+  void Operation(std::initializer_list<int> ranks = {0, 1, 2, 3}) {
+    for (int r : ranks) {
       meters_[r].Begin();
       meters_[r].End();
     }
@@ -133,10 +133,7 @@ TEST_F(LivenessTest, AWorkerWhoseMainThreadHangsIsNamedByTheProgressCheck) {
   StartJob();
   Operation();
   meters_[2].Begin();  // rank 2 starts the next operation and never ends it
-  for (int r : {1, 3}) {
-    meters_[r].Begin();
-    meters_[r].End();
-  }
+  Operation({1, 3});
   meters_[0].Begin();  // rank 0 waits for rank 2's results (the last stage, say)
   waiting_[0] = 2;
   // Rank 2's liveness thread keeps beating: only the progress check can tell. Rank 0 is
@@ -152,10 +149,7 @@ TEST_F(LivenessTest, AWorkerWhoseMainThreadHangsIsNamedByTheProgressCheck) {
 TEST_F(LivenessTest, TheRankOthersWaitForIsNamedWhenItFinishedAndHungAfter) {
   StartJob();
   Operation();
-  for (int r : {1, 2, 3}) {  // rank 2 finished its part, then hung before sending it on
-    meters_[r].Begin();
-    meters_[r].End();
-  }
+  Operation({1, 2, 3});  // rank 2 finished its part, then hung before sending it on
   meters_[0].Begin();
   waiting_[0] = 2;
   AwaitFailure(0);
@@ -167,10 +161,7 @@ TEST_F(LivenessTest, TheRankOthersWaitForIsNamedWhenItFinishedAndHungAfter) {
 TEST_F(LivenessTest, RanksThatAreAllWaitingAreLeftToTheCommunicationDeadline) {
   StartJob();
   Operation();
-  for (int r : {2, 3}) {
-    meters_[r].Begin();
-    meters_[r].End();
-  }
+  Operation({2, 3});
   meters_[0].Begin();  // 0 and 1 wait for each other: no liveness signal can say who hangs
   meters_[1].Begin();
   waiting_[0] = 1;

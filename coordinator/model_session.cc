@@ -198,14 +198,8 @@ absl::StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const SessionOp
     ASSIGN_OR_RETURN(s->liveness_, Liveness::Start(*s->world_comm_, s->progress_.get(), live));
   }
   if (absl::Status st = Load(s.get(), options, use_cuda); !st.ok()) {
-    if (s->liveness_ != nullptr) {
-      // Rank 0 reports its own error; a worker tells rank 0 why it leaves.
-      if (s->is_coordinator()) {
-        s->liveness_->Stop();
-      } else {
-        s->liveness_->ReportExit(st);
-      }
-    }
+    // Rank 0 reports its own error; a worker tells rank 0 why it leaves.
+    if (s->liveness_ != nullptr) s->liveness_->End(st);
     return st;
   }
   return s;
@@ -328,13 +322,7 @@ absl::StatusOr<double> ModelSession::BuildExecutor(const SessionOptions& options
 absl::Status ModelSession::RunWorker() {
   if (worker_ == nullptr) return absl::FailedPreconditionError("not a distributed session");
   absl::Status st = RunWorkerLoop(worker_.get());
-  if (liveness_ != nullptr) {
-    if (st.ok()) {
-      liveness_->Stop();
-    } else {
-      liveness_->ReportExit(st);
-    }
-  }
+  if (liveness_ != nullptr) liveness_->End(st);
   return st;
 }
 

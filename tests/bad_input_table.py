@@ -30,15 +30,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.environ.get("SWITCHYARD_PYTHON", os.path.join(ROOT, "build", "python")))
 sys.path.insert(0, HERE)
-try:
-    import grpc  # noqa: E402
-except ImportError:
-    if os.path.exists("/usr/bin/python3") and \
-            os.path.realpath(sys.executable) != os.path.realpath("/usr/bin/python3"):
-        os.execv("/usr/bin/python3", ["/usr/bin/python3", *sys.argv])
-    sys.exit("bad_input_table.py needs Debian's python3-grpcio")
+from grpc_wire import field_bytes, field_float, field_varint, require_grpc, ser  # noqa: E402
+require_grpc("bad_input_table.py")
+import grpc  # noqa: E402
 from kserve import grpc_predict_v2_pb2 as kpb  # noqa: E402
 from serve_process import ServeProcess  # noqa: E402
 from switchyard.v1 import switchyard_pb2 as pb  # noqa: E402
@@ -53,38 +48,6 @@ GOOD_PROMPT = "The jury said that"
 OK, INVALID, UNAUTH, NOT_FOUND, UNIMPL, EXHAUSTED, PRECONDITION = (
     "OK", "INVALID_ARGUMENT", "UNAUTHENTICATED", "NOT_FOUND", "UNIMPLEMENTED",
     "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION")
-
-
-# ---- hand-built protobuf wire format ---------------------------------------------------
-
-def varint(n):
-    n &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def field_bytes(number, data):
-    """A length-delimited field (wire type 2) holding `data` as is (no UTF-8 check)."""
-    return varint(number << 3 | 2) + varint(len(data)) + data
-
-
-def field_varint(number, value):
-    return varint(number << 3 | 0) + varint(value)
-
-
-def field_float(number, value):
-    return varint(number << 3 | 5) + struct.pack("<f", value)
-
-
-def ser(msg):
-    return msg.SerializeToString()
 
 
 def infer(text="The jury", params=None, **kw):

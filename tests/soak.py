@@ -49,14 +49,10 @@ from collections import Counter, defaultdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.environ.get("SWITCHYARD_PYTHON", os.path.join(ROOT, "build", "python")))
-try:
-    import grpc  # noqa: E402
-except ImportError:
-    if os.path.exists("/usr/bin/python3") and \
-            os.path.realpath(sys.executable) != os.path.realpath("/usr/bin/python3"):
-        os.execv("/usr/bin/python3", ["/usr/bin/python3", *sys.argv])
-    sys.exit("soak.py needs Debian's python3-grpcio")
+sys.path.insert(0, HERE)
+from grpc_wire import field_bytes, require_grpc, ser  # noqa: E402
+require_grpc("soak.py")
+import grpc  # noqa: E402
 from kserve import grpc_predict_v2_pb2 as kpb  # noqa: E402
 from switchyard.v1 import switchyard_pb2 as pb  # noqa: E402
 
@@ -73,21 +69,6 @@ KINDS = [("generate", 40), ("complete", 25), ("kserve", 12), ("tokenize", 4), ("
 
 def identity(b):
     return b
-
-
-def ser(m):
-    return m.SerializeToString()
-
-
-def field_bytes(number, data):
-    def varint(n):
-        out = bytearray()
-        while True:
-            b, n = n & 0x7F, n >> 7
-            out.append(b | 0x80 if n else b)
-            if not n:
-                return bytes(out)
-    return varint(number << 3 | 2) + varint(len(data)) + data
 
 
 def infer_request(text, max_tokens=None, temperature=None, seed=None, shape=(1,)):
