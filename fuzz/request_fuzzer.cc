@@ -6,18 +6,18 @@
 //     raw_input_contents) -> CheckText -> BuildGenerateRequest; FillModelInferResponse.
 // Input: byte 0 selects; bit 0: 0 = switchyard.v1.GenerateRequest, 1 =
 // inference.ModelInferRequest; bit 1: the default limits or tight ones (short prompts, one stop
-// string). Bytes 1.. are the serialized message (as gRPC would receive it; a message protobuf
-// refuses, e.g. invalid UTF-8 in a string field, never reaches the service).
-//
-// The model is brown-moe's config with no tokenizer (token ids only): the tokenizer dlopen()s
-// SentencePiece with RTLD_DEEPBIND, which AddressSanitizer refuses, so text prompts and stop
-// strings end at their "no tokenizer" refusal (see fuzz/README.md).
+// string); bit 2: brown-moe's tokenizer (text prompts tokenized, as the demo model serves) or
+// none (token ids only, as a model without tokenizer.model serves). Bytes 1.. are the
+// serialized message (as gRPC would receive it; a message protobuf refuses, e.g. invalid UTF-8
+// in a string field, never reaches the service).
 //
 // A refusal (a status) is not a finding; it must be kInvalidArgument. An accepted request is
 // checked against what BuildGenerateRequest promises the scheduler.
 #include <cmath>
 #include <cstdint>
 #include <string>
+
+#include "absl/strings/match.h"
 
 #include "coordinator/server/kserve_request.h"
 #include "coordinator/server/proto_convert.h"
@@ -38,41 +38,53 @@ const sy::ModelConfig& Config() {
   return cfg;
 }
 
-// As ServingContext builds it (serving_context.cc), and a variant with tight limits.
-const sy::ValidationContext& Context(bool tight) {
-  static const sy::ValidationContext ctx = [] {
+const sy::Tokenizer* BrownMoeTokenizer() {
+  static const sy::Tokenizer* tokenizer = [] {
+    auto t = sy::Tokenizer::Load(std::string(SWITCHYARD_SOURCE_ROOT) +
+                                     "/models/brown-moe/tokenizer.model",
+                                 Config().bos_token_id, Config().eos_token_id);
+    SY_FUZZ_CHECK(t.ok(), t.status().ToString());
+    return std::move(t).value().release();
+  }();
+  return tokenizer;
+}
+
+// As ServingContext builds it (serving_context.cc), with or without the tokenizer, and a
+// variant of each with tight limits.
+const sy::ValidationContext& Context(bool tight, bool with_tokenizer) {
+  auto make = [](bool tight, bool with_tokenizer) {
     sy::ValidationContext c;
-    c.tokenizer = nullptr;
+    c.tokenizer = with_tokenizer ? BrownMoeTokenizer() : nullptr;
     c.config = &Config();
     c.model_name = kModel;
+    if (tight) {
+      c.limits.default_max_tokens = 2000;  // over the context: refused unless max_tokens is set
+      c.limits.max_stop_strings = 1;
+      c.limits.max_stop_bytes = 4;
+      c.limits.max_prompt_bytes = 16;
+    }
     return c;
-  }();
-  static const sy::ValidationContext tight_ctx = [] {
-    sy::ValidationContext c = ctx;
-    c.limits.default_max_tokens = 2000;  // over the context: refused unless max_tokens is set
-    c.limits.max_stop_strings = 1;
-    c.limits.max_stop_bytes = 4;
-    c.limits.max_prompt_bytes = 16;
-    return c;
-  }();
-  return tight ? tight_ctx : ctx;
+  };
+  static const sy::ValidationContext contexts[2][2] = {{make(false, false), make(false, true)},
+                                                       {make(true, false), make(true, true)}};
+  return contexts[tight][with_tokenizer];
 }
 
 // ServingContext::CheckText: OK without a tokenizer, else CheckPromptBytes. Both are run: the
 // server's own check, and CheckPromptBytes for the code it guards.
-void CheckText(size_t bytes, const sy::ValidationContext& ctx) {
-  absl::Status s = sy::CheckPromptBytes(bytes, ctx);
+void CheckText(size_t bytes, const sy::ValidationContext& ctx, const std::string& field) {
+  absl::Status s = sy::CheckPromptBytes(bytes, ctx, field);
   if (!s.ok()) sy::fuzz::CheckInvalidArgument(s, "CheckPromptBytes");
   SY_FUZZ_CHECK(s.ok() == (static_cast<int64_t>(bytes) <= sy::MaxPromptBytes(ctx)), s.ToString());
 }
 
-// BuildGenerateRequest, and on success what it promises the scheduler.
-void Build(const sy::GenerationParams& params, const sy::ValidationContext& ctx) {
+// BuildGenerateRequest, and on success what it promises the scheduler. Returns its status.
+absl::Status Build(const sy::GenerationParams& params, const sy::ValidationContext& ctx) {
   auto req = sy::BuildGenerateRequest(params, ctx);
   sy::fuzz::Verbose("BuildGenerateRequest", req.status());
   if (!req.ok()) {
     sy::fuzz::CheckInvalidArgument(req.status(), "BuildGenerateRequest");
-    return;
+    return req.status();
   }
   const sy::ModelConfig& cfg = *ctx.config;
   SY_FUZZ_CHECK(!req->prompt_ids.empty(), "empty prompt accepted");
@@ -89,6 +101,7 @@ void Build(const sy::GenerationParams& params, const sy::ValidationContext& ctx)
                 "top_p");
   SY_FUZZ_CHECK(static_cast<int>(req->stop.size()) <= ctx.limits.max_stop_strings, "stop");
   SY_FUZZ_CHECK(req->stop_at_eos == !params.ignore_eos, "ignore_eos");
+  return absl::OkStatus();
 }
 
 void SwitchyardRequest(const uint8_t* data, size_t size, const sy::ValidationContext& ctx) {
@@ -98,7 +111,7 @@ void SwitchyardRequest(const uint8_t* data, size_t size, const sy::ValidationCon
     return;
   }
   // Generate / Complete.
-  CheckText(request.text().size(), ctx);
+  CheckText(request.text().size(), ctx, "text");
   const sy::GenerationParams params = sy::ParamsFromProto(request);
   Build(params, ctx);
   // Detokenize validates its ids the same way (against the tokenizer's vocabulary).
@@ -123,8 +136,12 @@ void KServeRequest(const uint8_t* data, size_t size, const sy::ValidationContext
     sy::fuzz::CheckInvalidArgument(params.status(), "ParseModelInferRequest");
   } else {
     SY_FUZZ_CHECK(params->text.has_value() && !params->text->empty(), "no prompt");
-    CheckText(params->text->size(), ctx);
-    Build(*params, ctx);
+    CheckText(params->text->size(), ctx, sy::kKServeInput);
+    // KServe has no field `text`: a refusal of the prompt names text_input.
+    const absl::Status s = Build(*params, ctx);
+    SY_FUZZ_CHECK(!absl::StartsWith(s.message(), "text:") &&
+                      !absl::StartsWith(s.message(), "text,"),
+                  s.ToString());
   }
   // The response echoes the request's id.
   sy::GenerationResult result;
@@ -145,15 +162,16 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   // is what matters.
   google::protobuf::SetLogHandler([](google::protobuf::LogLevel, const char*, int,
                                      const std::string&) {});
-  Context(false);
-  Context(true);
+  for (bool tight : {false, true}) {
+    for (bool with_tokenizer : {false, true}) Context(tight, with_tokenizer);
+  }
   return 0;
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   const uint8_t select = data[0];
-  const sy::ValidationContext& ctx = Context((select & 2) != 0);
+  const sy::ValidationContext& ctx = Context((select & 2) != 0, (select & 4) != 0);
   if ((select & 1) == 0) {
     SwitchyardRequest(data + 1, size - 1, ctx);
   } else {

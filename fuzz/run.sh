@@ -5,6 +5,8 @@
 #   fuzz/run.sh [SECONDS_PER_TARGET]      (default 15)
 #
 # Environment:
+#   FUZZ_BUILD     build directory (default build-fuzz; launch/sanitize.sh fuzz uses build-asan,
+#                  whose tests are built with the same flags)
 #   FUZZ_TARGETS   space-separated subset of the targets (default: all four)
 #   FUZZ_TIMEOUT   per-input timeout in seconds (default 10)
 #   FUZZ_JOBS      build parallelism (default 2)
@@ -28,32 +30,17 @@ if ! [[ "$SECONDS_PER_TARGET" =~ ^[0-9]+$ ]] || [ "$SECONDS_PER_TARGET" -lt 1 ];
   exit 2
 fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUILD="$ROOT/build-fuzz"
+BUILD="${FUZZ_BUILD:-$ROOT/build-fuzz}"
 TARGETS=(${FUZZ_TARGETS:-safetensors_fuzzer config_fuzzer placement_fuzzer request_fuzzer})
 TIMEOUT="${FUZZ_TIMEOUT:-10}"
 JOBS="${FUZZ_JOBS:-2}"
 
 # Every object of the tree gets the instrumentation (the libraries under test most of all);
 # only the fuzzer binaries link libFuzzer's main (-fsanitize=fuzzer, see fuzz/CMakeLists.txt).
-# _GLIBCXX_ASSERTIONS bounds-checks std::vector/std::string indexing.
-# SWITCHYARD_CUDA=OFF: nvcc takes none of these flags and no target needs CUDA.
-# SWITCHYARD_BUILD_TESTS stays ON (its default): with OFF the configure fails
-# (tests/CMakeLists.txt links serve_e2e_test to GTest::gmock whatever the option says); the test
-# targets are only defined, never built, since only the fuzz targets are.
-FLAGS="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all"
-FLAGS+=" -fno-omit-frame-pointer -D_GLIBCXX_ASSERTIONS"
-
-mkdir -p "$BUILD"
-cmake -S "$ROOT" -B "$BUILD" -G Ninja \
-  -DSWITCHYARD_FUZZ=ON -DSWITCHYARD_CUDA=OFF -DSWITCHYARD_NATIVE=OFF \
-  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g" -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g" \
-  -DCMAKE_C_FLAGS="$FLAGS" -DCMAKE_CXX_FLAGS="$FLAGS" >"$BUILD/fuzz-configure.log" 2>&1 || {
-  cat "$BUILD/fuzz-configure.log" >&2
-  echo "fuzz/run.sh: configure failed" >&2
-  exit 2
-}
+# The flags: launch/sanitizers/configure.sh (asan).
+cd "$ROOT"
+source launch/sanitizers/configure.sh
+configure_sanitized asan "$BUILD" || exit 2
 if ! cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}"; then
   echo "fuzz/run.sh: build failed" >&2
   exit 2

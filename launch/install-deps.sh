@@ -10,6 +10,7 @@ PACKAGES=(
   libsentencepiece-dev nlohmann-json3-dev libcli11-dev libssl-dev libspdlog-dev
   libopenmpi-dev openmpi-bin
   python3 python3-grpcio python3-protobuf python3-numpy
+  clang libclang-rt-14-dev libomp-14-dev llvm-14
 )
 
 missing=()

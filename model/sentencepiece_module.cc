@@ -4,6 +4,73 @@
 
 #include "model/sentencepiece_shim.h"
 
+#ifdef SY_SANITIZED_BUILD
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <new>
+
+// Sanitizer builds only (see OpenModule in sentencepiece_shim.cc). Deep-bound, this module's
+// and SentencePiece's calls to operator new/delete would reach libstdc++'s, which allocate
+// with malloc; the program frees the vectors and strings it gets from here with the runtime's
+// operator delete, and AddressSanitizer would report every one as an alloc-dealloc mismatch
+// (it does, with clang's runtime linked into the executable). These definitions come first in
+// the deep-bound scope and forward to the definitions the program itself uses: the first in
+// the main program's search order (the sanitizer runtime's).
+namespace {
+template <typename Fn>
+Fn ProgramSymbol(const char* name) {
+  static void* program = dlopen(nullptr, RTLD_NOW);
+  void* fn = program != nullptr ? dlsym(program, name) : nullptr;
+  if (fn == nullptr) std::abort();  // the runtime always defines them
+  return reinterpret_cast<Fn>(fn);
+}
+}  // namespace
+
+void* operator new(std::size_t n) {
+  static auto fn = ProgramSymbol<void* (*)(std::size_t)>("_Znwm");
+  return fn(n);
+}
+void* operator new[](std::size_t n) {
+  static auto fn = ProgramSymbol<void* (*)(std::size_t)>("_Znam");
+  return fn(n);
+}
+void* operator new(std::size_t n, const std::nothrow_t& t) noexcept {
+  static auto fn = ProgramSymbol<void* (*)(std::size_t, const std::nothrow_t&)>(
+      "_ZnwmRKSt9nothrow_t");
+  return fn(n, t);
+}
+void* operator new[](std::size_t n, const std::nothrow_t& t) noexcept {
+  static auto fn = ProgramSymbol<void* (*)(std::size_t, const std::nothrow_t&)>(
+      "_ZnamRKSt9nothrow_t");
+  return fn(n, t);
+}
+void operator delete(void* p) noexcept {
+  static auto fn = ProgramSymbol<void (*)(void*)>("_ZdlPv");
+  fn(p);
+}
+void operator delete[](void* p) noexcept {
+  static auto fn = ProgramSymbol<void (*)(void*)>("_ZdaPv");
+  fn(p);
+}
+void operator delete(void* p, std::size_t n) noexcept {
+  static auto fn = ProgramSymbol<void (*)(void*, std::size_t)>("_ZdlPvm");
+  fn(p, n);
+}
+void operator delete[](void* p, std::size_t n) noexcept {
+  static auto fn = ProgramSymbol<void (*)(void*, std::size_t)>("_ZdaPvm");
+  fn(p, n);
+}
+void operator delete(void* p, const std::nothrow_t& t) noexcept {
+  static auto fn = ProgramSymbol<void (*)(void*, const std::nothrow_t&)>("_ZdlPvRKSt9nothrow_t");
+  fn(p, t);
+}
+void operator delete[](void* p, const std::nothrow_t& t) noexcept {
+  static auto fn = ProgramSymbol<void (*)(void*, const std::nothrow_t&)>("_ZdaPvRKSt9nothrow_t");
+  fn(p, t);
+}
+#endif  // SY_SANITIZED_BUILD
+
 namespace {
 
 using switchyard::internal::SentencePieceApi;

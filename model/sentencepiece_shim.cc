@@ -12,6 +12,24 @@ namespace {
 
 constexpr char kModuleName[] = "libsy_sentencepiece_module.so";
 
+#ifdef SY_SANITIZED_BUILD
+// Sanitizer builds. The sanitizer runtimes refuse dlopen(RTLD_DEEPBIND) outright: a
+// deep-bound library usually reaches libc's malloc or libstdc++'s operator new before the
+// runtime's, and then frees memory on a heap other than the one it came from
+// (github.com/google/sanitizers/issues/611). The module is built with the same sanitizer flags
+// and, in those builds, routes every operator new/delete of its deep-bound scope (its own and
+// SentencePiece's) to the runtime's (sentencepiece_module.cc); SentencePiece's direct
+// malloc/free calls stay paired within it. dlmopen(LM_ID_BASE) loads into the main namespace
+// exactly as dlopen does, without passing through that check.
+void* OpenModule(const char* path) {
+  return dlmopen(LM_ID_BASE, path, RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+}
+#else
+void* OpenModule(const char* path) {
+  return dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+}
+#endif
+
 std::vector<std::string> Candidates() {
   std::vector<std::string> paths;
   if (const char* env = std::getenv("SWITCHYARD_SPM_MODULE")) paths.push_back(env);
@@ -32,7 +50,7 @@ const SentencePieceApi* LoadModule(std::string* error) {
   std::call_once(once, [] {
     std::string tried;
     for (const std::string& path : Candidates()) {
-      void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+      void* handle = OpenModule(path.c_str());
       if (handle == nullptr) {
         tried += (tried.empty() ? "" : "; ") + std::string(dlerror());
         continue;

@@ -16,6 +16,16 @@
 #include <string>
 #include <vector>
 
+// SY_SANITIZED_BUILD: built with AddressSanitizer or ThreadSanitizer (GCC or clang), whose
+// runtimes change how the module may be loaded (sentencepiece_shim.cc, sentencepiece_module.cc).
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define SY_SANITIZED_BUILD 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define SY_SANITIZED_BUILD 1
+#endif
+#endif
+
 namespace switchyard::internal {
 
 // The functions the module exports (through sy_spm_api()). Plain C++ types only: the module

@@ -292,13 +292,16 @@ def rows(long_prompt, over_context_prompt):
     add("plain", M, ser(infer(params={"stop": ("string_param", "q" * 65)})),
         "stop string of 65 bytes", INVALID, "stop[0]:")
     add("plain", M, ser(infer(text="w" * 20000)), "text_input of 20,000 bytes", INVALID,
-        "text:")
+        "text_input:")
+    add("plain", M, ser(infer(text=long_prompt)),
+        f"text_input of {len(long_prompt)} bytes that tokenizes past the 1024-token context",
+        INVALID, "text_input:")
     add("plain", M, ser(infer(text="w" * 5_000_000)), "text_input of 5,000,000 bytes (> 4 MiB)",
         EXHAUSTED)
     add("plain", M, ser(infer(text=b"The jury \xff\xfe", params={"max_tokens": ("int64_param", 4)})),
-        "text_input bytes \"The jury \\xff\\xfe\" (invalid UTF-8 in a BYTES tensor)", OK,
-        note="accepted: a BYTES tensor is not checked for UTF-8; the tokenizer reads each "
-             "invalid byte as U+FFFD")
+        "text_input bytes \"The jury \\xff\\xfe\" (invalid UTF-8 in a BYTES tensor)", INVALID,
+        "text_input:", note="a BYTES tensor may hold any bytes, but a prompt must be text: "
+                            "refused as switchyard.v1 refuses a string that is not UTF-8")
     add("plain", M, field_bytes(1, b"brown-moe\xff"), "model_name \"brown-moe\\xff\" (invalid UTF-8)",
         INVALID, "request:")
     add("plain", M, b"\x2a\x07\x0a\x0atext_input", "inputs[0] whose length runs past the end",
@@ -356,8 +359,8 @@ def rows(long_prompt, over_context_prompt):
     add("auth", "/grpc.health.v1.Health/Check", b"", "Health/Check, no token (stays open)", OK)
     add("auth", "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         field_bytes(7, b""), "reflection list_services, no --expose-reflection", UNIMPL,
-        note="gRPC's own UNIMPLEMENTED with no message: the method is in the linked descriptors, "
-             "so the interceptor does not name it as an unknown method")
+        "unknown method /grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo: server "
+        "reflection is off")
     # -- a checkpoint without tokenizer.model ------------------------------------------------
     add("noTok", C, ser(pb.GenerateRequest(text="hello", max_tokens=2)),
         "text \"hello\" (no tokenizer.model)", INVALID, "text:")
@@ -368,7 +371,7 @@ def rows(long_prompt, over_context_prompt):
     add("noTok", SY + "Detokenize", ser(pb.DetokenizeRequest(token_ids=[5])),
         "Detokenize (no tokenizer.model)", PRECONDITION, "Detokenize:")
     add("noTok", M, ser(infer(model_name="model", text="hello")),
-        "ModelInfer text_input \"hello\" (no tokenizer.model)", INVALID, "text:")
+        "ModelInfer text_input \"hello\" (no tokenizer.model)", INVALID, "text_input:")
     return R
 
 

@@ -118,10 +118,13 @@ absl::Status DistributedWorker::RunStep(const StepPlan& plan, StepResult* result
 absl::Status DistributedWorker::SendResults() {
   const size_t tok_bytes = local_result_.next_tokens.size() * sizeof(int32_t);
   const size_t logit_bytes = local_result_.logits.size() * sizeof(float);
+  if (tok_bytes + logit_bytes == 0) return absl::OkStatus();  // no sequence ends here
   message_.resize(tok_bytes + logit_bytes);
-  std::memcpy(message_.data(), local_result_.next_tokens.data(), tok_bytes);
-  std::memcpy(message_.data() + tok_bytes, local_result_.logits.data(), logit_bytes);
-  if (message_.empty()) return absl::OkStatus();
+  // An empty vector's data() may be null, which memcpy may not receive even for 0 bytes.
+  if (tok_bytes > 0) std::memcpy(message_.data(), local_result_.next_tokens.data(), tok_bytes);
+  if (logit_bytes > 0) {
+    std::memcpy(message_.data() + tok_bytes, local_result_.logits.data(), logit_bytes);
+  }
   return world_->Send(message_.data(), message_.size(), 0, kResultTag);
 }
 
@@ -171,7 +174,8 @@ absl::Status DistributedWorker::CollectResults(const StepPlan& plan, StepResult*
       if (plan.seqs[i].dp_rank != dp) continue;
       result->next_tokens[i] = tokens[k++];
       const size_t r = result->logits_rows[i];
-      std::memcpy(&result->logits[static_cast<size_t>(result->logits_offset[i]) * V],
+      if (r == 0) continue;  // no logits asked for (its offset may be the end of the buffer)
+      std::memcpy(result->logits.data() + static_cast<size_t>(result->logits_offset[i]) * V,
                   logits + row * V, r * V * sizeof(float));
       row += r;
     }

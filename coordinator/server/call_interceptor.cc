@@ -54,6 +54,16 @@ grpc::Status UnparsableStatus(const std::string& type) {
                                    "UTF-8: send such text as token ids, or to KServe as a BYTES tensor)"));
 }
 
+// UNIMPLEMENTED's message for a method whose service the binary links but does not serve.
+std::string NotOfferedMessage(const char* method) {
+  if (std::strncmp(method, "/grpc.reflection.", 17) == 0) {
+    return absl::StrCat("unknown method ", method,
+                        ": server reflection is off because --auth-token-file is set (it "
+                        "cannot check the token); serve with --expose-reflection to offer it");
+  }
+  return absl::StrCat("unknown method ", method, ": this server does not offer its service");
+}
+
 class CallInterceptor final : public grpc::experimental::Interceptor {
  public:
   CallInterceptor(grpc::experimental::ServerRpcInfo* info, const ServingContext* ctx)
@@ -98,6 +108,10 @@ class CallInterceptor final : public grpc::experimental::Interceptor {
                                                  std::string(authorized_.message())));
         } else if (unparsed_) {
           methods->ModifySendStatus(UnparsableStatus(type));
+        } else {
+          // A method linked into the binary whose service this server does not offer.
+          methods->ModifySendStatus(grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
+                                                 NotOfferedMessage(info_->method())));
         }
       }
       if (logged_) LogAccess(methods->GetSendStatus());

@@ -693,6 +693,8 @@ TEST_F(AuthTest, HealthNeedsNoTokenAndReflectionIsOffUnlessExposed) {
   std::vector<std::string> services;
   grpc::Status s = ListServicesByReflection(channel_, &services);
   EXPECT_EQ(s.error_code(), StatusCode::UNIMPLEMENTED) << s.error_message();
+  EXPECT_THAT(s.error_message(), testing::StartsWith("unknown method /grpc.reflection."));
+  EXPECT_THAT(s.error_message(), HasSubstr("serve with --expose-reflection"));
   // ...unless exposed on purpose.
   ServingFrontEnd::Options o = DefaultOptions();
   o.auth_token = "s3cret-token";

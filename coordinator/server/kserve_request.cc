@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "google/protobuf/stubs/common.h"
 #include "common/status_macros.h"
 #include "coordinator/finish_reason.h"
 #include "coordinator/server/proto_convert.h"
@@ -125,6 +126,14 @@ absl::StatusOr<std::string> ReadPrompt(const inference::ModelInferRequest& reque
     prompt = input.contents().bytes_contents(0);
   }
   if (prompt.empty()) return Invalid(kKServeInput, "the prompt is empty");
+  // The same check protobuf makes of switchyard.v1's string fields, so both APIs refuse the
+  // same bytes (a BYTES tensor may carry any bytes; a prompt must be text).
+  const int valid = google::protobuf::internal::UTF8SpnStructurallyValid(prompt);
+  if (static_cast<size_t>(valid) < prompt.size()) {
+    return Invalid(kKServeInput,
+                   absl::StrCat("the prompt is not valid UTF-8 (at byte ", valid, " of ",
+                                prompt.size(), "); send text as UTF-8"));
+  }
   return prompt;
 }
 
@@ -164,6 +173,7 @@ absl::StatusOr<GenerationParams> ParseModelInferRequest(const inference::ModelIn
     }
   }
   GenerationParams params;
+  params.text_field = kKServeInput;
   ASSIGN_OR_RETURN(params.text, ReadPrompt(request));
   RETURN_IF_ERROR(ReadParameters(request, &params));
   return params;

@@ -214,6 +214,30 @@ TEST_F(KServeTest, BadRequestsAreInvalidArgumentNamingTheField) {
   EXPECT_TRUE(fake_.submitted().empty());
 }
 
+// Refusals of the prompt name KServe's input, text_input, never switchyard.v1's `text`.
+TEST_F(KServeTest, PromptRefusalsNameTheInputTextInput) {
+  ModelInferResponse resp;
+  // Not UTF-8 (0xc3 starts a two-byte character; '(' cannot continue it).
+  grpc::Status s = Infer(TextInfer(std::string("caf\xc3(", 5)), &resp);
+  EXPECT_EQ(s.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(s.error_message(),
+            "text_input: the prompt is not valid UTF-8 (at byte 3 of 5); send text as UTF-8");
+  // Longer than the context can hold, refused before tokenizing.
+  const int64_t limit =
+      int64_t{config_->max_position_embeddings} * tokenizer_->max_piece_bytes();
+  s = Infer(TextInfer(std::string(limit + 1, 'a')), &resp);
+  EXPECT_EQ(s.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(),
+              testing::StartsWith(absl::StrCat("text_input: ", limit + 1, " bytes; the model's")));
+  // Fills the context once tokenized (within the byte bound).
+  std::string words;
+  while (words.size() < 4 * static_cast<size_t>(config_->max_position_embeddings)) words += " jury";
+  s = Infer(TextInfer(words), &resp);
+  EXPECT_EQ(s.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), testing::StartsWith("text_input: "));
+  EXPECT_TRUE(fake_.submitted().empty());
+}
+
 TEST_F(KServeTest, UnsupportedRpcsAreUnimplemented) {
   grpc::ClientContext c1;
   inference::RepositoryModelLoadRequest load;

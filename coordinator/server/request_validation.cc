@@ -86,12 +86,14 @@ absl::StatusOr<std::pair<std::vector<int32_t>, std::string>> PromptIds(
                      has_text ? "both" : "neither (token_ids is empty)"));
   }
   if (has_text) {
-    if (p.text->empty()) return Invalid("text", "the prompt is empty");
+    const std::string field(p.text_field);
+    if (p.text->empty()) return Invalid(field, "the prompt is empty");
     if (ctx.tokenizer == nullptr) {
-      return Invalid("text", "the model has no tokenizer.model; send token_ids");
+      return Invalid(field, field == "text" ? "the model has no tokenizer.model; send token_ids"
+                                            : "the model has no tokenizer.model, so no text prompts");
     }
-    RETURN_IF_ERROR(CheckPromptBytes(p.text->size(), ctx));
-    return std::make_pair(ctx.tokenizer->Encode(*p.text, /*add_bos=*/true), std::string("text"));
+    RETURN_IF_ERROR(CheckPromptBytes(p.text->size(), ctx, field));
+    return std::make_pair(ctx.tokenizer->Encode(*p.text, /*add_bos=*/true), field);
   }
   RETURN_IF_ERROR(ValidateTokenIds(p.token_ids, ctx.config->vocab_size, "token_ids"));
   return std::make_pair(p.token_ids, std::string("token_ids"));
@@ -105,10 +107,11 @@ int64_t MaxPromptBytes(const ValidationContext& ctx) {
   return int64_t{ctx.config->max_position_embeddings} * std::max(piece, 1);
 }
 
-absl::Status CheckPromptBytes(size_t bytes, const ValidationContext& ctx) {
+absl::Status CheckPromptBytes(size_t bytes, const ValidationContext& ctx,
+                              const std::string& field) {
   const int64_t limit = MaxPromptBytes(ctx);
   if (static_cast<int64_t>(std::min<size_t>(bytes, INT64_MAX)) <= limit) return absl::OkStatus();
-  return Invalid("text", absl::StrCat(bytes, " bytes; the model's context of ",
+  return Invalid(field, absl::StrCat(bytes, " bytes; the model's context of ",
                                       ctx.config->max_position_embeddings,
                                       " tokens holds at most ", limit, " bytes of text"));
 }

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -25,6 +26,9 @@ namespace switchyard {
 struct GenerationParams {
   std::string model;                // empty: the served model
   std::optional<std::string> text;  // exactly one of text and token_ids
+  // The name the client's API gives the text prompt, for refusals ("text" in switchyard.v1,
+  // "text_input" in KServe v2); a string with static storage.
+  std::string_view text_field = "text";
   std::vector<int32_t> token_ids;
   std::optional<int64_t> max_tokens;  // default ValidationLimits::default_max_tokens
   std::optional<double> temperature;  // default 0 (greedy)
@@ -67,9 +71,11 @@ absl::StatusOr<GenerateRequest> BuildGenerateRequest(const GenerationParams& par
 
 // The most bytes a text prompt may have (ValidationLimits::max_prompt_bytes, resolved).
 int64_t MaxPromptBytes(const ValidationContext& ctx);
-// kInvalidArgument naming `text` when a text prompt of `bytes` is over MaxPromptBytes: cheap,
-// so the front end calls it before copying or tokenizing anything.
-absl::Status CheckPromptBytes(size_t bytes, const ValidationContext& ctx);
+// kInvalidArgument naming `field` (the API's name of the text prompt) when a text prompt of
+// `bytes` is over MaxPromptBytes: cheap, so the front end calls it before copying or
+// tokenizing anything.
+absl::Status CheckPromptBytes(size_t bytes, const ValidationContext& ctx,
+                              const std::string& field = "text");
 
 // Checks that every id is in [0, vocab). Error: kInvalidArgument naming `field`[i].
 absl::Status ValidateTokenIds(const std::vector<int32_t>& ids, int vocab, const std::string& field);

@@ -70,10 +70,10 @@ void ServingContext::set_failed(const absl::Status& why) {
   draining_.store(true);
 }
 
-absl::Status ServingContext::CheckText(size_t bytes) const {
+absl::Status ServingContext::CheckText(size_t bytes, const std::string& field) const {
   if (bytes >= (256 << 10)) large_requests_.fetch_add(1, std::memory_order_relaxed);
   if (args_.tokenizer == nullptr) return absl::OkStatus();
-  return CheckPromptBytes(bytes, validation_);
+  return CheckPromptBytes(bytes, validation_, field);
 }
 
 RequestBuilder ServingContext::Builder(GenerationParams params) const {

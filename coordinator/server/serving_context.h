@@ -70,10 +70,10 @@ class ServingContext {
   // Validates and tokenizes `params` when run (on pool()).
   RequestBuilder Builder(GenerationParams params) const;
   // Every text that arrives passes here first, before it is copied or tokenized: kInvalid
-  // argument naming `text` when it is longer than the context can hold (CheckPromptBytes;
-  // OK when the model has no tokenizer, whose refusal names that instead). A large text is
-  // counted, refused or not: see large_requests().
-  absl::Status CheckText(size_t bytes) const;
+  // argument naming `field` (the API's name of the text) when it is longer than the context
+  // can hold (CheckPromptBytes; OK when the model has no tokenizer, whose refusal names that
+  // instead). A large text is counted, refused or not: see large_requests().
+  absl::Status CheckText(size_t bytes, const std::string& field = "text") const;
   // Requests seen so far with a text of 256 KiB or more. Their buffers are freed on gRPC and
   // pool threads, whose heap glibc keeps; the serve loop trims the heap (malloc_trim) when
   // this count moves, so memory returns to its steady size.
