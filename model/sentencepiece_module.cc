@@ -15,60 +15,56 @@
 // with malloc; the program frees the vectors and strings it gets from here with the runtime's
 // operator delete, and AddressSanitizer would report every one as an alloc-dealloc mismatch
 // (it does, with clang's runtime linked into the executable). These definitions come first in
-// the deep-bound scope and forward to the definitions the program itself uses: the first in
-// the main program's search order (the sanitizer runtime's).
+// the deep-bound scope and forward to the scalar and array new/delete the program itself uses:
+// the first in the main program's search order (the sanitizer runtime's).
 namespace {
-template <typename Fn>
-Fn ProgramSymbol(const char* name) {
-  static void* program = dlopen(nullptr, RTLD_NOW);
-  void* fn = program != nullptr ? dlsym(program, name) : nullptr;
-  if (fn == nullptr) std::abort();  // the runtime always defines them
-  return reinterpret_cast<Fn>(fn);
+struct ProgramOperators {
+  void* (*scalar_new)(std::size_t);
+  void* (*array_new)(std::size_t);
+  void (*scalar_delete)(void*);
+  void (*array_delete)(void*);
+};
+
+const ProgramOperators& Program() {
+  // dlopen/dlsym allocate with malloc, never operator new: no recursion into this.
+  static const ProgramOperators ops = [] {
+    void* program = dlopen(nullptr, RTLD_NOW);
+    auto symbol = [program](const char* name) {
+      void* fn = program != nullptr ? dlsym(program, name) : nullptr;
+      if (fn == nullptr) std::abort();  // the runtime always defines them
+      return fn;
+    };
+    return ProgramOperators{reinterpret_cast<void* (*)(std::size_t)>(symbol("_Znwm")),
+                            reinterpret_cast<void* (*)(std::size_t)>(symbol("_Znam")),
+                            reinterpret_cast<void (*)(void*)>(symbol("_ZdlPv")),
+                            reinterpret_cast<void (*)(void*)>(symbol("_ZdaPv"))};
+  }();
+  return ops;
+}
+
+void* NoThrow(void* (*allocate)(std::size_t), std::size_t n) noexcept {
+  try {
+    return allocate(n);
+  } catch (...) {
+    return nullptr;
+  }
 }
 }  // namespace
 
-void* operator new(std::size_t n) {
-  static auto fn = ProgramSymbol<void* (*)(std::size_t)>("_Znwm");
-  return fn(n);
+void* operator new(std::size_t n) { return Program().scalar_new(n); }
+void* operator new[](std::size_t n) { return Program().array_new(n); }
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
+  return NoThrow(Program().scalar_new, n);
 }
-void* operator new[](std::size_t n) {
-  static auto fn = ProgramSymbol<void* (*)(std::size_t)>("_Znam");
-  return fn(n);
+void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {
+  return NoThrow(Program().array_new, n);
 }
-void* operator new(std::size_t n, const std::nothrow_t& t) noexcept {
-  static auto fn = ProgramSymbol<void* (*)(std::size_t, const std::nothrow_t&)>(
-      "_ZnwmRKSt9nothrow_t");
-  return fn(n, t);
-}
-void* operator new[](std::size_t n, const std::nothrow_t& t) noexcept {
-  static auto fn = ProgramSymbol<void* (*)(std::size_t, const std::nothrow_t&)>(
-      "_ZnamRKSt9nothrow_t");
-  return fn(n, t);
-}
-void operator delete(void* p) noexcept {
-  static auto fn = ProgramSymbol<void (*)(void*)>("_ZdlPv");
-  fn(p);
-}
-void operator delete[](void* p) noexcept {
-  static auto fn = ProgramSymbol<void (*)(void*)>("_ZdaPv");
-  fn(p);
-}
-void operator delete(void* p, std::size_t n) noexcept {
-  static auto fn = ProgramSymbol<void (*)(void*, std::size_t)>("_ZdlPvm");
-  fn(p, n);
-}
-void operator delete[](void* p, std::size_t n) noexcept {
-  static auto fn = ProgramSymbol<void (*)(void*, std::size_t)>("_ZdaPvm");
-  fn(p, n);
-}
-void operator delete(void* p, const std::nothrow_t& t) noexcept {
-  static auto fn = ProgramSymbol<void (*)(void*, const std::nothrow_t&)>("_ZdlPvRKSt9nothrow_t");
-  fn(p, t);
-}
-void operator delete[](void* p, const std::nothrow_t& t) noexcept {
-  static auto fn = ProgramSymbol<void (*)(void*, const std::nothrow_t&)>("_ZdaPvRKSt9nothrow_t");
-  fn(p, t);
-}
+void operator delete(void* p) noexcept { Program().scalar_delete(p); }
+void operator delete[](void* p) noexcept { Program().array_delete(p); }
+void operator delete(void* p, std::size_t) noexcept { Program().scalar_delete(p); }
+void operator delete[](void* p, std::size_t) noexcept { Program().array_delete(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { Program().scalar_delete(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { Program().array_delete(p); }
 #endif  // SY_SANITIZED_BUILD
 
 namespace {

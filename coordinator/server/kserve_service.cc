@@ -101,7 +101,8 @@ grpc::ServerUnaryReactor* KServeService::ModelInfer(grpc::CallbackServerContext*
   absl::StatusOr<GenerationParams> params = ParseModelInferRequest(*request, ctx_->model_name());
   if (!params.ok()) return Done(call, params.status());
   if (params->text.has_value()) {
-    if (absl::Status s = ctx_->CheckText(params->text->size(), kKServeInput); !s.ok()) return Done(call, s);
+    absl::Status s = ctx_->CheckText(params->text->size(), kKServeInput);
+    if (!s.ok()) return Done(call, s);
   }
   // `request` and `response` stay valid until the call is finished, after `fill` ran.
   return StartUnaryGeneration(

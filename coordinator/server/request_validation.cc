@@ -89,8 +89,9 @@ absl::StatusOr<std::pair<std::vector<int32_t>, std::string>> PromptIds(
     const std::string field(p.text_field);
     if (p.text->empty()) return Invalid(field, "the prompt is empty");
     if (ctx.tokenizer == nullptr) {
-      return Invalid(field, field == "text" ? "the model has no tokenizer.model; send token_ids"
-                                            : "the model has no tokenizer.model, so no text prompts");
+      return Invalid(field, field == "text"
+                                ? "the model has no tokenizer.model; send token_ids"
+                                : "the model has no tokenizer.model, so no text prompts");
     }
     RETURN_IF_ERROR(CheckPromptBytes(p.text->size(), ctx, field));
     return std::make_pair(ctx.tokenizer->Encode(*p.text, /*add_bos=*/true), field);
