@@ -25,6 +25,7 @@
 #include "common/log.h"
 #include "common/progress.h"
 #include "common/status_macros.h"
+#include "common/steady_time.h"
 
 namespace switchyard {
 namespace {
@@ -58,13 +59,6 @@ void CopyText(char (&dst)[N], const std::string& src) {
 template <size_t N>
 std::string ReadText(const char (&src)[N]) {
   return std::string(src, strnlen(src, N));
-}
-
-// A steady clock as absl::Time, so that durations compose with absl's arithmetic and a
-// change of the wall clock never looks like silence.
-absl::Time SteadyNow() {
-  return absl::UnixEpoch() +
-         absl::FromChrono(std::chrono::steady_clock::now().time_since_epoch());
 }
 
 // The first IPv4 address of an interface that is up and not loopback (for a job that spans

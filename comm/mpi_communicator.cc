@@ -12,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "comm/job_failure.h"
 #include "common/status_macros.h"
+#include "common/steady_time.h"
 
 namespace switchyard {
 namespace {
@@ -204,7 +205,7 @@ absl::Status MpiCommunicator::Wait(Pending& p, absl::string_view op, absl::Time 
   std::vector<MPI_Status> statuses(n);
   int spins = 0;
   absl::Duration sleep = kFirstSleep;
-  absl::Time progress = absl::Now();
+  absl::Time progress = SteadyNow();
   // Whom this rank waits for, for the liveness channel's progress check: the first peer with
   // a request still outstanding.
   auto mark = [&] {
@@ -244,12 +245,12 @@ absl::Status MpiCommunicator::Wait(Pending& p, absl::string_view op, absl::Time 
       mark();
       spins = 0;
       sleep = kFirstSleep;
-      progress = absl::Now();
+      progress = SteadyNow();
       continue;
     }
     // Another thread (the liveness channel) learned that the job cannot go on.
     if (JobFailed()) return Fail(JobFailure());
-    const absl::Time now = absl::Now();
+    const absl::Time now = SteadyNow();
     if (now >= deadline) return DeadlineError(p, op);
     if (++spins < kSpins) continue;
     if (now - progress < kYieldWindow) {
@@ -331,7 +332,7 @@ absl::Status MpiCommunicator::AllToAllVImpl(absl::string_view op, const void* se
   }
   const char* s = static_cast<const char*>(send);
   char* r = static_cast<char*>(recv);
-  const absl::Time deadline = absl::Now() + options_.timeout;
+  const absl::Time deadline = SteadyNow() + options_.timeout;
   Pending p;
   // Receives first, so that sends find them posted; peers in a rotated order so that not
   // every rank talks to rank 0 first.
@@ -385,7 +386,7 @@ absl::Status MpiCommunicator::Send(const void* data, size_t bytes, int peer, int
   constexpr absl::string_view op = "Send";
   RETURN_IF_ERROR(CheckUsable(op));
   RETURN_IF_ERROR(CheckPeer(op, name_, rank_, size_, peer, tag));
-  const absl::Time deadline = absl::Now() + options_.timeout;
+  const absl::Time deadline = SteadyNow() + options_.timeout;
   Pending p;
   RETURN_IF_ERROR(PostSend(p, op, data, bytes, peer, tag));
   return Wait(p, op, deadline);
@@ -395,7 +396,7 @@ absl::Status MpiCommunicator::Recv(void* data, size_t bytes, int peer, int tag) 
   constexpr absl::string_view op = "Recv";
   RETURN_IF_ERROR(CheckUsable(op));
   RETURN_IF_ERROR(CheckPeer(op, name_, rank_, size_, peer, tag));
-  const absl::Time deadline = absl::Now() + options_.timeout;
+  const absl::Time deadline = SteadyNow() + options_.timeout;
   Pending p;
   RETURN_IF_ERROR(PostRecv(p, op, data, bytes, peer, tag));
   return Wait(p, op, deadline);
@@ -405,7 +406,7 @@ absl::Status MpiCommunicator::Broadcast(void* data, size_t bytes, int root) {
   constexpr absl::string_view op = "Broadcast";
   RETURN_IF_ERROR(CheckUsable(op));
   RETURN_IF_ERROR(CheckRoot(op, name_, size_, root));
-  const absl::Time deadline = absl::Now() + options_.timeout;
+  const absl::Time deadline = SteadyNow() + options_.timeout;
   Pending p;
   if (rank_ == root) {
     for (int i = 1; i < size_; ++i) {
@@ -421,7 +422,7 @@ absl::Status MpiCommunicator::Gather(const void* send, size_t bytes, void* recv,
   constexpr absl::string_view op = "Gather";
   RETURN_IF_ERROR(CheckUsable(op));
   RETURN_IF_ERROR(CheckRoot(op, name_, size_, root));
-  const absl::Time deadline = absl::Now() + options_.timeout;
+  const absl::Time deadline = SteadyNow() + options_.timeout;
   Pending p;
   if (rank_ == root) {
     char* r = static_cast<char*>(recv);
@@ -442,7 +443,7 @@ absl::Status MpiCommunicator::Barrier() { return BarrierImpl("Barrier"); }
 // has not arrived is named by rank 0; the others can only name rank 0.
 absl::Status MpiCommunicator::BarrierImpl(absl::string_view op) {
   RETURN_IF_ERROR(CheckUsable(op));
-  const absl::Time deadline = absl::Now() + options_.timeout;
+  const absl::Time deadline = SteadyNow() + options_.timeout;
   char token = 0;
   if (rank_ == 0) {
     {

@@ -9,6 +9,7 @@
 #include "absl/time/clock.h"
 #include "comm/job_failure.h"
 #include "common/status_macros.h"
+#include "common/steady_time.h"
 
 namespace switchyard {
 namespace {
@@ -224,7 +225,7 @@ std::string NcclCommunicator::Describe(absl::string_view op, int peer) const {
 }
 
 absl::Status NcclCommunicator::WaitReady(ncclComm_t comm, absl::string_view op) {
-  const absl::Time deadline = absl::Now() + options_.timeout;
+  const absl::Time deadline = SteadyNow() + options_.timeout;
   Backoff backoff;
   for (;;) {
     ncclResult_t state = ncclSuccess;
@@ -240,7 +241,7 @@ absl::Status NcclCommunicator::WaitReady(ncclComm_t comm, absl::string_view op) 
       if (comm != comm_) ncclCommAbort(comm);
       return Fail(JobFailure());
     }
-    if (absl::Now() > deadline) {
+    if (SteadyNow() > deadline) {
       const std::string msg = absl::StrCat(Describe(op, -1), " did not complete within ",
                                            absl::FormatDuration(options_.timeout),
                                            ": a peer did not take part (NCCL does not say which)");
@@ -252,7 +253,7 @@ absl::Status NcclCommunicator::WaitReady(ncclComm_t comm, absl::string_view op) 
 }
 
 absl::Status NcclCommunicator::Wait(absl::string_view op, int peer) {
-  const absl::Time deadline = absl::Now() + options_.timeout;
+  const absl::Time deadline = SteadyNow() + options_.timeout;
   Backoff backoff;
   for (;;) {
     ncclResult_t state = ncclSuccess;
@@ -270,7 +271,7 @@ absl::Status NcclCommunicator::Wait(absl::string_view op, int peer) {
       }
     }
     if (JobFailed()) return Fail(JobFailure());  // aborts the NCCL communicator
-    if (absl::Now() > deadline) {
+    if (SteadyNow() > deadline) {
       return Fail(absl::DeadlineExceededError(absl::StrCat(
           Describe(op, peer), " did not complete within ", absl::FormatDuration(options_.timeout),
           peer >= 0 ? ": the peer did not take part"
