@@ -24,11 +24,13 @@
 #include "cli/run_flags.h"
 #include "comm/job_failure.h"
 #include "comm/liveness.h"
+#include "common/host_port.h"
 #include "common/log.h"
 #include "common/status_macros.h"
 #include "coordinator/model_session.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/server/front_end.h"
+#include "coordinator/server/serving_metrics.h"
 #include "worker/distributed_executor.h"
 
 namespace switchyard::cli {
@@ -45,6 +47,10 @@ struct ServeArgs {
   int max_message_bytes = 4 << 20;
   std::string model_name;
   std::string port_file;
+  std::string http_listen;
+  std::string http_port_file;
+  int http_threads = 64;
+  int metrics_pair_ranks = 64;
   int kv_blocks = 0;
   std::string kv_memory = "1GiB";
   int block_size = 16;
@@ -89,35 +95,10 @@ ClusterStatusInfo ToClusterStatus(const std::vector<RankStatus>& ranks, const Mo
   return info;
 }
 
-
-// "host:port" or "[v6]:port" -> host, port. Ports outside 0..65535 are refused (0: any free
-// port); gRPC would otherwise take them modulo 65536.
-absl::StatusOr<std::pair<std::string, int>> SplitListen(const std::string& listen) {
-  const size_t colon = listen.rfind(':');
-  if (colon == std::string::npos || colon == 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--listen ", listen, ": want HOST:PORT, e.g. 127.0.0.1:50051"));
-  }
-  std::string host = listen.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
-  const std::string port_text = listen.substr(colon + 1);
-  int port = -1;
-  if (!port_text.empty() && port_text.size() <= 6 &&
-      port_text.find_first_not_of("0123456789") == std::string::npos) {
-    port = std::stoi(port_text);
-  }
-  if (port < 0 || port > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat("--listen ", listen, ": port ", port_text,
-                                                   " is not in 1-65535 (0 picks a free port)"));
-  }
-  return std::make_pair(host, port);
-}
-
 // Binds (and releases) the address the server will listen on, so that a port in use is
 // reported with the system's reason before anything loads.
-absl::Status CheckBindable(const std::string& listen, const std::string& host, int port) {
+absl::Status CheckBindable(const std::string& flag, const std::string& listen,
+                           const std::string& host, int port) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -126,7 +107,7 @@ absl::Status CheckBindable(const std::string& listen, const std::string& host, i
   const std::string port_text = std::to_string(port);
   if (int rc = getaddrinfo(host.c_str(), port_text.c_str(), &hints, &found); rc != 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--listen ", listen, ": cannot resolve \"", host, "\": ", gai_strerror(rc)));
+        absl::StrCat(flag, " ", listen, ": cannot resolve \"", host, "\": ", gai_strerror(rc)));
   }
   std::unique_ptr<addrinfo, decltype(&freeaddrinfo)> guard(found, &freeaddrinfo);
   const int fd = socket(found->ai_family, found->ai_socktype | SOCK_CLOEXEC, found->ai_protocol);
@@ -138,18 +119,29 @@ absl::Status CheckBindable(const std::string& listen, const std::string& host, i
   close(fd);
   if (rc == 0) return absl::OkStatus();
   if (err == EADDRINUSE) {
-    return absl::UnavailableError(absl::StrCat(
-        "--listen ", listen, ": address already in use (another server on this port?)"));
+    return absl::UnavailableError(
+        absl::StrCat(flag, " ", listen, ": address already in use (another server on this port?)"));
   }
-  return absl::UnavailableError(absl::StrCat("--listen ", listen, ": ", std::strerror(err)));
+  return absl::UnavailableError(absl::StrCat(flag, " ", listen, ": ", std::strerror(err)));
 }
 
 // What can fail at start without loading anything, checked on rank 0 before any rank loads
 // weights: the address, the TLS files, the token file (its token goes to `*token`).
 absl::Status CheckServeFlags(const ServeArgs& a, std::string* token) {
-  ASSIGN_OR_RETURN(auto host_port, SplitListen(a.listen));
-  const auto& [host, port] = host_port;
-  RETURN_IF_ERROR(CheckBindable(a.listen, host, port));
+  ASSIGN_OR_RETURN(HostPort grpc_address, SplitHostPort(a.listen, "--listen"));
+  RETURN_IF_ERROR(CheckBindable("--listen", a.listen, grpc_address.host, grpc_address.port));
+  bool loopback = IsLoopbackHost(grpc_address.host);
+  if (!a.http_listen.empty()) {
+    ASSIGN_OR_RETURN(HostPort http_address, SplitHostPort(a.http_listen, "--http-listen"));
+    if (http_address.port != 0 && http_address.port == grpc_address.port) {
+      return absl::InvalidArgumentError(absl::StrCat("--http-listen ", a.http_listen,
+                                                     ": the same port as --listen ", a.listen,
+                                                     "; give the HTTP server a port of its own"));
+    }
+    RETURN_IF_ERROR(
+        CheckBindable("--http-listen", a.http_listen, http_address.host, http_address.port));
+    loopback = loopback && IsLoopbackHost(http_address.host);
+  }
   RETURN_IF_ERROR(CheckTlsFiles(a.tls_cert, a.tls_key, "--tls-cert", "--tls-key"));
   if (!a.tls_client_ca.empty() && a.tls_cert.empty()) {
     return absl::InvalidArgumentError(
@@ -157,7 +149,6 @@ absl::Status CheckServeFlags(const ServeArgs& a, std::string* token) {
   }
   ASSIGN_OR_RETURN(*token, ReadBearerToken(a.auth_token_file, "--auth-token-file"));
   // A token sent in plaintext across a network can be read by anyone on the path.
-  const bool loopback = host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
   if (!a.auth_token_file.empty() && a.tls_cert.empty() && !loopback) {
     spdlog::warn(
         "--auth-token-file without TLS on {}: clients send the token in plaintext over the "
@@ -199,7 +190,9 @@ int RunServe(const ServeArgs& a) {
   };
   if (absl::Status st = refresh(); !st.ok()) return Finish(s, Fail(st));
 
+  ServingMetrics metrics({.max_pair_ranks = a.metrics_pair_ranks});
   SchedulerOptions sched_opts;
+  sched_opts.observer = &metrics;
   sched_opts.max_queue = a.max_queue;
   sched_opts.max_running = a.max_running;
   sched_opts.step_token_budget = a.run.max_step_tokens;
@@ -224,15 +217,25 @@ int RunServe(const ServeArgs& a) {
                          .expose_reflection = a.expose_reflection,
                          .auth_token = token,
                          .max_message_bytes = a.max_message_bytes,
-                         .model_name = name});
+                         .model_name = name,
+                         .http_listen = a.http_listen,
+                         .http_threads = a.http_threads,
+                         .metrics = &metrics});
   if (absl::Status st = front.Start(); !st.ok()) return Finish(s, Fail(st));
   scheduler.Start();
   front.SetReady(true);
+  // The HTTP port file first: a script waiting for --port-file then finds both.
+  if (!a.http_port_file.empty()) {
+    std::ofstream(a.http_port_file) << front.http_bound_port() << "\n";
+  }
   if (!a.port_file.empty()) {
     std::ofstream(a.port_file) << front.bound_port() << "\n";
   }
   spdlog::info("serving {} on port {} ({} ranks: ep {} x pp {}), {:.2f} s after start", name,
                front.bound_port(), s.world_size, ep, pp, SecondsSinceStart());
+  if (front.http_bound_port() != 0) {
+    spdlog::info("HTTP (/health, /metrics) on port {}", front.http_bound_port());
+  }
 
   // Wait for a signal or a failed cluster. After requests with large texts (refused or
   // tokenized), give the heap glibc keeps on the gRPC and pool threads back to the system,
@@ -324,6 +327,19 @@ void RegisterServe(CLI::App& app, Action* action) {
       ->check(CLI::Range(1024, 1 << 30));
   cmd->add_option("--model-name", a.model_name, "Name clients use (default: the folder name)");
   cmd->add_option("--port-file", a.port_file, "Write the bound port to this file once ready");
+  cmd->add_option("--http-listen", a.http_listen,
+                  "Also serve HTTP (/health, /metrics) on host:port (port 0 picks one); TLS "
+                  "with --tls-cert/--tls-key; off unless given");
+  cmd->add_option("--http-port-file", a.http_port_file,
+                  "Write the bound HTTP port to this file once ready (before --port-file)");
+  cmd->add_option("--http-threads", a.http_threads, "HTTP connections served at once")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  cmd->add_option("--metrics-pair-ranks", a.metrics_pair_ranks,
+                  "Export the rank x rank dispatched-bytes matrix as one series per pair up to "
+                  "this world size (per-rank totals beyond)")
+      ->check(CLI::Range(0, 1 << 16))
+      ->capture_default_str();
   cmd->add_option("--kv-blocks", a.kv_blocks,
                   "KV-cache blocks per data-parallel rank (0: sized by --kv-memory)")
       ->check(CLI::Range(0, 1 << 30));

@@ -61,6 +61,36 @@ struct SchedulerStats {
   bool failed = false;  // the executor failed: every request now gets kUnavailable
 };
 
+// What one step did, as the scheduler reports it to its observer.
+struct StepRecord {
+  double seconds = 0;      // the executor's step, plan to result
+  int prefill_tokens = 0;  // prompt tokens the step ran
+  int decode_tokens = 0;   // generated tokens the step fed back
+};
+
+// One request's life, reported once when it ends (finished, cancelled or failed). Times in
+// seconds from Submit; a negative value: the request never got there.
+struct RequestTimings {
+  double queue_seconds = -1;        // Submit -> admitted to the running batch (KV reserved)
+  double first_token_seconds = -1;  // Submit -> first generated token (time to first token)
+  double total_seconds = 0;         // Submit -> its final event
+  FinishReason finish_reason = FinishReason::kLength;
+  bool failed = false;  // ended with an error (the cluster failed, a drain ran out)
+  int prompt_tokens = 0;
+  int completion_tokens = 0;
+};
+
+// Receives the scheduler's timings (the serving metrics implement it). Called on the
+// scheduler thread; must be cheap and must not block.
+class SchedulerObserver {
+ public:
+  virtual ~SchedulerObserver() = default;
+  virtual void OnStep(const StepRecord& step) = 0;
+  // The time between two consecutive generated tokens of one request (inter-token latency).
+  virtual void OnTokenGap(double seconds) = 0;
+  virtual void OnRequestEnd(const RequestTimings& timings) = 0;
+};
+
 class GenerationQueue {
  public:
   virtual ~GenerationQueue() = default;

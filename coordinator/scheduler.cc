@@ -1,11 +1,16 @@
 #include "coordinator/scheduler.h"
 
 #include <algorithm>
+#include <chrono>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
 
 namespace switchyard {
+namespace {
+using Clock = std::chrono::steady_clock;
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+}  // namespace
 
 struct Scheduler::Sequence {
   RequestId id = 0;
@@ -19,6 +24,8 @@ struct Scheduler::Sequence {
   std::string text;    // generated text so far (truncated at a stop string)
   size_t emitted = 0;  // bytes of `text` already sent
   bool done = false;
+  // For the observer: when Submit took it, when it was admitted and its last token came.
+  Clock::time_point submitted, admitted, first_token, last_token;
 
   int prompt_len() const { return static_cast<int>(req.prompt_ids.size()); }
   bool prefilling() const { return prefilled < prompt_len(); }
@@ -73,6 +80,7 @@ absl::StatusOr<RequestId> Scheduler::Submit(GenerateRequest request,
     }
   }
   auto seq = std::make_unique<Sequence>();
+  seq->submitted = Clock::now();
   seq->req = std::move(request);
   seq->sink = std::move(sink);
   if (tokenizer_ != nullptr) seq->detok.emplace(tokenizer_, seq->req.prompt_ids);  // else ids only
@@ -141,6 +149,17 @@ void Scheduler::Finish(Sequence* s, FinishReason reason, absl::Status error, Req
   ev.prompt_tokens = s->prompt_len();
   ev.completion_tokens = static_cast<int>(s->generated.size());
   if (ev.error.ok() && reason != FinishReason::kCancelled) ev.text = s->text.substr(s->emitted);
+  if (options_.observer != nullptr) {
+    const Clock::time_point none{};
+    options_.observer->OnRequestEnd(
+        {.queue_seconds = s->admitted == none ? -1 : Seconds(s->admitted - s->submitted),
+         .first_token_seconds = s->generated.empty() ? -1 : Seconds(s->first_token - s->submitted),
+         .total_seconds = Seconds(Clock::now() - s->submitted),
+         .finish_reason = reason,
+         .failed = !ev.error.ok(),
+         .prompt_tokens = ev.prompt_tokens,
+         .completion_tokens = ev.completion_tokens});
+  }
   s->sink->OnEvent(ev);
 }
 
@@ -214,6 +233,7 @@ bool Scheduler::TakeWork(std::vector<std::unique_ptr<Sequence>>* admitted) {
       }
       if (best < 0) break;  // wait for blocks to free up
       s->dp = best;
+      s->admitted = Clock::now();
       allocators_[best]->Grow(&s->blocks, tokens);
       admitted->push_back(std::move(waiting_.front()));
       waiting_.pop_front();
@@ -303,6 +323,13 @@ size_t HeldBack(const std::string& text, const std::vector<std::string>& stops) 
 }  // namespace
 
 std::optional<FinishReason> Scheduler::Append(Sequence* s, int32_t token, RequestEvent* ev) {
+  const Clock::time_point now = Clock::now();
+  if (s->generated.empty()) {
+    s->first_token = now;
+  } else if (options_.observer != nullptr) {
+    options_.observer->OnTokenGap(Seconds(now - s->last_token));
+  }
+  s->last_token = now;
   s->generated.push_back(token);
   ev->token_ids.push_back(token);
   if (s->req.stop_at_eos && token == config_.eos_token_id) {
@@ -386,14 +413,21 @@ void Scheduler::Loop() {
       continue;
     }
     BuildPlan();
+    const Clock::time_point step_start = Clock::now();
     absl::Status st = executor_->Execute(plan_, &result_);
     if (!st.ok()) {
       FailAll(st);
       break;
     }
+    const double step_seconds = Seconds(Clock::now() - step_start);
     int64_t prompt = 0, generated = 0;
     for (size_t i = 0; i < plan_.seqs.size(); ++i) {
       (plan_seqs_[i]->prefilling() ? prompt : generated) += plan_.seqs[i].num_tokens;
+    }
+    if (options_.observer != nullptr) {
+      options_.observer->OnStep({.seconds = step_seconds,
+                                 .prefill_tokens = static_cast<int>(prompt),
+                                 .decode_tokens = static_cast<int>(generated)});
     }
     ApplyResult();
     std::erase_if(running_, [](const std::unique_ptr<Sequence>& s) { return s->done; });

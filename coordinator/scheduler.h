@@ -51,6 +51,8 @@ struct SchedulerOptions {
   int max_stop_strings = 8;
   int max_stop_length = 64;
   absl::Duration heartbeat = absl::Seconds(1);  // idle liveness round (distributed jobs)
+  // Borrowed, outlives the scheduler; receives step and request timings. Null: none.
+  SchedulerObserver* observer = nullptr;
 };
 
 class Scheduler : public GenerationQueue {

@@ -8,6 +8,7 @@ PACKAGES=(
   libabsl-dev libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libgtest-dev libgmock-dev libbenchmark-dev
   libsentencepiece-dev nlohmann-json3-dev libcli11-dev libssl-dev libspdlog-dev
+  libcpp-httplib-dev prometheus-cpp-dev prometheus
   libopenmpi-dev openmpi-bin
   python3 python3-grpcio python3-protobuf python3-numpy
   clang libclang-rt-14-dev libomp-14-dev llvm-14

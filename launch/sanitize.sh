@@ -69,14 +69,15 @@ tsan)
   # are found and its synchronisation is not mistaken for races.
   archer=/usr/lib/llvm-14/lib/libarcher.so
   [ -f "$archer" ] && export OMP_TOOL_LIBRARIES="$archer"
-  # server_test without the suites that serve over gRPC (ServingTest, AuthTest, KServeTest,
-  # KServeGeneratedBase):
+  # server_test without the suites that serve over gRPC or HTTP (ServingTest, AuthTest,
+  # KServeTest, KServeGeneratedBase, HttpTest; cpp-httplib's thread pool is not instrumented
+  # either):
   # Debian's gRPC is not instrumented and hands each call's reactor and interceptor from one
   # of its threads to the next through its own completion queue (atomics and absl::Mutex
   # inside libgrpc), which ThreadSanitizer cannot see, so every access to a call's state is
   # reported (hundreds of reports, all on that hand-off). A suppression broad enough to
   # silence them would match every stack of the front end, ours included; docs/reliability.md.
-  server_filter='RequestValidationTest.*:FinishReasonProto.*:CheckTlsFiles.*:KServeRequest.*:WorkPool.*'
+  server_filter='RequestValidationTest.*:FinishReasonProto.*:CheckTlsFiles.*:KServeRequest.*:WorkPool.*:ServingMetrics.*'
   for t in "${targets[@]}"; do
     bin="$(find build-tsan -type f -name "$t" -perm -u+x | head -1)"
     echo "== $t (ThreadSanitizer)"

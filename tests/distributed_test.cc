@@ -194,6 +194,32 @@ TEST_P(DistributedEquality, MatchesSingleRank) {
       ASSERT_TRUE(local.Score(tokens, [&](int a, int r, const float* l) { pb.Add(a, r, l); }).ok());
       EXPECT_NEAR(pa.perplexity(), pb.perplexity(), pb.perplexity() * 1e-4);
     }
+    // The status every rank reports: its compute/wait split, and the bytes its expert
+    // dispatcher sent, only ever to the other EP ranks of its own stage.
+    auto status = s.executor->CollectStatus();
+    ASSERT_TRUE(status.ok()) << status.status();
+    ASSERT_EQ(static_cast<int>(status->size()), WorldSize());
+    for (const RankStatus& r : *status) {
+      SCOPED_TRACE(absl::StrCat("rank ", r.world_rank));
+      EXPECT_GT(r.compute_seconds, 0);
+      EXPECT_GE(r.wait_seconds, 0);
+      if (layout.pp > 1 || layout.ep > 1) {
+        EXPECT_GT(r.wait_seconds, 0);
+      }
+      ASSERT_EQ(static_cast<int>(r.dispatch_bytes_sent.size()), WorldSize());
+      uint64_t to_stage = 0;
+      for (int dst = 0; dst < WorldSize(); ++dst) {
+        const bool same_stage = dst / layout.ep == r.stage;
+        if (dst == r.world_rank || !same_stage) {
+          EXPECT_EQ(r.dispatch_bytes_sent[dst], 0u) << "to rank " << dst;
+        } else {
+          to_stage += r.dispatch_bytes_sent[dst];
+        }
+      }
+      if (layout.ep > 1) {
+        EXPECT_GT(to_stage, 0u);
+      }
+    }
     ASSERT_TRUE(s.Shutdown().ok());
   }
 }

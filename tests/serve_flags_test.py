@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """`serve` refuses bad flags with a message naming the flag, before any rank loads weights:
-ports outside 1-65535, an address in use (with the system's reason), a TLS key that does not
+ports outside 1-65535, an address in use (with the system's reason; --listen and
+--http-listen alike), a TLS key that does not
 match its certificate, one TLS file without the other; under mpirun only rank 0 says so.
 `serve --help` shows every default.
 
@@ -44,6 +45,12 @@ msg = refused("--listen", f"127.0.0.1:{port}")
 assert msg == f"--listen 127.0.0.1:{port}: address already in use (another server on this port?)", msg
 msg = refused("--listen", f"127.0.0.1:{port}", np=2)
 assert "address already in use" in msg, msg
+# The HTTP listener's address is checked the same way, by its own flag's name.
+msg = refused("--listen", "127.0.0.1:0", "--http-listen", f"127.0.0.1:{port}")
+assert msg == f"--http-listen 127.0.0.1:{port}: address already in use (another server on this port?)", msg
+assert refused("--http-listen", "127.0.0.1:70000").startswith("--http-listen 127.0.0.1:70000: port")
+msg = refused("--listen", "127.0.0.1:50999", "--http-listen", "127.0.0.1:50999")
+assert msg.startswith("--http-listen 127.0.0.1:50999: the same port as --listen"), msg
 assert refused("--tls-cert", crt, "--tls-key", other).startswith(
     f"--tls-key: the private key in {other} does not match the certificate in {crt}")
 assert refused("--tls-cert", crt) == "--tls-cert and --tls-key: give both PEM files, or neither"

@@ -2,6 +2,7 @@
 // the EP group, the head on the host.
 #include <memory>
 
+#include "comm/metered_communicator.h"
 #include "worker/expert_parallel_moe.h"
 #include "worker/stage_backend.h"
 #include "worker/step_head.h"
@@ -15,7 +16,8 @@ class CpuStageBackend final : public StageBackend {
                   const KvCacheShape& kv, const ForwardLimits& limits)
       : weights_(weights),
         kv_(kv),
-        moe_(weights, ep_group, std::move(routing), limits.max_tokens),
+        ep_group_(ep_group),
+        moe_(weights, &ep_group_, std::move(routing), limits.max_tokens),
         forward_(weights, &kv_, &moe_, limits),
         head_(weights.config().vocab_size),
         hidden_(static_cast<size_t>(limits.max_tokens) * weights.config().hidden_size) {
@@ -48,6 +50,7 @@ class CpuStageBackend final : public StageBackend {
   const std::vector<std::vector<int64_t>>& expert_token_counts() const override {
     return moe_.dispatcher().expert_token_counts();
   }
+  const CommMeter& dispatch_meter() const override { return ep_group_.meter(); }
 
  private:
   float* Row(int row0) {
@@ -56,6 +59,7 @@ class CpuStageBackend final : public StageBackend {
 
   const ModelWeights& weights_;
   PagedKvCache kv_;
+  MeteredCommunicator ep_group_;  // the dispatcher's group, counted
   ExpertParallelMoe moe_;
   ShardForward forward_;
   StepHead head_;

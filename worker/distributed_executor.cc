@@ -1,5 +1,7 @@
 #include "worker/distributed_executor.h"
 
+#include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -18,6 +20,25 @@ struct PlanHeader {
 };
 
 constexpr int kResultTag = 900;  // activations use the micro-batch index as tag
+
+int64_t SteadyNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Adds the time from construction to destruction to `*total`.
+class AddElapsed {
+ public:
+  explicit AddElapsed(int64_t* total) : total_(total), start_(SteadyNs()) {}
+  ~AddElapsed() { *total_ += SteadyNs() - start_; }
+  AddElapsed(const AddElapsed&) = delete;
+  AddElapsed& operator=(const AddElapsed&) = delete;
+
+ private:
+  int64_t* total_;
+  int64_t start_;
+};
 
 }  // namespace
 
@@ -84,6 +105,7 @@ void DistributedWorker::SelectLocal(const StepPlan& plan) {
 
 absl::Status DistributedWorker::RunStep(const StepPlan& plan, StepResult* result) {
   ++steps_;
+  AddElapsed step_time(&step_ns_);
   // With one data-parallel index every sequence is local (ValidatePlan): no copy.
   if (shape_.ep > 1) SelectLocal(plan);
   const StepPlan& local = shape_.ep > 1 ? local_ : plan;
@@ -100,10 +122,12 @@ absl::Status DistributedWorker::RunStep(const StepPlan& plan, StepResult* result
     if (first) {
       RETURN_IF_ERROR(backend_->Embed(local.tokens.data() + mb.row0, mb.rows, mb.row0));
     } else if (mb.rows > 0) {
+      AddElapsed waiting(&link_wait_ns_);
       RETURN_IF_ERROR(stage_link_->Recv(backend_->hidden_rows(mb.row0), bytes, prev, m));
     }
     RETURN_IF_ERROR(backend_->RunLayers(micro_batch_, local.block_tables.data(), mb.row0));
     if (!last && mb.rows > 0) {
+      AddElapsed waiting(&link_wait_ns_);
       RETURN_IF_ERROR(stage_link_->Send(backend_->hidden_rows(mb.row0), bytes, next, m));
     }
   }
@@ -125,6 +149,7 @@ absl::Status DistributedWorker::SendResults() {
   if (logit_bytes > 0) {
     std::memcpy(message_.data() + tok_bytes, local_result_.logits.data(), logit_bytes);
   }
+  AddElapsed waiting(&link_wait_ns_);
   return world_->Send(message_.data(), message_.size(), 0, kResultTag);
 }
 
@@ -164,6 +189,7 @@ absl::Status DistributedWorker::CollectResults(const StepPlan& plan, StepResult*
     } else {
       message_.resize(tok_bytes + rows * V * sizeof(float));
       if (!message_.empty()) {
+        AddElapsed waiting(&link_wait_ns_);
         RETURN_IF_ERROR(world_->Recv(message_.data(), message_.size(), source, kResultTag));
       }
       tokens = reinterpret_cast<const int32_t*>(message_.data());
@@ -184,13 +210,20 @@ absl::Status DistributedWorker::CollectResults(const StepPlan& plan, StepResult*
 }
 
 absl::StatusOr<std::vector<RankStatus>> DistributedWorker::GatherStatus() {
-  // Fixed-size record per rank: a header, then per (layer, expert) of the whole model the
-  // routed-token count and whether this rank holds the expert.
+  // Fixed-size record per rank: a header; per (layer, expert) of the whole model the
+  // routed-token count and whether this rank holds the expert; per world rank the bytes the
+  // expert dispatcher sent there.
   const ModelConfig& cfg = weights_.config();
-  const size_t LE = static_cast<size_t>(cfg.num_hidden_layers) * cfg.num_local_experts;
-  const size_t words = 9 + 2 * LE;
+  const int E = cfg.num_local_experts;
+  const size_t LE = static_cast<size_t>(cfg.num_hidden_layers) * E;
+  const int world = shape_.ep * shape_.pp;
+  constexpr size_t kHeader = 11;
+  const size_t tokens_at = kHeader, held_at = kHeader + LE, sent_at = kHeader + 2 * LE;
+  const size_t words = sent_at + world;
   std::vector<int64_t> mine(words, 0);
   const ShardSpec& spec = weights_.spec();
+  const CommMeter& dispatch = backend_->dispatch_meter();
+  const int64_t wait_ns = link_wait_ns_ + dispatch.wait_ns;
   mine[0] = shape_.world_rank;
   mine[1] = shape_.stage();
   mine[2] = shape_.ep_rank();
@@ -200,16 +233,18 @@ absl::StatusOr<std::vector<RankStatus>> DistributedWorker::GatherStatus() {
   mine[6] = static_cast<int64_t>(backend_->kv_bytes());
   mine[7] = steps_;
   mine[8] = (spec.has_embedding ? 1 : 0) | (spec.has_head ? 2 : 0);
+  mine[9] = std::max<int64_t>(0, step_ns_ - wait_ns);
+  mine[10] = wait_ns;
   const auto& counts = backend_->expert_token_counts();
   for (int l = spec.layer_begin; l < spec.layer_end; ++l) {
-    for (int e = 0; e < cfg.num_local_experts; ++e) {
-      mine[9 + l * cfg.num_local_experts + e] = counts[l][e];
-    }
-    for (int e : spec.local_experts[l - spec.layer_begin]) {
-      mine[9 + LE + l * cfg.num_local_experts + e] = 1;
-    }
+    for (int e = 0; e < E; ++e) mine[tokens_at + l * E + e] = counts[l][e];
+    for (int e : spec.local_experts[l - spec.layer_begin]) mine[held_at + l * E + e] = 1;
   }
-  const int world = shape_.ep * shape_.pp;
+  // The dispatcher's group is this stage's EP ranks: group rank p is world rank (stage, p).
+  for (size_t p = 0; p < dispatch.sent_bytes.size(); ++p) {
+    mine[sent_at + shape_.WorldRank(shape_.stage(), static_cast<int>(p))] =
+        static_cast<int64_t>(dispatch.sent_bytes[p]);
+  }
   std::vector<int64_t> all(shape_.world_rank == 0 ? words * world : 0);
   RETURN_IF_ERROR(world_->Gather(mine.data(), words * sizeof(int64_t), all.data(), 0));
   std::vector<RankStatus> out;
@@ -227,16 +262,19 @@ absl::StatusOr<std::vector<RankStatus>> DistributedWorker::GatherStatus() {
     st.steps = rec[7];
     st.has_embedding = (rec[8] & 1) != 0;
     st.has_head = (rec[8] & 2) != 0;
+    st.compute_seconds = static_cast<double>(rec[9]) * 1e-9;
+    st.wait_seconds = static_cast<double>(rec[10]) * 1e-9;
     for (int l = st.layer_begin; l < st.layer_end; ++l) {
       std::vector<int> held;
-      std::vector<int64_t> tokens(cfg.num_local_experts);
-      for (int e = 0; e < cfg.num_local_experts; ++e) {
-        tokens[e] = rec[9 + l * cfg.num_local_experts + e];
-        if (rec[9 + LE + l * cfg.num_local_experts + e] != 0) held.push_back(e);
+      std::vector<int64_t> tokens(E);
+      for (int e = 0; e < E; ++e) {
+        tokens[e] = rec[tokens_at + l * E + e];
+        if (rec[held_at + l * E + e] != 0) held.push_back(e);
       }
       st.experts.push_back(std::move(held));
       st.expert_tokens.push_back(std::move(tokens));
     }
+    st.dispatch_bytes_sent.assign(rec + sent_at, rec + sent_at + world);
     out.push_back(std::move(st));
   }
   return out;

@@ -106,6 +106,8 @@ class DistributedWorker {
   std::unique_ptr<StageBackend> backend_;
   KvPoolOptions kv_;
   int64_t steps_ = 0;
+  int64_t step_ns_ = 0;       // inside RunStep
+  int64_t link_wait_ns_ = 0;  // inside the stage link and result exchanges of RunStep
   ProgressMeter* progress_ = nullptr;
   // Per-step state, reused.
   StepPlan local_;

@@ -25,6 +25,14 @@ struct RankStatus {
   // expert_tokens[l - layer_begin][expert]: tokens this rank's router sent to that expert
   // since start (empty in a footprint).
   std::vector<std::vector<int64_t>> expert_tokens;
+  // Time inside forward steps since start, split into computing and waiting on peers (inside
+  // communication: the expert dispatcher's exchanges, the stage link, the results). The
+  // straggler is the rank that waits least while the others wait for it. 0 in a footprint.
+  double compute_seconds = 0;
+  double wait_seconds = 0;
+  // dispatch_bytes_sent[world rank]: bytes of token rows (and returned partial sums) this
+  // rank's expert dispatcher sent there since start; empty in a footprint.
+  std::vector<uint64_t> dispatch_bytes_sent;
 };
 
 }  // namespace switchyard

@@ -20,6 +20,7 @@
 
 #include "absl/status/status.h"
 #include "comm/expert_dispatcher.h"
+#include "comm/metered_communicator.h"
 #include "model/weights.h"
 #include "worker/kv_cache.h"
 #include "worker/shard_forward.h"
@@ -50,6 +51,9 @@ class StageBackend {
   virtual uint64_t kv_bytes() const = 0;
   // Routed tokens per (layer, expert) this rank's router chose since start.
   virtual const std::vector<std::vector<int64_t>>& expert_token_counts() const = 0;
+  // What the expert dispatcher's group has done since start: time this rank waited inside
+  // its operations and bytes sent per EP rank (comm/metered_communicator.h).
+  virtual const CommMeter& dispatch_meter() const = 0;
 };
 
 // The CPU backend: ShardForward over the shard's layers, KV in host memory, the MoE through

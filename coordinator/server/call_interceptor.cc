@@ -4,12 +4,10 @@
 #include <google/protobuf/stubs/logging.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <mutex>
 #include <optional>
-#include <random>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -17,6 +15,7 @@
 #include "absl/strings/str_replace.h"
 #include "common/log.h"
 #include "coordinator/server/grpc_status.h"
+#include "coordinator/server/request_id.h"
 #include "coordinator/server/serving_context.h"
 #include "switchyard/v1/switchyard.pb.h"
 
@@ -32,18 +31,6 @@ std::string RequestType(const char* method) {
   absl::StrReplaceAll({{"/", "."}}, &name);
   const auto* m = google::protobuf::DescriptorPool::generated_pool()->FindMethodByName(name);
   return m == nullptr ? std::string() : m->input_type()->full_name();
-}
-
-// A request id a client may choose: printable ASCII without spaces, at most 128 bytes.
-bool ValidRequestId(grpc::string_ref id) {
-  if (id.empty() || id.size() > 128) return false;
-  return std::all_of(id.begin(), id.end(), [](char c) { return c > ' ' && c < 127; });
-}
-
-std::string NewRequestId() {
-  static const uint64_t process = std::random_device{}() ^ (uint64_t{std::random_device{}()} << 32);
-  static std::atomic<uint64_t> counter{0};
-  return absl::StrFormat("%016x-%x", process, counter.fetch_add(1) + 1);
 }
 
 // INVALID_ARGUMENT for bytes that do not parse as `type` (a message's full name).
@@ -79,7 +66,8 @@ class CallInterceptor final : public grpc::experimental::Interceptor {
       const auto& metadata = *methods->GetRecvInitialMetadata();
       authorized_ = ctx_->AuthorizeMetadata(metadata);
       auto it = metadata.find("x-request-id");
-      request_id_ = it != metadata.end() && ValidRequestId(it->second)
+      request_id_ = it != metadata.end() &&
+                            ValidRequestId(std::string_view(it->second.data(), it->second.size()))
                         ? std::string(it->second.data(), it->second.size())
                         : NewRequestId();
     }
@@ -148,9 +136,11 @@ class CallInterceptor final : public grpc::experimental::Interceptor {
     if (first_message_.has_value() && status.ok()) {
       ttft = absl::StrFormat(" first_response_ms=%.1f", Ms(*first_message_ - start_).count());
     }
+    const std::string code = StatusCodeName(status.error_code());
+    ctx_->metrics()->CountRequest("grpc", method_, code);
     spdlog::info("access: id={} peer={} method={} status={}{}{} total_ms={:.1f}", request_id_,
-                 info_->server_context()->peer(), method_, StatusCodeName(status.error_code()),
-                 counts, ttft, Ms(now - start_).count());
+                 info_->server_context()->peer(), method_, code, counts, ttft,
+                 Ms(now - start_).count());
   }
 
   grpc::experimental::ServerRpcInfo* const info_;

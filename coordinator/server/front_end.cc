@@ -3,7 +3,6 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
-
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -15,8 +14,10 @@
 #include "common/files.h"
 #include "common/status_macros.h"
 #include "coordinator/server/call_interceptor.h"
+#include "coordinator/server/http_front_end.h"
 #include "coordinator/server/kserve_service.h"
 #include "coordinator/server/serving_context.h"
+#include "coordinator/server/serving_metrics.h"
 #include "coordinator/server/switchyard_service.h"
 
 namespace switchyard {
@@ -125,14 +126,16 @@ ServingFrontEnd::ServingFrontEnd(GenerationQueue* queue, const Tokenizer* tokeni
                                  std::function<ClusterStatusInfo()> cluster_status,
                                  ServingTopology topology, Options options)
     : options_(std::move(options)),
-      context_(std::make_unique<ServingContext>(
-          ServingContextArgs{.queue = queue,
-                             .tokenizer = tokenizer,
-                             .config = config,
-                             .model_name = options_.model_name,
-                             .topology = topology,
-                             .cluster_status = std::move(cluster_status),
-                             .auth_token = options_.auth_token})),
+      owned_metrics_(options_.metrics == nullptr ? std::make_unique<ServingMetrics>() : nullptr),
+      context_(std::make_unique<ServingContext>(ServingContextArgs{
+          .queue = queue,
+          .tokenizer = tokenizer,
+          .config = config,
+          .model_name = options_.model_name,
+          .topology = topology,
+          .cluster_status = std::move(cluster_status),
+          .auth_token = options_.auth_token,
+          .metrics = options_.metrics != nullptr ? options_.metrics : owned_metrics_.get()})),
       switchyard_service_(std::make_unique<SwitchyardService>(context_.get())),
       kserve_service_(std::make_unique<KServeService>(context_.get())) {}
 
@@ -172,6 +175,21 @@ absl::Status ServingFrontEnd::Start() {
         absl::StrCat("cannot listen on ", options_.listen,
                      ": the address is in use, not local, or malformed (want host:port)"));
   }
+  if (!options_.http_listen.empty()) {
+    auto http = std::make_unique<HttpFrontEnd>(
+        context_.get(),
+        HttpFrontEnd::Options{.listen = options_.http_listen,
+                              .tls_cert = options_.tls_cert,
+                              .tls_key = options_.tls_key,
+                              .tls_client_ca = options_.tls_client_ca,
+                              .max_body_bytes = static_cast<size_t>(options_.max_message_bytes),
+                              .threads = options_.http_threads});
+    if (absl::Status st = http->Start(); !st.ok()) {
+      server->Shutdown();
+      return st;
+    }
+    http_ = std::move(http);
+  }
   server_ = std::move(server);
   bound_port_ = port;
   SetHealthLocked(false);  // the default health service starts out SERVING
@@ -205,6 +223,7 @@ void ServingFrontEnd::Fail(const absl::Status& why) {
 
 void ServingFrontEnd::Shutdown(absl::Time deadline) {
   grpc::Server* server = nullptr;
+  HttpFrontEnd* http = nullptr;
   {
     std::lock_guard lock(mu_);
     context_->set_draining();
@@ -215,13 +234,20 @@ void ServingFrontEnd::Shutdown(absl::Time deadline) {
       health->Shutdown();
     }
     server = server_.get();
+    http = http_.get();
   }
   // Blocks until every call finished; calls still running at the deadline are cancelled.
   server->Shutdown(absl::ToChronoTime(deadline));
   server->Wait();
+  if (http != nullptr) http->Stop();
 }
 
 uint64_t ServingFrontEnd::large_requests() const { return context_->large_requests(); }
+
+int ServingFrontEnd::http_bound_port() const {
+  std::lock_guard lock(mu_);
+  return http_ == nullptr ? 0 : http_->bound_port();
+}
 
 int ServingFrontEnd::bound_port() const {
   std::lock_guard lock(mu_);

@@ -39,7 +39,9 @@ class Server;
 
 namespace switchyard {
 
+class HttpFrontEnd;
 class ServingContext;
+class ServingMetrics;
 class SwitchyardService;
 class KServeService;
 
@@ -68,6 +70,14 @@ class ServingFrontEnd {
     std::string auth_token;           // bearer token; empty: no authentication
     int max_message_bytes = 4 << 20;  // largest request accepted
     std::string model_name;           // the served model's name (required)
+    // host:port of the HTTP server (/health, /metrics; coordinator/server/http_front_end.h),
+    // with the same TLS files; empty: no HTTP server. Its bodies are limited to
+    // max_message_bytes.
+    std::string http_listen;
+    int http_threads = 64;  // HTTP connections served at once
+    // Where requests are counted and the scheduler's timings go (borrowed, outlives the
+    // front end); null: the front end keeps its own.
+    ServingMetrics* metrics = nullptr;
   };
 
   // `queue` and `tokenizer` are borrowed and must outlive the front end. `cluster_status` is
@@ -81,10 +91,11 @@ class ServingFrontEnd {
   ServingFrontEnd(const ServingFrontEnd&) = delete;
   ServingFrontEnd& operator=(const ServingFrontEnd&) = delete;
 
-  // Starts serving, with health NOT_SERVING until SetReady(true). Errors: kInvalidArgument
-  // naming the option (model_name, max_message_bytes, tls_cert/tls_key given alone);
-  // kNotFound naming an unreadable TLS file; kUnavailable naming the address when it cannot
-  // be bound (in use, bad address); kFailedPrecondition when already started.
+  // Starts serving (gRPC, and HTTP with http_listen), with health NOT_SERVING until
+  // SetReady(true). Errors: kInvalidArgument naming the option (model_name,
+  // max_message_bytes, tls_cert/tls_key given alone, http_listen); kNotFound naming an
+  // unreadable TLS file; kUnavailable naming the address when it cannot be bound (in use,
+  // bad address); kFailedPrecondition when already started.
   absl::Status Start();
 
   // Health SERVING (and generation admitted) when true and not draining; NOT_SERVING when
@@ -105,6 +116,8 @@ class ServingFrontEnd {
 
   // The port bound by Start (the chosen one for port 0); 0 before Start.
   int bound_port() const;
+  // The HTTP server's port; 0 before Start or without http_listen.
+  int http_bound_port() const;
 
   // Requests seen so far with a large text (ServingContext::CheckText): when it moves, the
   // caller trims the heap once the burst is over.
@@ -114,9 +127,11 @@ class ServingFrontEnd {
   void SetHealthLocked(bool serving);
 
   const Options options_;
+  const std::unique_ptr<ServingMetrics> owned_metrics_;  // when options_.metrics is null
   const std::unique_ptr<ServingContext> context_;
   const std::unique_ptr<SwitchyardService> switchyard_service_;
   const std::unique_ptr<KServeService> kserve_service_;
+  std::unique_ptr<HttpFrontEnd> http_;  // GUARDED_BY(mu_); null without http_listen
 
   mutable std::mutex mu_;
   std::unique_ptr<grpc::Server> server_;  // GUARDED_BY(mu_)

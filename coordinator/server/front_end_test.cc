@@ -548,6 +548,10 @@ TEST_F(ServingTest, GetClusterStatus) {
   EXPECT_EQ(r1.weight_bytes(), 1001);
   EXPECT_EQ(r1.kv_bytes(), 2001);
   EXPECT_EQ(r1.steps(), 31);
+  EXPECT_EQ(r1.compute_seconds(), 2.25);
+  EXPECT_EQ(r1.wait_seconds(), 1.5);
+  EXPECT_THAT(r1.dispatch_bytes_sent(), testing::ElementsAre(700, 0));
+  EXPECT_THAT(st.ranks(0).dispatch_bytes_sent(), testing::ElementsAre(0, 800));
   ASSERT_EQ(st.expert_token_counts_size(), 2);
   EXPECT_THAT(st.expert_token_counts(0).tokens(), testing::ElementsAre(1, 2, 3, 4, 5, 6, 7, 8));
   EXPECT_EQ(st.expert_token_counts(1).tokens(7), 9);

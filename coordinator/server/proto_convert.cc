@@ -114,6 +114,10 @@ void ClusterStatusToProto(const ClusterStatusInfo& cluster, const SchedulerStats
     rank->set_weight_bytes(r.weight_bytes);
     rank->set_kv_bytes(r.kv_bytes);
     rank->set_steps(r.steps);
+    rank->set_compute_seconds(r.compute_seconds);
+    rank->set_wait_seconds(r.wait_seconds);
+    rank->mutable_dispatch_bytes_sent()->Add(r.dispatch_bytes_sent.begin(),
+                                             r.dispatch_bytes_sent.end());
   }
   for (const std::vector<int64_t>& layer : cluster.expert_token_counts) {
     out->add_expert_token_counts()->mutable_tokens()->Add(layer.begin(), layer.end());

@@ -52,6 +52,10 @@ absl::Status ServingContext::AuthorizeMetadata(
 
 absl::Status ServingContext::AdmitGeneration(const grpc::CallbackServerContext& call) const {
   if (absl::Status s = Authorize(call); !s.ok()) return s;
+  return Readiness();
+}
+
+absl::Status ServingContext::Readiness() const {
   if (failed_.load()) {
     std::lock_guard<std::mutex> lock(failure_mu_);
     return absl::UnavailableError(absl::StrCat("the cluster failed: ", failure_));

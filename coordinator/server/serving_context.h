@@ -16,6 +16,7 @@
 #include "coordinator/server/cluster_status.h"
 #include "coordinator/server/generation_reactors.h"
 #include "coordinator/server/request_validation.h"
+#include "coordinator/server/serving_metrics.h"
 #include "coordinator/server/work_pool.h"
 #include "model/config.h"
 #include "model/tokenizer.h"
@@ -31,6 +32,7 @@ struct ServingContextArgs {
   // Called on gRPC threads, possibly concurrently; must be thread-safe. May be empty.
   std::function<ClusterStatusInfo()> cluster_status;
   std::string auth_token;  // empty: no authentication
+  ServingMetrics* metrics = nullptr;  // borrowed; outlives the context; required
 };
 
 class ServingContext {
@@ -48,6 +50,9 @@ class ServingContext {
   // Authorize, then kUnavailable "server is draining" / "server is not ready" when new
   // generation work must be refused.
   absl::Status AdmitGeneration(const grpc::CallbackServerContext& call) const;
+  // OK while serving; otherwise kUnavailable saying why: "the cluster failed: <why>",
+  // "server is draining" or "server is not ready".
+  absl::Status Readiness() const;
 
   void set_ready(bool ready) { ready_.store(ready); }
   void set_draining() { draining_.store(true); }
@@ -59,6 +64,7 @@ class ServingContext {
   bool serving() const { return ready_.load() && !draining_.load(); }
 
   GenerationQueue* queue() const { return args_.queue; }
+  ServingMetrics* metrics() const { return args_.metrics; }
   const Tokenizer* tokenizer() const { return args_.tokenizer; }  // null: token ids only
   const ModelConfig& config() const { return args_.config; }
   const std::string& model_name() const { return args_.model_name; }

@@ -150,6 +150,9 @@ class ServingTest : public testing::Test {
       row.weight_bytes = 1000 + r;
       row.kv_bytes = 2000 + r;
       row.steps = 30 + r;
+      row.compute_seconds = 1.25 + r;
+      row.wait_seconds = 0.5 + r;
+      row.dispatch_bytes_sent = {r == 0 ? 0u : 700u, r == 1 ? 0u : 800u};
       c.ranks.push_back(row);
     }
     c.expert_token_counts = {{1, 2, 3, 4, 5, 6, 7, 8}, {0, 0, 0, 0, 0, 0, 0, 9}};
