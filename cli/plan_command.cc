@@ -4,10 +4,19 @@
 //
 //   switchyard plan --model models/brown-moe --ep 2 --pp 2 [--placement FILE] [--json]
 //                   [--device-memory 80GiB]
+//   switchyard plan ... --load status.json --redundant 2 [--out placement.json]
+//
+// With --load (per-expert token counts: `switchyard client status --json`, or [[...], ...]),
+// the experts of every layer are placed by the load planner (coordinator/expert_balance.h)
+// with up to --redundant extra replicas per layer, within --device-memory; the per-layer
+// max/mean rank load of the given placement, DeepSeek's EPLB and Switchyard's planner are
+// printed side by side, and --out writes the planned placement file.
 //
 // Exit codes: 0 success; 1 runtime error (bad config or placement file, pp above the layer
 // count, a rank exceeding --device-memory); 2 usage error.
+#include <algorithm>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <string>
 
@@ -18,6 +27,8 @@
 #include "common/byte_size.h"
 #include "common/log.h"
 #include "common/progress.h"
+#include "common/status_macros.h"
+#include "coordinator/expert_balance.h"
 #include "coordinator/placement.h"
 #include "model/config.h"
 #include "model/safetensors.h"
@@ -29,8 +40,8 @@ namespace {
 using nlohmann::json;
 
 struct PlanArgs {
-  std::string model, placement, device_memory;
-  int ep = 1, pp = 1;
+  std::string model, placement, device_memory, load, out;
+  int ep = 1, pp = 1, redundant = 0;
   bool json = false;
 };
 
@@ -79,6 +90,84 @@ std::string CompactExperts(const RankStatus& f) {
   return absl::StrJoin(parts, " ");
 }
 
+// Experts of one layer each rank may hold within --device-memory: what is left after its
+// other weights, over the expert bytes of its stage's layers. Empty without the flag.
+absl::StatusOr<std::vector<int>> MemoryCapacity(const PlanArgs& a, const ModelConfig& cfg,
+                                                const PlacementPlan& base, uint64_t bpp) {
+  if (a.device_memory.empty()) return std::vector<int>();
+  ASSIGN_OR_RETURN(uint64_t limit, ParseByteSize(a.device_memory));
+  const uint64_t expert_bytes = 3ull * cfg.hidden_size * cfg.intermediate_size * bpp;  // w1, w2, w3
+  std::vector<int> capacity;
+  for (const RankStatus& f : Footprints(base, cfg, bpp)) {
+    uint64_t held = 0;
+    for (const auto& layer : f.experts) held += layer.size();
+    const uint64_t other = f.weight_bytes - held * expert_bytes;
+    const uint64_t layers = std::max(1, f.layer_end - f.layer_begin);
+    const uint64_t slots = limit > other ? (limit - other) / (expert_bytes * layers) : 0;
+    capacity.push_back(
+        static_cast<int>(std::min<uint64_t>(slots, static_cast<uint64_t>(cfg.num_local_experts))));
+  }
+  return capacity;
+}
+
+// The placement planned from --load; `balance` gets the comparison (also printed unless
+// --json).
+absl::StatusOr<PlacementPlan> PlanForLoad(const PlanArgs& a, const ModelConfig& cfg,
+                                          const PlacementPlan& base, uint64_t bpp, json* balance) {
+  ASSIGN_OR_RETURN(auto load, LoadExpertLoads(a.load, cfg));
+  ASSIGN_OR_RETURN(std::vector<int> capacity, MemoryCapacity(a, cfg, base, bpp));
+  auto eplb_plan = PlanFromLoads(base, load, a.redundant, capacity, &BalanceLayerEplb);
+  if (!eplb_plan.ok() && !a.device_memory.empty()) {
+    return absl::Status(eplb_plan.status().code(),
+                        absl::StrCat(eplb_plan.status().message(), " within --device-memory ",
+                                     a.device_memory, " (raise it, or use more ranks)"));
+  }
+  ASSIGN_OR_RETURN(PlacementPlan eplb, std::move(eplb_plan));
+  ASSIGN_OR_RETURN(PlacementPlan ours,
+                   PlanFromLoads(base, load, a.redundant, capacity, &BalanceLayer));
+  struct Row {
+    const char* name;
+    const PlacementPlan* plan;
+    double max_sum = 0, mean_sum = 0;
+    json layers = json::array();
+  };
+  std::vector<Row> rows = {{"given", &base}, {"eplb", &eplb}, {"switchyard", &ours}};
+  for (Row& row : rows) {
+    for (size_t l = 0; l < load.size(); ++l) {
+      const LayerBalance b = EvaluateLayer(load[l], row.plan->expert_ranks[l], row.plan->ep);
+      row.max_sum += b.max_load();
+      row.mean_sum += b.mean_load();
+      row.layers.push_back({{"max", b.max_load()}, {"mean", b.mean_load()}});
+    }
+  }
+  auto ratio = [](double max, double mean) { return mean > 0 ? max / mean : 1.0; };
+  *balance = {{"load", a.load}, {"redundant", a.redundant}};
+  for (const Row& row : rows) {
+    (*balance)[row.name] = {{"layers", row.layers},
+                            {"max_over_mean", ratio(row.max_sum, row.mean_sum)}};
+  }
+  if (!a.json) {
+    std::printf("expert load per rank, max / mean (1.00 is perfect balance), --redundant %d:\n",
+                a.redundant);
+    std::printf("%5s  %8s  %8s  %10s\n", "layer", "given", "eplb", "switchyard");
+    for (size_t l = 0; l < load.size(); ++l) {
+      std::printf("%5zu", l);
+      for (const Row& row : rows) {
+        const json& b = row.layers[l];
+        std::printf("  %*.2f", row.name[0] == 's' ? 10 : 8,
+                    ratio(b["max"].get<double>(), b["mean"].get<double>()));
+      }
+      std::printf("\n");
+    }
+    std::printf("%5s", "all");  // sum over layers of the max, over the sum of the means
+    for (const Row& row : rows) {
+      std::printf("  %*.2f", row.name[0] == 's' ? 10 : 8, ratio(row.max_sum, row.mean_sum));
+    }
+    std::printf("\n\n");
+  }
+  return ours;
+}
+
 int RunPlan(const PlanArgs& a) {
   auto cfg = LoadModelConfig(a.model + "/config.json");
   if (!cfg.ok()) return Fail(cfg.status());
@@ -86,6 +175,16 @@ int RunPlan(const PlanArgs& a) {
                                   : LoadPlacementFile(a.placement, *cfg, a.ep, a.pp);
   if (!plan.ok()) return Fail(plan.status());
   const StoredType stored = DetectStoredType(a.model);
+  json balance;
+  if (!a.load.empty()) {
+    auto planned = PlanForLoad(a, *cfg, *plan, stored.bytes_per_param, &balance);
+    if (!planned.ok()) return Fail(planned.status());
+    *plan = *std::move(planned);
+    if (!a.out.empty()) {
+      std::ofstream(a.out) << PlacementToJson(*plan).dump(2) << "\n";
+      if (!a.json) std::printf("placement written to %s\n\n", a.out.c_str());
+    }
+  }
   const std::vector<RankStatus> fps = Footprints(*plan, *cfg, stored.bytes_per_param);
 
   if (a.json) {
@@ -105,6 +204,7 @@ int RunPlan(const PlanArgs& a) {
               {"bytes_per_param", stored.bytes_per_param},
               {"placement", PlacementToJson(*plan)},
               {"ranks", ranks}};
+    if (!balance.is_null()) j["balance"] = balance;
     std::cout << j.dump() << "\n";
   } else {
     std::vector<std::string> stages;
@@ -116,7 +216,9 @@ int RunPlan(const PlanArgs& a) {
     std::printf("plan: --ep %d x --pp %d = %d ranks (mpirun -np %d), stages %s, placement %s\n\n",
                 plan->ep, plan->pp, plan->world_size(), plan->world_size(),
                 absl::StrJoin(stages, " ").c_str(),
-                a.placement.empty() ? "balanced default" : a.placement.c_str());
+                !a.load.empty()       ? "planned from --load"
+                : a.placement.empty() ? "balanced default"
+                                      : a.placement.c_str());
     std::printf("%4s  %5s  %7s  %-9s  %10s  %5s  %4s  %s\n", "rank", "stage", "ep rank", "layers",
                 "weights", "embed", "head", "experts");
     for (const RankStatus& f : fps) {
@@ -165,6 +267,18 @@ void RegisterPlan(CLI::App& app, Action* action) {
                   "are powers of 1000, KiB/MiB/GiB/TiB of 1024)")
       ->type_name("BYTES")
       ->check(ByteSizeCheck(/*allow_zero=*/false));
+  CLI::Option* load =
+      cmd->add_option("--load", a->load,
+                      "Per-expert load (switchyard client status --json, or [[...], ...] per "
+                      "layer): place experts to balance it")
+          ->check(CLI::ExistingFile);
+  cmd->add_option("--redundant", a->redundant,
+                  "With --load: up to this many extra expert replicas per layer")
+      ->check(CLI::Range(0, 1 << 16))
+      ->capture_default_str()
+      ->needs(load);
+  cmd->add_option("--out", a->out, "With --load: write the planned placement file here")
+      ->needs(load);
   cmd->callback([a, action] { *action = [a] { return RunPlan(*a); }; });
 }
 
