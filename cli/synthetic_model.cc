@@ -14,6 +14,13 @@
 //   not Mixtral's 32000; ids it does not know decode to nothing. Benchmarks feed token ids, so
 //   the mismatch does not matter there.
 //
+// --router-skew S (default 0) makes the routers prefer a few experts, as trained routers do
+// on real text: the embedding rows share a direction, and router row e of layer l carries
+// -S * ln(1 + ((e + l) mod experts)) along it, so expert (experts - l mod experts) mod experts
+// is the hottest of layer l; the output projections (o_proj, w2) are then drawn 1000x smaller
+// so the residual stream keeps that direction through the layers (the arithmetic, and so the
+// speed, is unchanged). For the expert-load planner and the rebalancing measurements.
+//
 // Presets: mixtral-8x7b (hidden 4096, intermediate 14336, 32 heads, 8 KV heads, 8 experts
 // top-2, vocab 32000, rope_theta 1e6, rms_norm_eps 1e-5, 32768 positions; 32 layers unless
 // --layers) and tiny (hidden 64, intermediate 128, 4 heads, 2 KV heads, 4 experts top-2,
@@ -71,6 +78,16 @@ struct Tensor {
   std::string name;
   std::vector<int64_t> shape;
   bool ones = false;  // a norm weight
+  // With --router-skew: the embedding's rows share a direction u (every hidden state keeps a
+  // component along it through the residual stream), and router row e of layer l adds
+  // -skew * ln(1 + rank) along u, rank = (e + l) mod experts: every token's router prefers
+  // the same few experts, the hottest a different one in each layer.
+  enum class Shift { kNone, kEmbedding, kRouter } shift = Shift::kNone;
+  int layer = 0;
+  // An output projection (o_proj, w2): with --router-skew drawn 1000x smaller, so that what the
+  // layers add to the residual stream never drowns the embedding's shared direction (random
+  // attention and expert outputs are far larger than embedding rows at this scale).
+  bool output = false;
   int64_t numel() const {
     int64_t n = 1;
     for (int64_t d : shape) n *= d;
@@ -82,20 +99,20 @@ std::vector<Tensor> MixtralTensors(const Preset& p) {
   const int64_t H = p.hidden, F = p.intermediate, V = p.vocab, E = p.experts;
   const int64_t D = H / p.heads, kv = D * p.kv_heads;
   std::vector<Tensor> t;
-  t.push_back({"model.embed_tokens.weight", {V, H}});
+  t.push_back({"model.embed_tokens.weight", {V, H}, false, Tensor::Shift::kEmbedding});
   for (int l = 0; l < p.layers; ++l) {
     const std::string pre = absl::StrCat("model.layers.", l, ".");
     t.push_back({pre + "input_layernorm.weight", {H}, true});
     t.push_back({pre + "self_attn.q_proj.weight", {H, H}});
     t.push_back({pre + "self_attn.k_proj.weight", {kv, H}});
     t.push_back({pre + "self_attn.v_proj.weight", {kv, H}});
-    t.push_back({pre + "self_attn.o_proj.weight", {H, H}});
+    t.push_back({pre + "self_attn.o_proj.weight", {H, H}, false, Tensor::Shift::kNone, l, true});
     t.push_back({pre + "post_attention_layernorm.weight", {H}, true});
-    t.push_back({pre + "block_sparse_moe.gate.weight", {E, H}});
+    t.push_back({pre + "block_sparse_moe.gate.weight", {E, H}, false, Tensor::Shift::kRouter, l});
     for (int e = 0; e < p.experts; ++e) {
       const std::string ep = absl::StrCat(pre, "block_sparse_moe.experts.", e, ".");
       t.push_back({ep + "w1.weight", {F, H}});
-      t.push_back({ep + "w2.weight", {H, F}});
+      t.push_back({ep + "w2.weight", {H, F}, false, Tensor::Shift::kNone, l, true});
       t.push_back({ep + "w3.weight", {F, H}});
     }
   }
@@ -145,8 +162,30 @@ float NormalFromHash(uint64_t h) {
 
 constexpr int64_t kChunk = int64_t{1} << 22;  // elements per generated chunk (8 MiB of bf16)
 
+// The shared direction u of --router-skew: +-1 per hidden unit (a pure function of the seed).
+float Direction(uint64_t seed, int64_t h) {
+  return (SplitMix64(seed ^ 0x5ca1ab1eull ^ SplitMix64(static_cast<uint64_t>(h))) & 1) ? 1.0f
+                                                                                       : -1.0f;
+}
+
+// What --router-skew adds to element i of `t` (0 without skew).
+float SkewShift(const Tensor& t, int64_t i, uint64_t seed, float stddev, double skew) {
+  if (skew == 0 || t.shift == Tensor::Shift::kNone) return 0.0f;
+  const int64_t H = t.shape[1];
+  const int64_t row = i / H, h = i % H;
+  if (t.shift == Tensor::Shift::kEmbedding) {
+    // Half the random part's scale: after RMSNorm a hidden state has about 0.45 per element
+    // along u, and tokens still differ (the routers see more than the shared part).
+    return 0.5f * stddev * Direction(seed, h);
+  }
+  const int64_t experts = t.shape[0];
+  const int64_t rank = (row + t.layer) % experts;
+  return static_cast<float>(-skew * std::log1p(static_cast<double>(rank)) / (0.45 * H)) *
+         Direction(seed, h);
+}
+
 absl::Status WriteSafetensors(const std::string& path, const std::vector<Tensor>& tensors,
-                              uint64_t seed, float stddev) {
+                              uint64_t seed, float stddev, double skew) {
   json header = json::object();
   uint64_t offset = 0;
   for (const Tensor& t : tensors) {
@@ -172,6 +211,7 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<Tensor>
   for (size_t ti = 0; ti < tensors.size(); ++ti) {
     const Tensor& t = tensors[ti];
     const uint64_t key = SplitMix64(seed ^ SplitMix64(ti + 1));
+    const float scale = skew != 0 && t.output ? stddev * 1e-3f : stddev;
     const int64_t n = t.numel();
     for (int64_t base = 0; base < n; base += kChunk) {
       const int64_t c = std::min(kChunk, n - base);
@@ -179,8 +219,9 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<Tensor>
       for (int64_t i = 0; i < c; ++i) {
         buf[i] =
             t.ones ? one
-                   : FloatToBf16(stddev *
-                                 NormalFromHash(SplitMix64(key + static_cast<uint64_t>(base + i))));
+                   : FloatToBf16(
+                         scale * NormalFromHash(SplitMix64(key + static_cast<uint64_t>(base + i))) +
+                         SkewShift(t, base + i, seed, stddev, skew));
       }
       out.write(reinterpret_cast<const char*>(buf.data()), c * 2);
       if (!out) return absl::ResourceExhaustedError("write failed (disk full?): " + path);
@@ -198,6 +239,7 @@ struct Args {
   int layers = 0;  // 0: the preset's
   std::string out;
   uint64_t seed = 0;
+  double router_skew = 0;
   std::string tokenizer = "models/brown-moe/tokenizer.model";
 };
 
@@ -224,8 +266,8 @@ int Run(const Args& a) {
       return 1;
     }
   }
-  const absl::Status st =
-      WriteSafetensors(a.out + "/model.safetensors", tensors, a.seed, /*stddev=*/0.02f);
+  const absl::Status st = WriteSafetensors(a.out + "/model.safetensors", tensors, a.seed,
+                                           /*stddev=*/0.02f, a.router_skew);
   if (!st.ok()) {
     spdlog::error("{}", st.message());
     return 1;
@@ -259,6 +301,11 @@ void RegisterMakeSyntheticModel(CLI::App& app, Action* action) {
       ->check(CLI::Range(1, 1024));
   cmd->add_option("--out", a->out, "Output directory (created)")->required();
   cmd->add_option("--seed", a->seed, "Seed of the weights");
+  cmd->add_option("--router-skew", a->router_skew,
+                  "Make every router prefer a few experts: router logit bias -S*ln(1+rank), "
+                  "the hottest expert a different one per layer (0: plain random weights)")
+      ->check(CLI::Range(0.0, 100.0))
+      ->capture_default_str();
   cmd->add_option("--tokenizer", a->tokenizer,
                   "SentencePiece model copied as a placeholder tokenizer");
   cmd->callback([a, action] { *action = [a] { return Run(*a); }; });
