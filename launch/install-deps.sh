@@ -10,7 +10,7 @@ PACKAGES=(
   libsentencepiece-dev nlohmann-json3-dev libcli11-dev libssl-dev libspdlog-dev
   libcpp-httplib-dev prometheus-cpp-dev prometheus
   libopenmpi-dev openmpi-bin
-  python3 python3-grpcio python3-protobuf python3-numpy
+  python3 python3-grpcio python3-protobuf python3-numpy python3-matplotlib
   clang libclang-rt-14-dev libomp-14-dev llvm-14
 )
 
