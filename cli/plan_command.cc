@@ -16,6 +16,7 @@
 // count, a rank exceeding --device-memory); 2 usage error.
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <string>
@@ -149,19 +150,17 @@ absl::StatusOr<PlacementPlan> PlanForLoad(const PlanArgs& a, const ModelConfig& 
   if (!a.json) {
     std::printf("expert load per rank, max / mean (1.00 is perfect balance), --redundant %d:\n",
                 a.redundant);
-    std::printf("%5s  %8s  %8s  %10s\n", "layer", "given", "eplb", "switchyard");
-    for (size_t l = 0; l < load.size(); ++l) {
-      std::printf("%5zu", l);
+    auto width = [](const Row& row) { return std::max<int>(8, std::strlen(row.name)); };
+    std::printf("%5s", "layer");
+    for (const Row& row : rows) std::printf("  %*s", width(row), row.name);
+    for (size_t l = 0; l <= load.size(); ++l) {
+      // The last line, "all": the sum over layers of the max, over the sum of the means.
+      l < load.size() ? std::printf("\n%5zu", l) : std::printf("\n%5s", "all");
       for (const Row& row : rows) {
-        const json& b = row.layers[l];
-        std::printf("  %*.2f", row.name[0] == 's' ? 10 : 8,
-                    ratio(b["max"].get<double>(), b["mean"].get<double>()));
+        const double max = l < load.size() ? row.layers[l]["max"].get<double>() : row.max_sum;
+        const double mean = l < load.size() ? row.layers[l]["mean"].get<double>() : row.mean_sum;
+        std::printf("  %*.2f", width(row), ratio(max, mean));
       }
-      std::printf("\n");
-    }
-    std::printf("%5s", "all");  // sum over layers of the max, over the sum of the means
-    for (const Row& row : rows) {
-      std::printf("  %*.2f", row.name[0] == 's' ? 10 : 8, ratio(row.max_sum, row.mean_sum));
     }
     std::printf("\n\n");
   }

@@ -52,7 +52,8 @@ class MeteredCommunicator final : public Communicator {
   absl::Status Barrier() override;
 
  private:
-  void CountSends(std::span<const size_t> send_counts);
+  void CountSends(std::span<const size_t> send_counts);  // [peer] bytes, itself excluded
+  void CountToEveryPeer(size_t bytes);                   // the same bytes to every other rank
 
   Communicator* inner_;
   CommMeter meter_;

@@ -32,6 +32,15 @@ struct Packing {
     ++used[rank];
     rank_load[rank] += weight[expert];
   }
+  // Sets `expert`'s replica count; the ranks holding it carry load / replicas each.
+  void Reweigh(int expert, int count, double load) {
+    const double w = load / count;
+    for (int r = 0; r < ep; ++r) {
+      if (holds[r][expert] != 0) rank_load[r] += w - weight[expert];
+    }
+    weight[expert] = w;
+    replicas[expert] = count;
+  }
   void Take(int rank, int expert) {
     holds[rank][expert] = 0;
     --used[rank];
@@ -125,13 +134,7 @@ absl::StatusOr<Packing> ReferencePacking(std::span<const double> load,
       return absl::ResourceExhaustedError(
           absl::StrCat("capacity: no rank has room for expert ", e));
     }
-    if (placed != p.replicas[e]) {  // reweigh the replicas that found a place
-      for (int r = 0; r < o.ep; ++r) {
-        if (p.holds[r][e] != 0) p.rank_load[r] += load[e] / placed - p.weight[e];
-      }
-      p.replicas[e] = placed;
-      p.weight[e] = load[e] / placed;
-    }
+    if (placed != p.replicas[e]) p.Reweigh(e, placed, load[e]);  // the replicas placed
   }
   return p;
 }
@@ -173,14 +176,7 @@ class LocalSearch {
     return a.max <= b.max + eps && a.sumsq < b.sumsq - eps * std::max(1.0, b.max);
   }
   // Sets expert e's replica count (its holders' loads follow).
-  void Reweigh(int e, int replicas) {
-    const double w = load_[e] / replicas;
-    for (int r = 0; r < p_->ep; ++r) {
-      if (p_->holds[r][e] != 0) p_->rank_load[r] += w - p_->weight[e];
-    }
-    p_->weight[e] = w;
-    p_->replicas[e] = replicas;
-  }
+  void Reweigh(int e, int replicas) { p_->Reweigh(e, replicas, load_[e]); }
   int TotalReplicas() const { return std::accumulate(p_->replicas.begin(), p_->replicas.end(), 0); }
 
   // Tries every change around the most loaded rank; applies the best. False: none helps.

@@ -1,11 +1,11 @@
 #include "worker/distributed_executor.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "common/steady_time.h"
 
 namespace switchyard {
 namespace {
@@ -20,25 +20,6 @@ struct PlanHeader {
 };
 
 constexpr int kResultTag = 900;  // activations use the micro-batch index as tag
-
-int64_t SteadyNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-// Adds the time from construction to destruction to `*total`.
-class AddElapsed {
- public:
-  explicit AddElapsed(int64_t* total) : total_(total), start_(SteadyNs()) {}
-  ~AddElapsed() { *total_ += SteadyNs() - start_; }
-  AddElapsed(const AddElapsed&) = delete;
-  AddElapsed& operator=(const AddElapsed&) = delete;
-
- private:
-  int64_t* total_;
-  int64_t start_;
-};
 
 }  // namespace
 
@@ -105,7 +86,7 @@ void DistributedWorker::SelectLocal(const StepPlan& plan) {
 
 absl::Status DistributedWorker::RunStep(const StepPlan& plan, StepResult* result) {
   ++steps_;
-  AddElapsed step_time(&step_ns_);
+  AddElapsedNanos step_time(&step_ns_);
   // With one data-parallel index every sequence is local (ValidatePlan): no copy.
   if (shape_.ep > 1) SelectLocal(plan);
   const StepPlan& local = shape_.ep > 1 ? local_ : plan;
@@ -122,12 +103,12 @@ absl::Status DistributedWorker::RunStep(const StepPlan& plan, StepResult* result
     if (first) {
       RETURN_IF_ERROR(backend_->Embed(local.tokens.data() + mb.row0, mb.rows, mb.row0));
     } else if (mb.rows > 0) {
-      AddElapsed waiting(&link_wait_ns_);
+      AddElapsedNanos waiting(&link_wait_ns_);
       RETURN_IF_ERROR(stage_link_->Recv(backend_->hidden_rows(mb.row0), bytes, prev, m));
     }
     RETURN_IF_ERROR(backend_->RunLayers(micro_batch_, local.block_tables.data(), mb.row0));
     if (!last && mb.rows > 0) {
-      AddElapsed waiting(&link_wait_ns_);
+      AddElapsedNanos waiting(&link_wait_ns_);
       RETURN_IF_ERROR(stage_link_->Send(backend_->hidden_rows(mb.row0), bytes, next, m));
     }
   }
@@ -149,7 +130,7 @@ absl::Status DistributedWorker::SendResults() {
   if (logit_bytes > 0) {
     std::memcpy(message_.data() + tok_bytes, local_result_.logits.data(), logit_bytes);
   }
-  AddElapsed waiting(&link_wait_ns_);
+  AddElapsedNanos waiting(&link_wait_ns_);
   return world_->Send(message_.data(), message_.size(), 0, kResultTag);
 }
 
@@ -189,7 +170,7 @@ absl::Status DistributedWorker::CollectResults(const StepPlan& plan, StepResult*
     } else {
       message_.resize(tok_bytes + rows * V * sizeof(float));
       if (!message_.empty()) {
-        AddElapsed waiting(&link_wait_ns_);
+        AddElapsedNanos waiting(&link_wait_ns_);
         RETURN_IF_ERROR(world_->Recv(message_.data(), message_.size(), source, kResultTag));
       }
       tokens = reinterpret_cast<const int32_t*>(message_.data());
