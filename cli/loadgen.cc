@@ -1,6 +1,9 @@
 // `switchyard loadgen`: a closed-loop load generator for a running `switchyard serve`. It
-// streams switchyard.v1.Switchyard/Generate calls from --concurrency workers until --requests
-// calls have been issued in total, and reports throughput and latency percentiles.
+// streams switchyard.v1.Switchyard/Generate calls (--protocol grpc, the default) or
+// OpenAI-style POST /v1/completions with "stream": true (--protocol http, the --target being
+// the server's --http-listen port) from --concurrency workers until --requests calls have
+// been issued in total, and reports throughput and latency percentiles, so the two front ends
+// are compared on the same load.
 //
 // Contracts:
 //  - Prompts are token ids, not text: request i (0-based, whichever worker issues it) sends
@@ -12,7 +15,11 @@
 //    seed = --seed. Generation may end early at EOS unless --ignore-eos, so token
 //    counts are the ids actually received.
 //  - A request succeeds when its stream ends with status OK after a message with finish_reason
-//    set. A stream that ends OK without one is counted as the error NO_FINISH_REASON.
+//    set. A stream that ends OK without one is counted as the error NO_FINISH_REASON. Over
+//    HTTP: status 200 and a chunk with finish_reason; other statuses count as HTTP_<status>,
+//    a failed connection as HTTP_<httplib's error>, an error event as STREAM_ERROR. Token ids
+//    per chunk come from the server's return_token_ids extension, so TTFT and ITL mean the
+//    same over both protocols.
 //  - Latencies are measured on this host with a monotonic clock from just before the call is
 //    started (so the first calls include connecting to the server):
 //      TTFT        until the first message carrying at least one token id;
@@ -49,6 +56,7 @@
 #include "coordinator/server/grpc_status.h"
 #include "cli/run_flags.h"
 #include "nlohmann/json.hpp"
+#include "httplib.h"
 #include "switchyard/v1/switchyard.grpc.pb.h"
 
 namespace switchyard::cli {
@@ -70,6 +78,7 @@ struct LoadgenArgs {
   uint64_t seed = 0;
   bool ignore_eos = false;
   bool json = false;
+  std::string protocol = "grpc";  // or "http"
 };
 
 // What one request observed. Written only by the worker that issued it.
@@ -171,6 +180,100 @@ RequestResult RunOne(switchyard::v1::Switchyard::Stub& stub, const LoadgenArgs& 
   return r;
 }
 
+// The HTTP client of one worker: keep-alive, TLS with the client flags' files.
+std::unique_ptr<httplib::Client> HttpClient(const LoadgenArgs& a) {
+  const bool tls = !a.conn.tls_ca.empty() || !a.conn.tls_cert.empty();
+  auto c = std::make_unique<httplib::Client>((tls ? "https://" : "http://") + a.conn.target,
+                                             a.conn.tls_cert, a.conn.tls_key);
+  if (!a.conn.tls_ca.empty()) c->set_ca_cert_path(a.conn.tls_ca.c_str());
+  c->set_keep_alive(true);
+  c->set_tcp_nodelay(true);
+  const auto timeout = std::chrono::duration<double>(a.conn.timeout_s);
+  c->set_read_timeout(std::chrono::duration_cast<std::chrono::microseconds>(timeout));
+  c->set_write_timeout(std::chrono::duration_cast<std::chrono::microseconds>(timeout));
+  return c;
+}
+
+// Issues request `index` as one streamed POST /v1/completions and records what arrived.
+RequestResult RunOneHttp(httplib::Client& client, const LoadgenArgs& a, const std::string& token,
+                         uint64_t index) {
+  const nlohmann::json body = {{"prompt", PromptFor(index, a.prompt_len)},
+                               {"max_tokens", a.max_tokens},
+                               {"temperature", a.temperature},
+                               {"seed", a.seed},
+                               {"ignore_eos", a.ignore_eos},
+                               {"stream", true},
+                               {"return_token_ids", true}};
+  httplib::Request req;
+  req.method = "POST";
+  req.path = "/v1/completions";
+  req.body = body.dump();
+  req.set_header("Content-Type", "application/json");
+  if (!token.empty()) req.set_header("Authorization", "Bearer " + token);
+
+  RequestResult r;
+  bool finished = false;
+  std::string stream_error;
+  std::string pending;  // bytes of an event not yet complete
+  std::string raw;      // the body of a refusal
+  const Clock::time_point start = Clock::now();
+  Clock::time_point last_token;
+  req.content_receiver = [&](const char* data, size_t len, uint64_t, uint64_t) {
+    pending.append(data, len);
+    if (raw.size() < 4096) raw.append(data, std::min(len, 4096 - raw.size()));
+    size_t end;
+    while ((end = pending.find("\n\n")) != std::string::npos) {
+      const std::string event = pending.substr(0, end);
+      pending.erase(0, end + 2);
+      if (event.rfind("data: ", 0) != 0 || event == "data: [DONE]") continue;
+      const nlohmann::json j = nlohmann::json::parse(event.substr(6), nullptr, false);
+      if (j.is_discarded()) continue;
+      if (j.contains("error")) {
+        stream_error = j["error"].is_object() ? j["error"].value("message", "") : j["error"].dump();
+        continue;
+      }
+      if (!j.contains("choices") || j["choices"].empty()) continue;
+      const nlohmann::json& choice = j["choices"][0];
+      const int n = choice.contains("token_ids") ? static_cast<int>(choice["token_ids"].size()) : 0;
+      const Clock::time_point now = Clock::now();
+      if (n > 0) {
+        if (r.ttft_s < 0) {
+          r.ttft_s = Seconds(now - start);
+        } else {
+          r.itl_s.insert(r.itl_s.end(), n, Seconds(now - last_token) / n);
+        }
+        last_token = now;
+        r.tokens += n;
+      }
+      if (!choice.value("finish_reason", nlohmann::json()).is_null()) finished = true;
+    }
+    return true;
+  };
+  httplib::Result res = client.send(req);
+  r.e2e_s = Seconds(Clock::now() - start);
+  if (!res) {
+    r.code_name = "HTTP_" + httplib::to_string(res.error());
+    r.message = "no response from " + a.conn.target;
+  } else if (res->status != 200) {
+    r.code_name = "HTTP_" + std::to_string(res->status);
+    const nlohmann::json j = nlohmann::json::parse(raw, nullptr, false);
+    r.message = raw;
+    if (!j.is_discarded() && j.contains("error")) {
+      r.message = j["error"].is_object() ? j["error"].value("message", raw) : j["error"].dump();
+    }
+  } else if (!stream_error.empty()) {
+    r.code_name = "STREAM_ERROR";
+    r.message = stream_error;
+  } else if (!finished) {
+    r.code_name = "NO_FINISH_REASON";
+    r.message = "the stream ended without a chunk with finish_reason set";
+  } else {
+    r.ok = true;
+    r.code_name = "OK";
+  }
+  return r;
+}
+
 // Nearest-rank percentile of sorted samples; nullopt when there are none.
 std::optional<double> Percentile(const std::vector<double>& sorted, double p) {
   if (sorted.empty()) return std::nullopt;
@@ -211,6 +314,13 @@ std::string FormatMs(std::optional<double> ms) {
 int RunLoadgen(const LoadgenArgs& a) {
   auto conn = ClientConnection::Open(a.conn);
   if (!conn.ok()) return Fail(conn.status());
+  std::string token;
+  if (!a.conn.token_file.empty()) {
+    auto t = ReadBearerToken(a.conn.token_file);
+    if (!t.ok()) return Fail(t.status());
+    token = *t;
+  }
+  const bool http = a.protocol == "http";
 
   // One channel (one HTTP/2 connection) shared by every worker; each worker has its own stub.
   std::shared_ptr<grpc::Channel> channel = conn->channel();
@@ -223,6 +333,13 @@ int RunLoadgen(const LoadgenArgs& a) {
   threads.reserve(workers);
   for (int w = 0; w < workers; ++w) {
     threads.emplace_back([&] {
+      if (http) {  // one keep-alive connection per worker
+        std::unique_ptr<httplib::Client> client = HttpClient(a);
+        for (int i = next.fetch_add(1); i < a.requests; i = next.fetch_add(1)) {
+          results[i] = RunOneHttp(*client, a, token, static_cast<uint64_t>(i));
+        }
+        return;
+      }
       auto stub = switchyard::v1::Switchyard::NewStub(channel);
       for (int i = next.fetch_add(1); i < a.requests; i = next.fetch_add(1)) {
         results[i] = RunOne(*stub, a, *conn, static_cast<uint64_t>(i));
@@ -259,6 +376,7 @@ int RunLoadgen(const LoadgenArgs& a) {
   if (a.json) {
     nlohmann::ordered_json j;
     j["target"] = a.conn.target;
+    j["protocol"] = a.protocol;
     j["concurrency"] = a.concurrency;
     j["requests"] = a.requests;
     j["prompt_len"] = a.prompt_len;
@@ -282,8 +400,9 @@ int RunLoadgen(const LoadgenArgs& a) {
     return exit_code;
   }
 
-  std::printf("loadgen: %s, %d requests, concurrency %d, prompt %d tokens, max_tokens %d\n",
-              a.conn.target.c_str(), a.requests, a.concurrency, a.prompt_len, a.max_tokens);
+  std::printf("loadgen: %s (%s), %d requests, concurrency %d, prompt %d tokens, max_tokens %d\n",
+              a.conn.target.c_str(), a.protocol.c_str(), a.requests, a.concurrency, a.prompt_len,
+              a.max_tokens);
   std::printf("  wall time          %.3f s\n", wall_s);
   std::printf("  requests ok        %d of %d\n", ok, a.requests);
   std::printf("  output tokens      %lld\n", static_cast<long long>(output_tokens));
@@ -335,6 +454,11 @@ void RegisterLoadgen(CLI::App& app, Action* action) {
   cmd->add_flag("--ignore-eos", a.ignore_eos,
                 "Generate max_tokens tokens even past end-of-sequence (fixed output length)");
   cmd->add_flag("--json", a.json, "Print JSON");
+  cmd->add_option("--protocol", a.protocol,
+                  "grpc: switchyard.v1 Generate streams at --target; http: streamed POST "
+                  "/v1/completions at --target, the server's --http-listen port")
+      ->check(CLI::IsMember({"grpc", "http"}))
+      ->capture_default_str();
   cmd->callback([action] { *action = [] { return RunLoadgen(a); }; });
 }
 

@@ -19,6 +19,7 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "cli/client_connection.h"
 #include "cli/commands.h"
 #include "cli/run_flags.h"
@@ -29,6 +30,7 @@
 #include "common/status_macros.h"
 #include "coordinator/model_session.h"
 #include "coordinator/scheduler.h"
+#include "coordinator/server/chat_template.h"
 #include "coordinator/server/front_end.h"
 #include "coordinator/server/serving_metrics.h"
 #include "worker/distributed_executor.h"
@@ -51,6 +53,8 @@ struct ServeArgs {
   std::string http_port_file;
   int http_threads = 64;
   int metrics_pair_ranks = 64;
+  std::string chat_template;  // empty: the checkpoint's, when recognised
+  int default_max_tokens = 256;
   int kv_blocks = 0;
   std::string kv_memory = "1GiB";
   int block_size = 16;
@@ -126,8 +130,9 @@ absl::Status CheckBindable(const std::string& flag, const std::string& listen,
 }
 
 // What can fail at start without loading anything, checked on rank 0 before any rank loads
-// weights: the address, the TLS files, the token file (its token goes to `*token`).
-absl::Status CheckServeFlags(const ServeArgs& a, std::string* token) {
+// weights: the address, the TLS files, the token file (its token goes to `*token`), the chat
+// template (to `*chat`).
+absl::Status CheckServeFlags(const ServeArgs& a, std::string* token, ChatTemplate* chat) {
   ASSIGN_OR_RETURN(HostPort grpc_address, SplitHostPort(a.listen, "--listen"));
   RETURN_IF_ERROR(CheckBindable("--listen", a.listen, grpc_address.host, grpc_address.port));
   bool loopback = IsLoopbackHost(grpc_address.host);
@@ -148,6 +153,7 @@ absl::Status CheckServeFlags(const ServeArgs& a, std::string* token) {
         "--tls-client-ca: mutual TLS needs the server's own --tls-cert and --tls-key");
   }
   ASSIGN_OR_RETURN(*token, ReadBearerToken(a.auth_token_file, "--auth-token-file"));
+  ASSIGN_OR_RETURN(*chat, ChatTemplateForModel(a.run.model, a.chat_template));
   // A token sent in plaintext across a network can be read by anyone on the path.
   if (!a.auth_token_file.empty() && a.tls_cert.empty() && !loopback) {
     spdlog::warn(
@@ -169,7 +175,8 @@ int RunServe(const ServeArgs& a) {
   so.kv_max_sequences = a.max_running;
   so.block_size = a.block_size;
   std::string token;  // rank 0's, read by the check
-  so.coordinator_check = [&a, &token] { return CheckServeFlags(a, &token); };
+  ChatTemplate chat;  // likewise
+  so.coordinator_check = [&a, &token, &chat] { return CheckServeFlags(a, &token, &chat); };
   auto opened = ModelSession::Open(so);
   if (!opened.ok()) return Fail(opened.status());
   ModelSession& s = **opened;
@@ -220,7 +227,9 @@ int RunServe(const ServeArgs& a) {
                          .model_name = name,
                          .http_listen = a.http_listen,
                          .http_threads = a.http_threads,
-                         .metrics = &metrics});
+                         .metrics = &metrics,
+                         .chat_template = chat,
+                         .default_max_tokens = a.default_max_tokens});
   if (absl::Status st = front.Start(); !st.ok()) return Finish(s, Fail(st));
   scheduler.Start();
   front.SetReady(true);
@@ -234,7 +243,13 @@ int RunServe(const ServeArgs& a) {
   spdlog::info("serving {} on port {} ({} ranks: ep {} x pp {}), {:.2f} s after start", name,
                front.bound_port(), s.world_size, ep, pp, SecondsSinceStart());
   if (front.http_bound_port() != 0) {
-    spdlog::info("HTTP (/health, /metrics) on port {}", front.http_bound_port());
+    spdlog::info(
+        "HTTP on port {}: OpenAI /v1/completions, /v1/chat/completions (chat template: {}), "
+        "KServe v2 /v2/models/{}/..., /health, /metrics",
+        front.http_bound_port(),
+        chat.kind == ChatTemplateKind::kNone ? "none, chat is refused" : ChatTemplateName(chat.kind),
+        name);
+    if (chat.kind == ChatTemplateKind::kNone) spdlog::info("chat: {}", chat.why_none);
   }
 
   // Wait for a signal or a failed cluster. After requests with large texts (refused or
@@ -328,12 +343,23 @@ void RegisterServe(CLI::App& app, Action* action) {
   cmd->add_option("--model-name", a.model_name, "Name clients use (default: the folder name)");
   cmd->add_option("--port-file", a.port_file, "Write the bound port to this file once ready");
   cmd->add_option("--http-listen", a.http_listen,
-                  "Also serve HTTP (/health, /metrics) on host:port (port 0 picks one); TLS "
-                  "with --tls-cert/--tls-key; off unless given");
+                  "Also serve HTTP on host:port (port 0 picks one): the OpenAI API, KServe v2 "
+                  "REST, /health, /metrics; TLS with --tls-cert/--tls-key; off unless given");
   cmd->add_option("--http-port-file", a.http_port_file,
                   "Write the bound HTTP port to this file once ready (before --port-file)");
   cmd->add_option("--http-threads", a.http_threads, "HTTP connections served at once")
       ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  cmd->add_option("--chat-template", a.chat_template,
+                  "Chat template of /v1/chat/completions: " +
+                      absl::StrJoin(ChatTemplateNames(), ", ") +
+                      " (default: the checkpoint's tokenizer_config.json chat_template when it "
+                      "is one of these)")
+      ->check(CLI::IsMember(ChatTemplateNames()));
+  cmd->add_option("--default-max-tokens", a.default_max_tokens,
+                  "max_tokens of an OpenAI request that leaves it out (capped by what the "
+                  "context leaves after the prompt; KV is reserved for it)")
+      ->check(CLI::Range(1, 1 << 24))
       ->capture_default_str();
   cmd->add_option("--metrics-pair-ranks", a.metrics_pair_ranks,
                   "Export the rank x rank dispatched-bytes matrix as one series per pair up to "
@@ -351,7 +377,7 @@ void RegisterServe(CLI::App& app, Action* action) {
       ->capture_default_str();
   cmd->add_option("--block-size", a.block_size, "Tokens per KV-cache block")
       ->check(CLI::Range(1, 4096));
-  cmd->add_option("--max-queue", a.max_queue, "Waiting requests before UNAVAILABLE")
+  cmd->add_option("--max-queue", a.max_queue, "Waiting requests before RESOURCE_EXHAUSTED (HTTP 429)")
       ->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--max-running", a.max_running, "Sequences decoding at once")
       ->check(CLI::Range(1, 1 << 16));

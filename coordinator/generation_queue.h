@@ -95,8 +95,8 @@ class GenerationQueue {
  public:
   virtual ~GenerationQueue() = default;
   // Queues the request; `sink` receives its events. Errors: kInvalidArgument for a request
-  // the queue can never run, kUnavailable when it cannot take one now (full, draining,
-  // failed).
+  // the queue can never run, kResourceExhausted when it is full (retry later), kUnavailable
+  // when it takes no more (draining, failed).
   virtual absl::StatusOr<RequestId> Submit(GenerateRequest request,
                                            std::shared_ptr<RequestSink> sink) = 0;
   // Ends the request soon; its sink gets a final event with finish_reason kCancelled.

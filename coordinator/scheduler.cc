@@ -93,8 +93,9 @@ absl::StatusOr<RequestId> Scheduler::Submit(GenerateRequest request,
   // when the queue is full beyond them.
   const int free_slots = std::max(0, options_.max_running - stats_.running);
   if (static_cast<int>(waiting_.size()) >= options_.max_queue + free_slots) {
-    return absl::UnavailableError(absl::StrCat("request queue is full (", options_.max_queue,
-                                               " waiting, ", stats_.running, " running)"));
+    return absl::ResourceExhaustedError(absl::StrCat("request queue is full (", options_.max_queue,
+                                                     " waiting, ", stats_.running,
+                                                     " running); retry later"));
   }
   seq->id = next_id_++;
   const RequestId id = seq->id;

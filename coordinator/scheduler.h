@@ -69,8 +69,8 @@ class Scheduler : public GenerationQueue {
   // Validates against the scheduler's own limits and queues the request.
   // Errors: kInvalidArgument (prompt + max_tokens over the context; a request whose KV need
   // exceeds a whole data-parallel pool; too many/too long stop strings),
-  // kUnavailable (queue full: max_queue waiting beyond the running slots still free;
-  // draining; or the executor failed).
+  // kResourceExhausted (queue full: max_queue waiting beyond the running slots still free;
+  // retry later), kUnavailable (draining, or the executor failed).
   absl::StatusOr<RequestId> Submit(GenerateRequest request,
                                    std::shared_ptr<RequestSink> sink) override;
   // Removes the request at the next step boundary; its sink gets a final event with

@@ -203,7 +203,7 @@ TEST_F(SchedulerTest, QueueLimitAndDrainAnswerUnavailable) {
   // Room for 3 running and 2 waiting: the sixth is refused.
   for (int i = 0; i < 5; ++i) ASSERT_TRUE(sched->Submit(Request("The jury", 4), a).ok()) << i;
   auto sixth = sched->Submit(Request("The jury", 4), a);
-  EXPECT_EQ(sixth.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(sixth.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(std::string(sixth.status().message()), testing::HasSubstr("queue is full"));
   sched->Start();
   sched->Drain();

@@ -28,7 +28,10 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& pa
   t->byte_value_.assign(n, -1);
   static constexpr std::string_view kSpace = "\xE2\x96\x81";  // U+2581, SentencePiece's space
   for (int id = 0; id < n; ++id) {
-    if (t->sp_->IsControl(id)) continue;
+    if (t->sp_->IsControl(id)) {
+      t->control_ids_.emplace(t->sp_->IdToPiece(id), id);
+      continue;
+    }
     const std::string piece = t->sp_->IdToPiece(id);
     if (t->sp_->IsByte(id)) {
       // "<0xNN>"
@@ -44,6 +47,17 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& pa
     t->max_piece_bytes_ = std::max(t->max_piece_bytes_, bytes);
   }
   return t;
+}
+
+std::string Tokenizer::Piece(int32_t id) const {
+  if (id < 0 || id >= sp_->PieceSize()) return "";
+  return sp_->IdToPiece(id);
+}
+
+std::optional<int32_t> Tokenizer::ControlId(std::string_view piece) const {
+  auto it = control_ids_.find(piece);
+  if (it == control_ids_.end()) return std::nullopt;
+  return it->second;
 }
 
 std::vector<int32_t> Tokenizer::Encode(const std::string& text, bool add_bos) const {

@@ -11,9 +11,12 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -48,11 +51,17 @@ class Tokenizer {
   int max_piece_bytes() const { return max_piece_bytes_; }
   int bos_id() const { return bos_id_; }
   int eos_id() const { return eos_id_; }
+  // The piece of `id` as the model spells it ("<s>", "\u2581the"); empty outside the vocabulary.
+  std::string Piece(int32_t id) const;
+  // The id of a control piece ("<s>", "</s>", "<|im_start|>" when the model has it): special
+  // tokens of a chat template, which Encode never produces from text.
+  std::optional<int32_t> ControlId(std::string_view piece) const;
 
  private:
   Tokenizer() = default;
   std::unique_ptr<internal::SentencePieceModel> sp_;
-  std::vector<int16_t> byte_value_;  // per id: the byte of a byte-fallback piece, else -1
+  std::vector<int16_t> byte_value_;
+  std::map<std::string, int32_t, std::less<>> control_ids_;  // piece -> id, control pieces  // per id: the byte of a byte-fallback piece, else -1
   int max_piece_bytes_ = 1;
   int bos_id_ = 1;
   int eos_id_ = 2;

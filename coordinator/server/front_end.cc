@@ -183,7 +183,9 @@ absl::Status ServingFrontEnd::Start() {
                               .tls_key = options_.tls_key,
                               .tls_client_ca = options_.tls_client_ca,
                               .max_body_bytes = static_cast<size_t>(options_.max_message_bytes),
-                              .threads = options_.http_threads});
+                              .threads = options_.http_threads,
+                              .chat_template = options_.chat_template,
+                              .default_max_tokens = options_.default_max_tokens});
     if (absl::Status st = http->Start(); !st.ok()) {
       server->Shutdown();
       return st;

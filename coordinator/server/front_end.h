@@ -29,6 +29,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "coordinator/generation_queue.h"
+#include "coordinator/server/chat_template.h"
 #include "coordinator/server/cluster_status.h"
 #include "model/config.h"
 #include "model/tokenizer.h"
@@ -78,6 +79,10 @@ class ServingFrontEnd {
     // Where requests are counted and the scheduler's timings go (borrowed, outlives the
     // front end); null: the front end keeps its own.
     ServingMetrics* metrics = nullptr;
+    // The HTTP API's chat template (chat requests are refused with its why_none when kNone)
+    // and max_tokens of OpenAI requests that leave it out (capped by the context).
+    ChatTemplate chat_template;
+    int default_max_tokens = 256;
   };
 
   // `queue` and `tokenizer` are borrowed and must outlive the front end. `cluster_status` is

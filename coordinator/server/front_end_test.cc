@@ -213,23 +213,23 @@ TEST_F(ServingTest, CompleteReturnsTheWholeResult) {
   EXPECT_EQ(resp.completion_tokens(), static_cast<int>(ids.size()));
 }
 
-TEST_F(ServingTest, QueueFullIsUnavailable) {
-  fake_.SetSubmitError(absl::UnavailableError("queue full: 256 requests waiting"));
+TEST_F(ServingTest, QueueFullIsResourceExhausted) {
+  fake_.SetSubmitError(absl::ResourceExhaustedError("request queue is full (256 waiting)"));
   std::vector<v1::GenerateResponse> msgs;
   grpc::Status s = ReadStream(TextRequest("hi"), &msgs);
-  EXPECT_EQ(s.error_code(), StatusCode::UNAVAILABLE);
-  EXPECT_THAT(s.error_message(), HasSubstr("queue full"));
+  EXPECT_EQ(s.error_code(), StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(s.error_message(), HasSubstr("queue is full"));
   EXPECT_TRUE(msgs.empty());
   grpc::ClientContext ctx;
   v1::CompleteResponse resp;
   s = stub_->Complete(&ctx, TextRequest("hi"), &resp);
-  EXPECT_EQ(s.error_code(), StatusCode::UNAVAILABLE);
+  EXPECT_EQ(s.error_code(), StatusCode::RESOURCE_EXHAUSTED);
 
   // Other Submit codes pass through too.
-  fake_.SetSubmitError(absl::ResourceExhaustedError("KV pool too small"));
+  fake_.SetSubmitError(absl::UnavailableError("server is draining"));
   msgs.clear();
   s = ReadStream(TextRequest("hi"), &msgs);
-  EXPECT_EQ(s.error_code(), StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(s.error_code(), StatusCode::UNAVAILABLE);
   fake_.SetSubmitError(absl::InvalidArgumentError("stop: too long for the scheduler"));
   grpc::ClientContext ctx2;
   s = stub_->Complete(&ctx2, TextRequest("hi"), &resp);

@@ -29,6 +29,7 @@
 #include <thread>
 
 #include "absl/status/status.h"
+#include "coordinator/server/chat_template.h"
 
 namespace httplib {
 class Server;
@@ -47,6 +48,8 @@ class HttpFrontEnd {
     std::string tls_client_ca;        // PEM CA bundle: clients must present a certificate it signed
     size_t max_body_bytes = 4 << 20;  // larger request bodies get 413
     int threads = 64;                 // connections served at once (each open connection holds one)
+    ChatTemplate chat_template;       // of /v1/chat/completions (kNone: chat is refused)
+    int default_max_tokens = 256;     // OpenAI requests without max_tokens (capped by the context)
   };
 
   // `context` is borrowed and must outlive the front end.

@@ -96,8 +96,9 @@ absl::StatusOr<std::pair<std::vector<int32_t>, std::string>> PromptIds(
     RETURN_IF_ERROR(CheckPromptBytes(p.text->size(), ctx, field));
     return std::make_pair(ctx.tokenizer->Encode(*p.text, /*add_bos=*/true), field);
   }
-  RETURN_IF_ERROR(ValidateTokenIds(p.token_ids, ctx.config->vocab_size, "token_ids"));
-  return std::make_pair(p.token_ids, std::string("token_ids"));
+  const std::string field(p.token_ids_field);
+  RETURN_IF_ERROR(ValidateTokenIds(p.token_ids, ctx.config->vocab_size, field));
+  return std::make_pair(p.token_ids, field);
 }
 
 }  // namespace
@@ -140,10 +141,13 @@ absl::StatusOr<GenerateRequest> BuildGenerateRequest(const GenerationParams& par
 
   const int64_t context = ctx.config->max_position_embeddings;
   const int64_t prompt_tokens = static_cast<int64_t>(prompt.first.size());
-  const int64_t max_tokens = params.max_tokens.value_or(ctx.limits.default_max_tokens);
   if (prompt_tokens >= context) {
     return Invalid(prompt.second, absl::StrCat("the prompt is ", prompt_tokens,
                                                " tokens; the model's context is ", context));
+  }
+  int64_t max_tokens = params.max_tokens.value_or(ctx.limits.default_max_tokens);
+  if (!params.max_tokens.has_value() && params.default_max_tokens.has_value()) {
+    max_tokens = std::min(*params.default_max_tokens, context - prompt_tokens);
   }
   if (max_tokens > context - prompt_tokens) {  // no overflow for max_tokens near 2^63
     return Invalid("max_tokens",

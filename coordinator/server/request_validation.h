@@ -30,7 +30,11 @@ struct GenerationParams {
   // "text_input" in KServe v2); a string with static storage.
   std::string_view text_field = "text";
   std::vector<int32_t> token_ids;
+  std::string_view token_ids_field = "token_ids";  // as text_field, for token-id prompts
   std::optional<int64_t> max_tokens;  // default ValidationLimits::default_max_tokens
+  // When set and max_tokens is not: this many, or what the context leaves after the prompt
+  // when that is fewer (the OpenAI API's default).
+  std::optional<int64_t> default_max_tokens;
   std::optional<double> temperature;  // default 0 (greedy)
   std::optional<int64_t> top_k;       // default 0 (off)
   std::optional<double> top_p;        // default 1 (off)

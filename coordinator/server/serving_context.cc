@@ -37,14 +37,29 @@ absl::Status ServingContext::AuthorizeMetadata(
     const std::multimap<grpc::string_ref, grpc::string_ref>& metadata) const {
   if (args_.auth_token.empty()) return absl::OkStatus();
   auto it = metadata.find("authorization");
-  if (it == metadata.end()) {
-    return absl::UnauthenticatedError("missing \"authorization: Bearer <token>\" metadata");
+  if (it == metadata.end()) return AuthorizeValue(nullptr, "metadata");
+  const absl::string_view value(it->second.data(), it->second.size());
+  return AuthorizeValue(&value, "metadata");
+}
+
+absl::Status ServingContext::AuthorizeHeader(const std::string* authorization) const {
+  if (args_.auth_token.empty()) return absl::OkStatus();
+  if (authorization == nullptr) return AuthorizeValue(nullptr, "header");
+  const absl::string_view value(*authorization);
+  return AuthorizeValue(&value, "header");
+}
+
+absl::Status ServingContext::AuthorizeValue(const absl::string_view* value,
+                                            const char* where) const {
+  if (args_.auth_token.empty()) return absl::OkStatus();
+  if (value == nullptr) {
+    return absl::UnauthenticatedError(
+        absl::StrCat("missing \"authorization: Bearer <token>\" ", where));
   }
-  absl::string_view value(it->second.data(), it->second.size());
   constexpr absl::string_view kScheme = "bearer ";
-  if (value.size() < kScheme.size() ||
-      !absl::EqualsIgnoreCase(value.substr(0, kScheme.size()), kScheme) ||
-      !ConstantTimeEquals(value.substr(kScheme.size()), args_.auth_token)) {
+  if (value->size() < kScheme.size() ||
+      !absl::EqualsIgnoreCase(value->substr(0, kScheme.size()), kScheme) ||
+      !ConstantTimeEquals(value->substr(kScheme.size()), args_.auth_token)) {
     return absl::UnauthenticatedError("invalid bearer token");
   }
   return absl::OkStatus();

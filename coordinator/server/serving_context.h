@@ -12,6 +12,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "coordinator/generation_queue.h"
 #include "coordinator/server/cluster_status.h"
 #include "coordinator/server/generation_reactors.h"
@@ -46,6 +47,8 @@ class ServingContext {
   // The same check on a call's metadata (the interceptor's view of it).
   absl::Status AuthorizeMetadata(
       const std::multimap<grpc::string_ref, grpc::string_ref>& metadata) const;
+  // The same check on an HTTP request's Authorization header (null: the header is absent).
+  absl::Status AuthorizeHeader(const std::string* authorization) const;
 
   // Authorize, then kUnavailable "server is draining" / "server is not ready" when new
   // generation work must be refused.
@@ -88,6 +91,9 @@ class ServingContext {
   ClusterStatusInfo cluster_status() const;
 
  private:
+  // `value`: the authorization metadata or header (null when absent); `where` names which.
+  absl::Status AuthorizeValue(const absl::string_view* value, const char* where) const;
+
   const ServingContextArgs args_;
   ValidationContext validation_;
   mutable WorkPool pool_;
