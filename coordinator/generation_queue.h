@@ -28,11 +28,23 @@ struct GenerateRequest {
   SamplingParams sampling;
   std::vector<std::string> stop;  // stop strings: generation ends before the first match
   bool stop_at_eos = true;
+  // -1: none. Otherwise each generated token's log-probability and this many most likely
+  // alternatives (at most kMaxTopLogprobs), from the model's distribution (TokenLogprobs).
+  int logprobs = -1;
+};
+
+inline constexpr int kMaxTopLogprobs = 20;
+
+// The log-probability of one generated token, and the most likely alternatives at its place.
+struct GeneratedLogprob {
+  float logprob = 0;
+  std::vector<TokenLogprob> top;
 };
 
 // One message to the client. Deltas carry the ids and text produced since the last event.
 struct RequestEvent {
   std::vector<int32_t> token_ids;
+  std::vector<GeneratedLogprob> logprobs;  // one per token id when the request asked for them
   std::string text;
   bool finished = false;
   FinishReason finish_reason = FinishReason::kLength;

@@ -79,6 +79,10 @@ absl::StatusOr<RequestId> Scheduler::Submit(GenerateRequest request,
           absl::StrCat("stop: stop strings must be 1 to ", options_.max_stop_length, " bytes"));
     }
   }
+  if (request.logprobs < -1 || request.logprobs > kMaxTopLogprobs) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "logprobs: at most ", kMaxTopLogprobs, " alternatives, got ", request.logprobs));
+  }
   auto seq = std::make_unique<Sequence>();
   seq->submitted = Clock::now();
   seq->req = std::move(request);
@@ -280,6 +284,8 @@ void Scheduler::BuildPlan() {
     plan_.AddSequence({.seq_id = s->id,
                        .dp_rank = s->dp,
                        .start_pos = s->prompt_len() + static_cast<int>(s->generated.size()) - 1,
+                       // The sampled row's logits come back when the request wants logprobs.
+                       .logits = s->req.logprobs >= 0 ? LogitsMode::kLast : LogitsMode::kNone,
                        .sample = true,
                        .sampling = s->req.sampling,
                        .sample_index = s->generated.size()},
@@ -297,6 +303,8 @@ void Scheduler::BuildPlan() {
     plan_.AddSequence({.seq_id = s->id,
                        .dp_rank = s->dp,
                        .start_pos = s->prefilled,
+                       .logits = last && s->req.logprobs >= 0 ? LogitsMode::kLast
+                                                              : LogitsMode::kNone,
                        .sample = last,
                        .sampling = s->req.sampling,
                        .sample_index = 0},
@@ -367,7 +375,15 @@ void Scheduler::ApplyResult() {
     if (s->prefilling()) s->prefilled += e.num_tokens;
     if (!e.sample) continue;
     RequestEvent ev;
-    std::optional<FinishReason> finish = Append(s, result_.next_tokens[i], &ev);
+    const int32_t token = result_.next_tokens[i];
+    if (s->req.logprobs >= 0 && result_.logits_rows[i] > 0) {
+      // The model's distribution at the sampled row (the executor returned it: kLast).
+      GeneratedLogprob& lp = ev.logprobs.emplace_back();
+      lp.logprob = TokenLogprobs(result_.SeqLogits(i, config_.vocab_size).data(),
+                                 config_.vocab_size, token, s->req.logprobs, &lp.top,
+                                 &logprob_scratch_);
+    }
+    std::optional<FinishReason> finish = Append(s, token, &ev);
     if (finish.has_value()) {
       Finish(s, *finish, absl::OkStatus(), std::move(ev));
     } else {

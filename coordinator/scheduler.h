@@ -68,7 +68,8 @@ class Scheduler : public GenerationQueue {
   void Start();
   // Validates against the scheduler's own limits and queues the request.
   // Errors: kInvalidArgument (prompt + max_tokens over the context; a request whose KV need
-  // exceeds a whole data-parallel pool; too many/too long stop strings),
+  // exceeds a whole data-parallel pool; too many/too long stop strings; logprobs over
+  // kMaxTopLogprobs),
   // kResourceExhausted (queue full: max_queue waiting beyond the running slots still free;
   // retry later), kUnavailable (draining, or the executor failed).
   absl::StatusOr<RequestId> Submit(GenerateRequest request,
@@ -109,6 +110,7 @@ class Scheduler : public GenerationQueue {
   const SchedulerOptions options_;
   std::vector<BlockAllocator*> allocators_;  // scheduler thread only
   std::function<absl::Status()> heartbeat_;
+  SamplingScratch logprob_scratch_;  // scheduler thread only
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

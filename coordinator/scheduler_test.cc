@@ -1,6 +1,7 @@
 // The continuous-batching scheduler over the single-process executor and the demo model.
 #include "coordinator/scheduler.h"
 
+#include <cmath>
 #include <condition_variable>
 #include <mutex>
 #include <random>
@@ -118,6 +119,64 @@ TEST_F(SchedulerTest, StreamedTextEqualsDecodedTokens) {
   EXPECT_EQ(session_->tokenizer->Decode(prompt) + sink->text, session_->tokenizer->Decode(all));
   EXPECT_EQ(sink->final_event.completion_tokens, static_cast<int>(sink->tokens.size()));
   EXPECT_GT(sink->events.size(), 2u) << "expected incremental events";
+}
+
+// Logprobs come with every generated token: under greedy decoding the chosen token is the
+// most likely one, and the values do not depend on what else is in the batch.
+TEST_F(SchedulerTest, LogprobsComeWithEveryTokenAndFollowTheDistribution) {
+  auto sched = Make();
+  sched->Start();
+  auto collect = [](const CollectingSink& sink) {
+    std::vector<GeneratedLogprob> all;
+    for (const RequestEvent& e : sink.events) {
+      EXPECT_EQ(e.logprobs.size(), e.token_ids.size());
+      all.insert(all.end(), e.logprobs.begin(), e.logprobs.end());
+    }
+    return all;
+  };
+  GenerateRequest req = Request("The jury said that", 12);
+  req.logprobs = 3;
+  auto alone = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(sched->Submit(req, alone).ok());
+  alone->Wait();
+  const std::vector<GeneratedLogprob> lps = collect(*alone);
+  ASSERT_EQ(lps.size(), alone->tokens.size());
+  for (size_t i = 0; i < lps.size(); ++i) {
+    ASSERT_EQ(lps[i].top.size(), 3u);
+    EXPECT_EQ(lps[i].top[0].id, alone->tokens[i]) << i;
+    EXPECT_EQ(lps[i].logprob, lps[i].top[0].logprob) << i;
+    EXPECT_LE(lps[i].logprob, 0.0f);
+    EXPECT_GE(lps[i].top[0].logprob, lps[i].top[1].logprob);
+    EXPECT_GE(lps[i].top[1].logprob, lps[i].top[2].logprob);
+    double mass = 0;
+    for (const TokenLogprob& t : lps[i].top) mass += std::exp(t.logprob);
+    EXPECT_LE(mass, 1.0 + 1e-5);
+  }
+  // The same request among others (sampled ones too): the same tokens and logprobs.
+  std::vector<std::shared_ptr<CollectingSink>> others;
+  for (size_t i = 0; i < 4; ++i) {
+    GenerateRequest other = Request(kPrompts[i], 16);
+    other.sampling.temperature = 0.8f;
+    other.sampling.seed = i;
+    others.push_back(std::make_shared<CollectingSink>());
+    ASSERT_TRUE(sched->Submit(other, others.back()).ok());
+  }
+  auto batched = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(sched->Submit(req, batched).ok());
+  batched->Wait();
+  for (auto& o : others) {
+    o->Wait();
+    for (const RequestEvent& e : o->events) EXPECT_TRUE(e.logprobs.empty());
+  }
+  EXPECT_EQ(batched->tokens, alone->tokens);
+  const std::vector<GeneratedLogprob> again = collect(*batched);
+  ASSERT_EQ(again.size(), lps.size());
+  for (size_t i = 0; i < lps.size(); ++i) {
+    EXPECT_NEAR(again[i].logprob, lps[i].logprob, 1e-4) << i;
+  }
+  // Over the limit: refused.
+  req.logprobs = kMaxTopLogprobs + 1;
+  EXPECT_EQ(sched->Submit(req, alone).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(SchedulerTest, StopStringEndsGenerationBeforeTheMatch) {

@@ -4,6 +4,7 @@
 gRPC for comparison). Checks:
   - greedy completions (plain and streamed, OpenAI and KServe REST) equal the gRPC answer to
     the same request, and the streamed deltas add up to it;
+  - logprobs (both shapes): each greedy token is the most likely one, streamed or not;
   - chat prompts rendered by the server are byte-identical to the real Jinja templates rendered
     by jinja2 (as transformers renders them), with the token ids SentencePiece gives each
     segment between special tokens; a chat answer equals the completion of its prompt ids;
@@ -272,6 +273,34 @@ def main():
         check(stream_text(payloads)[0] == solo[PROMPTS[0]], f"curl: {curl.stdout[-300:]}")
         print("ok: streams, KServe infer/generate/generate_stream and curl agree")
 
+        # Logprobs: greedy picks the most likely token; streamed values equal unstreamed ones.
+        status, _, j = api.post("/v1/completions", completion(PROMPTS[0], logprobs=3))
+        check(status == 200, f"logprobs: {status} {j}")
+        lp = j["choices"][0]["logprobs"]
+        n = j["usage"]["completion_tokens"]
+        check(len(lp["tokens"]) == n and len(lp["token_logprobs"]) == n and
+              len(lp["text_offset"]) == n, f"logprobs length: {lp}")
+        for i in range(n):
+            top = lp["top_logprobs"][i]
+            check(len(top) <= 3 and lp["token_logprobs"][i] <= 0 and
+                  abs(max(top.values()) - lp["token_logprobs"][i]) < 1e-6 and
+                  lp["tokens"][i] in top, f"greedy token {i} is not the most likely: {lp}")
+        status, payloads = api.stream("/v1/completions", completion(PROMPTS[0], logprobs=3,
+                                                                    stream=True))
+        streamed = [v for p in payloads[:-1] for c in json.loads(p)["choices"]
+                    if c["logprobs"] for v in c["logprobs"]["token_logprobs"]]
+        check(len(streamed) == n and all(abs(a - b) < 1e-6 for a, b in
+                                          zip(streamed, lp["token_logprobs"])),
+              f"streamed logprobs {streamed} != {lp['token_logprobs']}")
+        status, _, j = api.post("/v1/chat/completions", {
+            "messages": CONVERSATIONS[0], "max_tokens": 6, "temperature": 0, "logprobs": True,
+            "top_logprobs": 2})
+        content = j["choices"][0]["logprobs"]["content"]
+        check(status == 200 and len(content) == j["usage"]["completion_tokens"] and
+              all(len(c["top_logprobs"]) == 2 and c["top_logprobs"][0]["token"] == c["token"]
+                  for c in content), f"chat logprobs: {j}")
+        print(f"ok: logprobs of {n} greedy tokens name the most likely token, streamed or not")
+
         # 2. Chat templates: byte-identical to jinja2, ids per segment, answers as completions.
         sp = sentencepiece.SentencePieceProcessor(model_file=os.path.join(model, "tokenizer.model"))
         cases = [(MIXTRAL, c) for c in CONVERSATIONS + [SYSTEM]]
@@ -314,7 +343,10 @@ def main():
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(200)]
         with concurrent.futures.ThreadPoolExecutor(200) as pool:
             results = list(pool.map(
-                lambda ip: api.stream("/v1/completions", completion(ip[1], 48, stream=True),
+                # Those left get a long max_tokens: they cannot end on their own before the
+                # server notices.
+                lambda ip: api.stream("/v1/completions",
+                                      completion(ip[1], 300 if ip[0] % 2 else 48, stream=True),
                                       leave_after=2 if ip[0] % 2 else None),
                 enumerate(prompts)))
         for i, (p, (status, payloads)) in enumerate(zip(prompts, results)):
@@ -359,7 +391,8 @@ def main():
             ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}],
                                               "tools": [{"type": "function"}]}, TOKEN, 400, "tools"),
             ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}],
-                                              "top_logprobs": 21}, TOKEN, 400, "top_logprobs"),
+                                              "logprobs": True, "top_logprobs": 21}, TOKEN, 400,
+             "top_logprobs"),
             ("POST", "/v1/completions", {"prompt": "a"}, None, 401, "authorization"),
             ("POST", "/v1/completions", {"prompt": "a"}, "wrong", 401, "invalid bearer token"),
             ("POST", "/v1/completions", big, TOKEN, 413, "larger than"),

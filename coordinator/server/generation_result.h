@@ -11,6 +11,7 @@ namespace switchyard {
 
 struct GenerationResult {
   std::vector<int32_t> token_ids;
+  std::vector<GeneratedLogprob> logprobs;  // one per token id when asked for
   std::string text;
   FinishReason finish_reason = FinishReason::kLength;
   int prompt_tokens = 0;
@@ -19,6 +20,7 @@ struct GenerationResult {
   // Appends the event's deltas; takes the counts and reason from a final event.
   void Add(const RequestEvent& event) {
     token_ids.insert(token_ids.end(), event.token_ids.begin(), event.token_ids.end());
+    logprobs.insert(logprobs.end(), event.logprobs.begin(), event.logprobs.end());
     text += event.text;
     if (event.finished) {
       finish_reason = event.finish_reason;

@@ -199,23 +199,36 @@ void OpenAiGenerate(const ServingContext& ctx, const HttpFrontEnd::Options& opti
   if (!parsed->stream) {
     absl::StatusOr<GenerationResult> result = (*gen)->WaitResult();
     if (!result.ok()) return OpenAiFail(res, result.status());
-    return SetJson(res, 200, CompletionResponse(*parsed, *meta, *result));
+    return SetJson(res, 200, CompletionResponse(*parsed, *meta, *result, ctx.tokenizer()));
   }
   auto request = std::make_shared<OpenAiRequest>(*std::move(parsed));
-  auto first = std::make_shared<bool>(true);
-  StreamEvents(res, *std::move(gen), [request, meta, first](const RequestEvent& e) {
+  struct StreamState {
+    bool first = true;
+    int text_offset = 0;  // of the completion's logprobs, across chunks
+  };
+  auto state = std::make_shared<StreamState>();
+  const Tokenizer* tokenizer = ctx.tokenizer();
+  StreamEvents(res, *std::move(gen), [request, meta, state, tokenizer](const RequestEvent& e) {
     std::string out;
-    if (*first && request->chat) out += SseEvent(StreamChunk(*request, *meta, "", nullptr, true));
-    *first = false;
+    if (state->first && request->chat) {
+      out += SseEvent(StreamChunk(*request, *meta, "", nullptr, true));
+    }
+    state->first = false;
     if (!e.error.ok()) {
       return out + SseEvent(OpenAiError(e.error)) + "data: [DONE]\n\n";
     }
+    std::optional<nlohmann::json> logprobs;
+    if (request->params.logprobs.has_value() && tokenizer != nullptr && !e.token_ids.empty()) {
+      logprobs = LogprobsJson(request->chat, e.token_ids, e.logprobs, *tokenizer,
+                              &state->text_offset);
+    }
+    const nlohmann::json* lp = logprobs ? &*logprobs : nullptr;
     if (!e.finished) {
       if (e.text.empty() && e.token_ids.empty()) return out;
-      return out + SseEvent(StreamChunk(*request, *meta, e.text, nullptr, false, &e.token_ids));
+      return out + SseEvent(StreamChunk(*request, *meta, e.text, nullptr, false, &e.token_ids, lp));
     }
     const nlohmann::json reason = OpenAiFinishReason(e.finish_reason);
-    out += SseEvent(StreamChunk(*request, *meta, e.text, &reason, false, &e.token_ids));
+    out += SseEvent(StreamChunk(*request, *meta, e.text, &reason, false, &e.token_ids, lp));
     if (request->include_usage) {
       out += SseEvent(UsageChunk(*request, *meta, e.prompt_tokens, e.completion_tokens));
     }

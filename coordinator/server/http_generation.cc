@@ -28,6 +28,7 @@ class HttpGeneration::Sink final : public RequestSink {
     while (!events_.empty() && !merged.finished) {
       RequestEvent& e = events_.front();
       merged.token_ids.insert(merged.token_ids.end(), e.token_ids.begin(), e.token_ids.end());
+      merged.logprobs.insert(merged.logprobs.end(), e.logprobs.begin(), e.logprobs.end());
       merged.text += e.text;
       merged.finished = e.finished;
       merged.finish_reason = e.finish_reason;

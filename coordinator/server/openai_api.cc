@@ -189,8 +189,14 @@ absl::StatusOr<OpenAiRequest> ParseCompletionRequest(const std::string& body,
 
   RETURN_IF_ERROR(RefuseUnlessNeutral(j, "echo", false, "echo is not supported"));
   RETURN_IF_ERROR(RefuseUnlessNeutral(j, "suffix", "", "suffix is not supported"));
-  RETURN_IF_ERROR(RefuseUnlessNeutral(
-      j, "logprobs", nullptr, "not supported yet; leave the field out"));
+  ASSIGN_OR_RETURN(std::optional<int64_t> logprobs, OptionalInt(j, "logprobs"));
+  if (logprobs.has_value()) {
+    if (*logprobs < 0 || *logprobs > kMaxCompletionLogprobs) {
+      return Invalid("logprobs", absl::StrCat("must be in [0, ", kMaxCompletionLogprobs,
+                                              "] (the completions API's limit), got ", *logprobs));
+    }
+    r.params.logprobs = logprobs;
+  }
   return r;
 }
 
@@ -257,10 +263,16 @@ absl::StatusOr<OpenAiRequest> ParseChatRequest(const std::string& body,
   if (!format.is_null() && format != json{{"type", "text"}}) {
     return Invalid("response_format", "only {\"type\": \"text\"} is supported");
   }
-  RETURN_IF_ERROR(RefuseUnlessNeutral(j, "logprobs", false,
-                                      "not supported yet; leave the field out"));
-  RETURN_IF_ERROR(RefuseUnlessNeutral(j, "top_logprobs", 0,
-                                      "not supported yet; leave the field out"));
+  ASSIGN_OR_RETURN(const bool logprobs, OptionalBool(j, "logprobs", false));
+  ASSIGN_OR_RETURN(std::optional<int64_t> top, OptionalInt(j, "top_logprobs"));
+  if (top.has_value()) {
+    if (*top < 0 || *top > kMaxTopLogprobs) {
+      return Invalid("top_logprobs",
+                     absl::StrCat("must be in [0, ", kMaxTopLogprobs, "], got ", *top));
+    }
+    if (!logprobs) return Invalid("top_logprobs", "needs \"logprobs\": true");
+  }
+  if (logprobs) r.params.logprobs = top.value_or(0);
   ASSIGN_OR_RETURN(std::vector<ChatMessage> messages, ParseChatMessages(Field(j, "messages")));
   if (tokenizer == nullptr) {
     return Invalid("messages", "the model has no tokenizer.model, so no chat");
@@ -287,6 +299,80 @@ absl::StatusOr<ChatTemplate> RequestChatTemplate(const json& body, const ChatTem
   return ChatTemplate{.kind = kind};
 }
 
+namespace {
+
+// A token as text: its piece with SentencePiece's space marker as a space, a byte-fallback
+// piece as its byte, a control piece ("</s>") as spelled.
+std::string TokenText(const Tokenizer& tok, int32_t id) {
+  if (const int byte = tok.ByteValue(id); byte >= 0) return std::string(1, static_cast<char>(byte));
+  std::string piece = tok.Piece(id);
+  static constexpr std::string_view kSpace = "\xE2\x96\x81";  // U+2581
+  std::string out;
+  for (size_t i = 0; i < piece.size();) {
+    if (piece.compare(i, kSpace.size(), kSpace) == 0) {
+      out += ' ';
+      i += kSpace.size();
+    } else {
+      out += piece[i++];
+    }
+  }
+  return out;
+}
+
+json Bytes(const std::string& s) {
+  json b = json::array();
+  for (unsigned char c : s) b.push_back(static_cast<int>(c));
+  return b;
+}
+
+// The text as a JSON string: bytes that are not UTF-8 on their own (one byte of a character
+// split over byte-fallback tokens) become U+FFFD; "bytes" keeps them exact.
+json Text(const std::string& s) {
+  return json::parse(json(s).dump(-1, ' ', false, json::error_handler_t::replace));
+}
+
+}  // namespace
+
+json LogprobsJson(bool chat, const std::vector<int32_t>& ids,
+                  const std::vector<GeneratedLogprob>& logprobs, const Tokenizer& tok,
+                  int* text_offset) {
+  const size_t n = std::min(ids.size(), logprobs.size());
+  if (chat) {
+    json content = json::array();
+    for (size_t i = 0; i < n; ++i) {
+      const std::string text = TokenText(tok, ids[i]);
+      json top = json::array();
+      for (const TokenLogprob& t : logprobs[i].top) {
+        const std::string alt = TokenText(tok, t.id);
+        top.push_back({{"token", Text(alt)}, {"logprob", t.logprob}, {"bytes", Bytes(alt)}});
+      }
+      content.push_back({{"token", Text(text)},
+                         {"logprob", logprobs[i].logprob},
+                         {"bytes", Bytes(text)},
+                         {"top_logprobs", std::move(top)}});
+    }
+    return {{"content", std::move(content)}};
+  }
+  json tokens = json::array(), token_logprobs = json::array(), top_logprobs = json::array(),
+       offsets = json::array();
+  for (size_t i = 0; i < n; ++i) {
+    const std::string text = TokenText(tok, ids[i]);
+    tokens.push_back(Text(text));
+    token_logprobs.push_back(logprobs[i].logprob);
+    json top = json::object();
+    for (const TokenLogprob& t : logprobs[i].top) {
+      top[Text(TokenText(tok, t.id)).get<std::string>()] = t.logprob;
+    }
+    top_logprobs.push_back(std::move(top));
+    offsets.push_back(*text_offset);
+    *text_offset += static_cast<int>(text.size());
+  }
+  return {{"tokens", std::move(tokens)},
+          {"token_logprobs", std::move(token_logprobs)},
+          {"top_logprobs", std::move(top_logprobs)},
+          {"text_offset", std::move(offsets)}};
+}
+
 json OpenAiFinishReason(FinishReason reason) {
   switch (reason) {
     case FinishReason::kLength:
@@ -307,9 +393,14 @@ json OpenAiUsage(int prompt_tokens, int completion_tokens) {
 }
 
 json CompletionResponse(const OpenAiRequest& request, const OpenAiResponseMeta& meta,
-                        const GenerationResult& result) {
+                        const GenerationResult& result, const Tokenizer* tokenizer) {
   json choice = {{"index", 0}, {"logprobs", nullptr},
                  {"finish_reason", OpenAiFinishReason(result.finish_reason)}};
+  if (request.params.logprobs.has_value() && tokenizer != nullptr) {
+    int offset = 0;
+    choice["logprobs"] =
+        LogprobsJson(request.chat, result.token_ids, result.logprobs, *tokenizer, &offset);
+  }
   if (request.chat) {
     choice["message"] = {{"role", "assistant"}, {"content", result.text}};
   } else {
@@ -326,8 +417,8 @@ json CompletionResponse(const OpenAiRequest& request, const OpenAiResponseMeta& 
 
 json StreamChunk(const OpenAiRequest& request, const OpenAiResponseMeta& meta,
                  const std::string& delta, const json* finish, bool role_chunk,
-                 const std::vector<int32_t>* token_ids) {
-  json choice = {{"index", 0}, {"logprobs", nullptr},
+                 const std::vector<int32_t>* token_ids, const json* logprobs) {
+  json choice = {{"index", 0}, {"logprobs", logprobs != nullptr ? *logprobs : json(nullptr)},
                  {"finish_reason", finish != nullptr ? *finish : json(nullptr)}};
   if (request.chat) {
     json d = json::object();

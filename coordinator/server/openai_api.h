@@ -11,10 +11,11 @@
 // messages (chat: string content or text parts), max_tokens (chat also
 // max_completion_tokens), temperature, top_p, top_k (extension; -1 means off, as in vLLM),
 // seed, stop (a string or a list), stream, stream_options.include_usage, n (1 only),
+// logprobs (completions: an integer up to 5; chat: true, with top_logprobs up to 20: each
+// generated token's log-probability under the model's distribution, before temperature),
 // ignore_eos and return_token_ids (extensions, as in vLLM), chat_template (chat: the Jinja source of one of the built-in
 // templates, as vLLM takes it). Fields that would change the result and are not supported are
-// refused, naming them: n > 1, best_of > 1, echo, suffix, logprobs / top_logprobs,
-// presence/frequency/repetition penalties other than neutral, logit_bias, min_tokens,
+// refused, naming them: n > 1, best_of > 1, echo, suffix, presence/frequency/repetition penalties other than neutral, logit_bias, min_tokens,
 // tools/functions, response_format other than text, guided decoding. Other unknown fields
 // are ignored, as vLLM ignores them.
 //
@@ -26,6 +27,7 @@
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -35,6 +37,10 @@
 #include "model/tokenizer.h"
 
 namespace switchyard {
+
+// The completions API's limit on logprobs (alternatives per token); chat's top_logprobs goes
+// to kMaxTopLogprobs (20).
+inline constexpr int kMaxCompletionLogprobs = 5;
 
 struct OpenAiOptions {
   // max_tokens when a request leaves it out, capped by what the context leaves after the
@@ -86,9 +92,18 @@ struct OpenAiResponseMeta {
 nlohmann::json OpenAiFinishReason(FinishReason reason);
 nlohmann::json OpenAiUsage(int prompt_tokens, int completion_tokens);
 
-// The whole response of a request that did not stream.
+// The choice's "logprobs" for `ids` (one GeneratedLogprob each): chat's {"content": [{"token",
+// "logprob", "bytes", "top_logprobs": [...]}]}, completions' {"tokens", "token_logprobs",
+// "top_logprobs" (token text -> logprob), "text_offset"} with offsets counted from
+// `*text_offset`, which advances (a stream keeps one across its chunks).
+nlohmann::json LogprobsJson(bool chat, const std::vector<int32_t>& ids,
+                            const std::vector<GeneratedLogprob>& logprobs,
+                            const Tokenizer& tokenizer, int* text_offset);
+
+// The whole response of a request that did not stream (`tokenizer` spells logprobs' tokens).
 nlohmann::json CompletionResponse(const OpenAiRequest& request, const OpenAiResponseMeta& meta,
-                                  const GenerationResult& result);
+                                  const GenerationResult& result,
+                                  const Tokenizer* tokenizer = nullptr);
 
 // One chunk of a stream: a text delta (`finish` unset) or the last choice chunk (`finish`
 // set, delta possibly empty). Chat streams begin with a chunk whose delta has the role
@@ -96,7 +111,8 @@ nlohmann::json CompletionResponse(const OpenAiRequest& request, const OpenAiResp
 // With return_token_ids the choice carries the delta's `token_ids`.
 nlohmann::json StreamChunk(const OpenAiRequest& request, const OpenAiResponseMeta& meta,
                            const std::string& delta, const nlohmann::json* finish,
-                           bool role_chunk = false, const std::vector<int32_t>* token_ids = nullptr);
+                           bool role_chunk = false, const std::vector<int32_t>* token_ids = nullptr,
+                           const nlohmann::json* logprobs = nullptr);
 // The chunk after the last choice when include_usage: "choices": [] and the usage.
 nlohmann::json UsageChunk(const OpenAiRequest& request, const OpenAiResponseMeta& meta,
                           int prompt_tokens, int completion_tokens);

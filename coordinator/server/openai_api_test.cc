@@ -74,7 +74,8 @@ TEST(OpenAiApiTest, EveryRefusalNamesItsField) {
       {R"({"prompt": "a", "n": 2})", "n: only n = 1 is supported"},
       {R"({"prompt": "a", "best_of": 3})", "best_of: only best_of = 1"},
       {R"({"prompt": "a", "echo": true})", "echo: echo is not supported"},
-      {R"({"prompt": "a", "logprobs": 2})", "logprobs: not supported yet"},
+      {R"({"prompt": "a", "logprobs": 6})", "logprobs: must be in [0, 5]"},
+      {R"({"prompt": "a", "logprobs": "2"})", "logprobs: must be an integer"},
       {R"({"prompt": "a", "presence_penalty": 0.5})", "presence_penalty: penalties are not"},
       {R"({"prompt": "a", "logit_bias": {"1": 5}})", "logit_bias: logit_bias is not supported"},
       {R"({"prompt": "a", "suffix": "z"})", "suffix: suffix is not supported"},
@@ -114,8 +115,10 @@ TEST(OpenAiApiTest, ChatRequestsRenderTheirMessages) {
        "messages[0].content[0].type: only \"text\" parts"},
       {R"({"messages": [{"role": "user", "content": "x"}], "tools": [{}]})",
        "tools: tools are not supported"},
-      {R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true})",
-       "logprobs: not supported yet"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 3})",
+       "top_logprobs: needs \"logprobs\": true"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 21})",
+       "top_logprobs: must be in [0, 20]"},
       {R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}})",
        "response_format: only {\"type\": \"text\"}"},
   };
@@ -165,6 +168,49 @@ TEST(OpenAiApiTest, ResponsesAndChunksHaveTheApisShape) {
   EXPECT_EQ(usage["choices"], json::array());
   EXPECT_EQ(usage["usage"]["total_tokens"], 5);
   EXPECT_TRUE(OpenAiFinishReason(FinishReason::kCancelled).is_null());
+}
+
+TEST(OpenAiApiTest, LogprobsInBothShapes) {
+  auto tok = Tokenizer::Load(std::string(SWITCHYARD_SOURCE_ROOT) + "/models/brown-moe/tokenizer.model",
+                             1, 2);
+  ASSERT_TRUE(tok.ok());
+  auto r = ParseCompletionRequest(R"({"prompt": "a", "logprobs": 2})", kOptions);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r->params.logprobs, 2);
+  auto c = ParseChatRequest(R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true,
+                               "top_logprobs": 4})",
+                            kOptions, {ChatTemplateKind::kMixtral}, tok->get());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(*c->params.logprobs, 4);
+  c = ParseChatRequest(R"({"messages": [{"role": "user", "content": "x"}], "logprobs": false})",
+                       kOptions, {ChatTemplateKind::kMixtral}, tok->get());
+  EXPECT_FALSE(c->params.logprobs.has_value());
+
+  // " the" then " said", each with two alternatives.
+  const std::vector<int32_t> ids = (*tok)->Encode(" the said", false);
+  ASSERT_EQ(ids.size(), 2u);
+  std::vector<GeneratedLogprob> lps(2);
+  lps[0] = {-0.5f, {{ids[0], -0.5f}, {ids[1], -1.5f}}};
+  lps[1] = {-0.25f, {{ids[1], -0.25f}, {ids[0], -2.0f}}};
+  int offset = 0;
+  const json completion = LogprobsJson(false, ids, lps, **tok, &offset);
+  EXPECT_EQ(completion["tokens"], json::parse(R"([" the", " said"])"));
+  EXPECT_EQ(completion["token_logprobs"], json::parse("[-0.5, -0.25]"));
+  EXPECT_EQ(completion["top_logprobs"][0], json::parse(R"({" the": -0.5, " said": -1.5})"));
+  EXPECT_EQ(completion["text_offset"], json::parse("[0, 4]"));
+  EXPECT_EQ(offset, 9);  // " the" + " said"
+  const json chat = LogprobsJson(true, ids, lps, **tok, &offset);
+  EXPECT_EQ(chat["content"][1]["token"], " said");
+  EXPECT_EQ(chat["content"][1]["logprob"], -0.25);
+  EXPECT_EQ(chat["content"][0]["bytes"], json::parse("[32, 116, 104, 101]"));
+  EXPECT_EQ(chat["content"][0]["top_logprobs"][1]["token"], " said");
+
+  GenerationResult result;
+  result.token_ids = ids;
+  result.logprobs = lps;
+  EXPECT_EQ(CompletionResponse(*r, {}, result, tok->get())["choices"][0]["logprobs"]["tokens"],
+            completion["tokens"]);
+  EXPECT_TRUE(CompletionResponse(*c, {}, result, tok->get())["choices"][0]["logprobs"].is_null());
 }
 
 TEST(OpenAiApiTest, ErrorsCarryStatusTypeAndParam) {

@@ -166,6 +166,13 @@ absl::StatusOr<GenerateRequest> BuildGenerateRequest(const GenerationParams& par
   req.sampling.seed = params.seed.value_or(0);
   req.stop = params.stop;
   req.stop_at_eos = !params.ignore_eos;
+  if (params.logprobs.has_value()) {
+    if (*params.logprobs < 0 || *params.logprobs > kMaxTopLogprobs) {
+      return Invalid("logprobs", absl::StrCat("must be in [0, ", kMaxTopLogprobs, "], got ",
+                                              *params.logprobs));
+    }
+    req.logprobs = static_cast<int>(*params.logprobs);
+  }
   return req;
 }
 

@@ -41,6 +41,9 @@ struct GenerationParams {
   std::optional<uint64_t> seed;       // default 0
   std::vector<std::string> stop;
   bool ignore_eos = false;  // generate past EOS (benchmarking)
+  // Each generated token's log-probability and this many alternatives (0..kMaxTopLogprobs);
+  // unset: none. The API's own name and limit are checked where it is read.
+  std::optional<int64_t> logprobs;
 };
 
 struct ValidationLimits {

@@ -122,4 +122,28 @@ int32_t SampleToken(const float* logits, int vocab, const SamplingParams& params
   return ids[prefix - 1];
 }
 
+float TokenLogprobs(const float* logits, int vocab, int32_t token, int top,
+                    std::vector<TokenLogprob>* top_out, SamplingScratch* scratch) {
+  float max = logits[0];
+  for (int i = 1; i < vocab; ++i) max = std::max(max, logits[i]);
+  double sum = 0;
+  for (int i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(logits[i] - max));
+  // log p[i] = (logits[i] - max) - log(sum): subtracting first keeps the precision that
+  // max + log(sum) would lose at large logits.
+  const float log_sum = static_cast<float>(std::log(sum));
+  top_out->clear();
+  top = std::clamp(top, 0, vocab);
+  if (top > 0) {
+    std::vector<int32_t>& ids = scratch->ids;
+    ids.resize(vocab);
+    for (int i = 0; i < vocab; ++i) ids[i] = i;
+    auto before = [logits](int32_t a, int32_t b) {
+      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+    };
+    std::partial_sort(ids.begin(), ids.begin() + top, ids.end(), before);
+    for (int k = 0; k < top; ++k) top_out->push_back({ids[k], (logits[ids[k]] - max) - log_sum});
+  }
+  return (logits[token] - max) - log_sum;
+}
+
 }  // namespace switchyard

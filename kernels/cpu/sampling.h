@@ -36,6 +36,19 @@ struct SamplingScratch {
 int32_t SampleToken(const float* logits, int vocab, const SamplingParams& params, uint64_t step,
                     SamplingScratch* scratch);
 
+// One token's log-probability.
+struct TokenLogprob {
+  int32_t id = 0;
+  float logprob = 0;
+};
+
+// Log-probabilities of the model's distribution p = softmax(logits) (before temperature,
+// top-k and top-p, as vLLM reports them by default), in fp32 with the maximum subtracted:
+// returns log p[token], and writes the `top` most likely ids (descending, ties to the lower
+// id; top <= vocab) to `*top_out`. `token` must be in [0, vocab). Uses `scratch`.
+float TokenLogprobs(const float* logits, int vocab, int32_t token, int top,
+                    std::vector<TokenLogprob>* top_out, SamplingScratch* scratch);
+
 // A uniform double in [0, 1) from (seed, step): splitmix64 of the pair,
 // h = SplitMix64(SplitMix64(seed) ^ step), u = (h >> 11) * 2^-53.
 double UniformFromCounter(uint64_t seed, uint64_t step);

@@ -284,3 +284,35 @@ TEST(UniformFromCounter, IsDeterministicUniformAndKeyedBySeed) {
 
 }  // namespace
 }  // namespace switchyard
+
+namespace switchyard {
+namespace {
+
+TEST(Sampling, LogprobsAreTheLogSoftmaxOfTheRawLogits) {
+  const std::vector<float> logits = {1.0f, 3.0f, -2.0f, 3.0f, 0.5f};
+  double z = 0;
+  for (float l : logits) z += std::exp(static_cast<double>(l));
+  SamplingScratch scratch;
+  std::vector<TokenLogprob> top;
+  const float lp = TokenLogprobs(logits.data(), 5, 4, 3, &top, &scratch);
+  EXPECT_NEAR(lp, 0.5 - std::log(z), 1e-5);
+  ASSERT_EQ(top.size(), 3u);
+  // Descending, ties to the lower id.
+  EXPECT_EQ(top[0].id, 1);
+  EXPECT_EQ(top[1].id, 3);
+  EXPECT_EQ(top[2].id, 0);
+  EXPECT_NEAR(top[0].logprob, 3.0 - std::log(z), 1e-5);
+  EXPECT_NEAR(top[2].logprob, 1.0 - std::log(z), 1e-5);
+  double mass = 0;
+  for (int i = 0; i < 5; ++i) {
+    mass += std::exp(TokenLogprobs(logits.data(), 5, i, 0, &top, &scratch));
+  }
+  EXPECT_NEAR(mass, 1.0, 1e-5);
+  EXPECT_TRUE(top.empty());
+  // Large logits do not overflow (the maximum is subtracted).
+  const std::vector<float> big = {1000.0f, 999.0f};
+  EXPECT_NEAR(TokenLogprobs(big.data(), 2, 0, 0, &top, &scratch), -std::log1p(std::exp(-1.0)), 1e-5);
+}
+
+}  // namespace
+}  // namespace switchyard
