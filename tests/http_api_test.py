@@ -10,7 +10,8 @@ gRPC for comparison). Checks:
     segment between special tokens; a chat answer equals the completion of its prompt ids;
   - 64 concurrent streams each equal the same request served alone;
   - 200 streams of which half disconnect mid-way: the others are intact, exactly 100 requests
-    end cancelled, and the KV cache returns to idle;
+    end cancelled, and the KV cache returns to idle; likewise requests that do not stream,
+    whose clients give up waiting;
   - the bad-input table: each refusal's HTTP status and the field it names.
 
     tests/http_api_test.py SWITCHYARD_BINARY MODEL_DIR WORK_DIR
@@ -343,10 +344,11 @@ def main():
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(200)]
         with concurrent.futures.ThreadPoolExecutor(200) as pool:
             results = list(pool.map(
-                # Those left get a long max_tokens: they cannot end on their own before the
-                # server notices.
+                # Those left get a long max_tokens and ignore EOS: they cannot end on their
+                # own before the server notices.
                 lambda ip: api.stream("/v1/completions",
-                                      completion(ip[1], 300 if ip[0] % 2 else 48, stream=True),
+                                      completion(ip[1], 300, stream=True, ignore_eos=True)
+                                      if ip[0] % 2 else completion(ip[1], 48, stream=True),
                                       leave_after=2 if ip[0] % 2 else None),
                 enumerate(prompts)))
         for i, (p, (status, payloads)) in enumerate(zip(prompts, results)):
@@ -368,6 +370,34 @@ def main():
                   f"cancelled {cancelled - cancelled_before} (want 0, 0, 100)")
             time.sleep(0.5)
         print("ok: 100 of 200 streams left mid-way were cancelled; KV back to idle")
+
+        # Requests that do not stream, whose clients give up after 0.5 s: cancelled too.
+        def give_up(i):
+            conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=0.5)
+            conn.request("POST", "/v1/completions",
+                         body=json.dumps(completion(PROMPTS[i], 600, ignore_eos=True)),
+                         headers={"Content-Type": "application/json",
+                                  "Authorization": f"Bearer {TOKEN}"})
+            try:
+                conn.getresponse()
+                return False
+            except OSError:  # the timeout: leave
+                conn.close()
+                return True
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            left = sum(pool.map(give_up, range(16)))
+        check(left == 16, f"{16 - left} of 16 long requests answered within 0.5 s")
+        deadline = time.time() + 30
+        while True:
+            used = api.metric("switchyard_kv_blocks_used")
+            cancelled = api.metric('switchyard_request_finished_total{reason="cancelled"}') or 0
+            if used == 0 and cancelled - cancelled_before == 116:
+                break
+            check(time.time() < deadline, f"after 16 abandoned requests: kv used {used}, "
+                  f"cancelled {cancelled - cancelled_before - 100} (want 0, 16)")
+            time.sleep(0.5)
+        print("ok: 16 requests whose clients gave up waiting were cancelled; KV back to idle")
 
         # 5. The bad-input table: (method, path, body, token, status, field or text).
         big = json.dumps({"prompt": "x" * (5 << 20)})

@@ -1,12 +1,16 @@
 #include "coordinator/server/http_front_end.h"
 
 #include <httplib.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -86,6 +90,56 @@ void Route(httplib::Server& s, const std::string& method, const std::string& pat
 
 void Get(httplib::Server& s, const std::string& pattern, httplib::Server::Handler handler) {
   Route(s, "GET", pattern, pattern, std::move(handler));
+}
+
+// The port of a socket address, and its numeric host as httplib writes it.
+int PortOf(const sockaddr_storage& a) {
+  if (a.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in&>(a).sin_port);
+  if (a.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6&>(a).sin6_port);
+  return -1;
+}
+
+std::string HostOf(const sockaddr_storage& a, socklen_t len) {
+  char host[NI_MAXHOST];
+  if (getnameinfo(reinterpret_cast<const sockaddr*>(&a), len, host, sizeof(host), nullptr, 0,
+                  NI_NUMERICHOST) != 0) {
+    return "";
+  }
+  return host;
+}
+
+// The socket of the connection `req` came on; -1 when not found. cpp-httplib 0.11 does not
+// tell a handler its socket or whether the client is still there, so it is found by its
+// addresses (local port, peer address and port) among this process's descriptors. It stays
+// valid while the handler runs: the connection's own thread (this one) closes it afterwards.
+int ConnectionFd(const httplib::Request& req) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
+    const int fd = std::atoi(entry.path().filename().c_str());
+    sockaddr_storage local{}, peer{};
+    socklen_t local_len = sizeof(local), peer_len = sizeof(peer);
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_len) != 0 ||
+        getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0) {
+      continue;
+    }
+    if (PortOf(local) == req.local_port && PortOf(peer) == req.remote_port &&
+        HostOf(peer, peer_len) == req.remote_addr) {
+      return fd;
+    }
+  }
+  return -1;
+}
+
+// Asked while a request that does not stream waits for its result: true once the client
+// closed its end of the connection (it gave up), so the request is cancelled as a stream's
+// would be.
+std::function<bool()> ClientGone(const httplib::Request& req) {
+  const int fd = ConnectionFd(req);
+  if (fd < 0) return nullptr;
+  return [fd] {
+    pollfd p{.fd = fd, .events = POLLRDHUP, .revents = 0};
+    return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+  };
 }
 
 // The error in the OpenAI API's form; 429 says when to retry, 401 which scheme.
@@ -197,7 +251,7 @@ void OpenAiGenerate(const ServingContext& ctx, const HttpFrontEnd::Options& opti
       .created = static_cast<int64_t>(std::time(nullptr)),
       .model = ctx.model_name()});
   if (!parsed->stream) {
-    absl::StatusOr<GenerationResult> result = (*gen)->WaitResult();
+    absl::StatusOr<GenerationResult> result = (*gen)->WaitResult(ClientGone(req));
     if (!result.ok()) return OpenAiFail(res, result.status());
     return SetJson(res, 200, CompletionResponse(*parsed, *meta, *result, ctx.tokenizer()));
   }
@@ -306,7 +360,7 @@ void KServeInfer(const ServingContext& ctx, const httplib::Request& req, httplib
   }
   auto gen = SubmitParams(ctx, *params);
   if (!gen.ok()) return KServeFail(res, gen.status());
-  absl::StatusOr<GenerationResult> result = (*gen)->WaitResult();
+  absl::StatusOr<GenerationResult> result = (*gen)->WaitResult(ClientGone(req));
   if (!result.ok()) return KServeFail(res, result.status());
   inference::ModelInferResponse response;
   FillModelInferResponse(*infer, ctx.model_name(), *result, &response);
@@ -330,7 +384,7 @@ void KServeGenerate(const ServingContext& ctx, bool stream, const httplib::Reque
   if (!gen.ok()) return KServeFail(res, gen.status());
   const std::string model = ctx.model_name();
   if (!stream) {
-    absl::StatusOr<GenerationResult> result = (*gen)->WaitResult();
+    absl::StatusOr<GenerationResult> result = (*gen)->WaitResult(ClientGone(req));
     if (!result.ok()) return KServeFail(res, result.status());
     return SetJson(res, 200, GenerateResponseJson(model, result->text, &*result));
   }

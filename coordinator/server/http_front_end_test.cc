@@ -355,6 +355,27 @@ TEST_F(HttpTest, AClientThatLeavesAStreamCancelsItsRequest) {
   EXPECT_TRUE(fake_.WaitForCancels(1, absl::Seconds(10)));
 }
 
+// A request that does not stream is cancelled too when its client gives up waiting.
+TEST_F(HttpTest, AClientThatGivesUpOnAnAnswerCancelsItsRequest) {
+  StartServer(WithHttp());
+  FakeGenerationQueue::Script script;
+  script.hold_until_cancel = true;  // no answer until cancelled
+  fake_.PushScript(script);
+  fake_.PushScript(script);
+  httplib::Client c = Client();
+  c.set_read_timeout(std::chrono::milliseconds(300));
+  EXPECT_FALSE(c.Post("/v1/completions", R"({"prompt": "a", "max_tokens": 100})",
+                      "application/json"));
+  c.stop();
+  EXPECT_TRUE(fake_.WaitForCancels(1, absl::Seconds(10)));
+  httplib::Client k = Client();
+  k.set_read_timeout(std::chrono::milliseconds(300));
+  EXPECT_FALSE(k.Post("/v2/models/brown-moe/generate", R"({"text_input": "a"})",
+                      "application/json"));
+  k.stop();
+  EXPECT_TRUE(fake_.WaitForCancels(2, absl::Seconds(10)));
+}
+
 TEST_F(HttpTest, KServeRestInferGenerateAndMetadata) {
   StartServer(WithHttp());
   httplib::Client c = Client();

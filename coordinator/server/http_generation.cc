@@ -76,10 +76,11 @@ std::optional<RequestEvent> HttpGeneration::Next(absl::Duration timeout) {
   return event;
 }
 
-absl::StatusOr<GenerationResult> HttpGeneration::WaitResult() {
+absl::StatusOr<GenerationResult> HttpGeneration::WaitResult(std::function<bool()> client_gone) {
   GenerationResult result;
   while (!finished_taken_) {
-    std::optional<RequestEvent> event = Next(absl::Hours(1));
+    if (client_gone && !cancelled_ && client_gone()) Cancel();
+    std::optional<RequestEvent> event = Next(client_gone ? absl::Milliseconds(100) : absl::Hours(1));
     if (!event.has_value()) continue;
     result.Add(*event);
     if (!event->finished) continue;

@@ -11,6 +11,7 @@
 
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -37,8 +38,9 @@ class HttpGeneration {
   // event was already taken (see finished()). Pending deltas are merged into one event.
   std::optional<RequestEvent> Next(absl::Duration timeout);
   // Every event until the final one: the whole result, or the final event's error
-  // (kCancelled for a cancelled request).
-  absl::StatusOr<GenerationResult> WaitResult();
+  // (kCancelled for a cancelled request). `client_gone`, when given, is asked every 100 ms
+  // while waiting; once it says yes the request is cancelled (its KV freed at the next step).
+  absl::StatusOr<GenerationResult> WaitResult(std::function<bool()> client_gone = nullptr);
   // Ends the request at the next step boundary (its KV is freed then). Idempotent.
   void Cancel();
   bool finished() const { return finished_taken_; }
