@@ -36,6 +36,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -321,6 +322,9 @@ int RunLoadgen(const LoadgenArgs& a) {
     token = *t;
   }
   const bool http = a.protocol == "http";
+  // A server that closes a keep-alive connection as a request goes out must be an error
+  // counted, not SIGPIPE ending the run (httplib's client writes without MSG_NOSIGNAL).
+  if (http) std::signal(SIGPIPE, SIG_IGN);
 
   // One channel (one HTTP/2 connection) shared by every worker; each worker has its own stub.
   std::shared_ptr<grpc::Channel> channel = conn->channel();

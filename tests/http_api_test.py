@@ -404,6 +404,10 @@ def main():
         table = [
             ("POST", "/v1/completions", "{not json", TOKEN, 400, "body: not valid JSON"),
             ("POST", "/v1/completions", "[1, 2]", TOKEN, 400, "body: must be a JSON object"),
+            ("POST", "/tokenize", "[" * 1000000 + "]" * 1000000, TOKEN, 400, "nested deeper"),
+            ("POST", f"/v2/models/{MODEL}/infer", '{"inputs": ' + "[" * 100000 + "]" * 100000 + "}",
+             TOKEN, 400, "nested deeper"),
+            ("POST", "/tokenize", {"model": 5, "prompt": "a"}, TOKEN, 400, "model"),
             ("POST", "/v1/completions", b'{"prompt": "\xff\xfe"}', TOKEN, 400, "ill-formed UTF-8"),
             ("POST", "/v1/completions", {"prompt": 7}, TOKEN, 400, "prompt"),
             ("POST", "/v1/completions", {"prompt": "a", "max_tokens": "9"}, TOKEN, 400, "max_tokens"),

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
-"""The official OpenAI client for Node (npm's openai, tests/node) against a 2-rank serving
-cluster (EP 2): completions and chat, plain and streamed, must equal the gRPC answer to the
+"""The official OpenAI client for Node (npm's openai, tests/node) against a 4-rank serving
+cluster (EP 2 x PP 2): completions and chat, plain and streamed, must equal the gRPC answer to the
 same request; refusals arrive as the client's APIError with status and param. Skips (exit 77),
 saying why, only when Node.js or the npm package is missing (launch/install-deps.sh installs
 it with `npm ci`).
@@ -41,7 +41,7 @@ def main():
     token_file = os.path.join(work, "token")
     with open(token_file, "w") as f:
         f.write(TOKEN)
-    subprocess.run([CLUSTER, "start", cluster, "2", "2", "1", binary, model, "--kv-blocks", "128",
+    subprocess.run([CLUSTER, "start", cluster, "4", "2", "2", binary, model, "--kv-blocks", "128",
                     "--http-listen", "127.0.0.1:0", "--http-port-file",
                     os.path.join(cluster, "http_port"), "--auth-token-file", token_file,
                     "--chat-template", "mixtral"], check=True)

@@ -238,8 +238,8 @@ absl::StatusOr<ChatTemplate> ChatTemplateForModel(const std::string& model_dir,
       source = it->get<std::string>();
     } else if (it->is_array()) {  // [{"name": "default", "template": "..."}, ...]
       for (const nlohmann::json& t : *it) {
-        if (t.is_object() && t.value("name", "") == "default" && t.contains("template") &&
-            t["template"].is_string()) {
+        if (t.is_object() && t.contains("name") && t["name"] == "default" &&
+            t.contains("template") && t["template"].is_string()) {
           source = t["template"].get<std::string>();
         }
       }

@@ -301,8 +301,14 @@ void OpenAiTokenize(const ServingContext& ctx, const HttpFrontEnd::Options& opti
     return OpenAiFail(res, absl::FailedPreconditionError(
                                "the served model has no tokenizer.model (token ids only)"));
   }
-  const std::string model = body->value("model", std::string());
-  if (absl::Status s = CheckModel(ctx, model); !s.ok()) return OpenAiFail(res, s);
+  const nlohmann::json& model = JsonField(*body, "model");
+  if (!model.is_null() && !model.is_string()) {
+    return OpenAiFail(res, JsonWrongType("model", "a string", model));
+  }
+  if (absl::Status s = CheckModel(ctx, model.is_string() ? model.get<std::string>() : "");
+      !s.ok()) {
+    return OpenAiFail(res, s);
+  }
   nlohmann::json out;
   std::vector<int32_t> ids;
   if (body->contains("messages")) {
@@ -315,17 +321,17 @@ void OpenAiTokenize(const ServingContext& ctx, const HttpFrontEnd::Options& opti
     ids = std::move(prompt->token_ids);
     out["prompt"] = prompt->text;
   } else {
-    const nlohmann::json& prompt = body->value("prompt", nlohmann::json());
+    const nlohmann::json& prompt = JsonField(*body, "prompt");
     if (!prompt.is_string()) {
       return OpenAiFail(res, JsonWrongType("prompt", "a string (or give messages)", prompt));
     }
-    const nlohmann::json& special = body->value("add_special_tokens", nlohmann::json(true));
-    if (!special.is_boolean()) {
+    const nlohmann::json& special = JsonField(*body, "add_special_tokens");
+    if (!special.is_null() && !special.is_boolean()) {
       return OpenAiFail(res, JsonWrongType("add_special_tokens", "a boolean", special));
     }
     const std::string text = prompt.get<std::string>();
     if (absl::Status s = ctx.CheckText(text.size(), "prompt"); !s.ok()) return OpenAiFail(res, s);
-    ids = ctx.tokenizer()->Encode(text, special.get<bool>());
+    ids = ctx.tokenizer()->Encode(text, special.is_null() || special.get<bool>());
   }
   out["tokens"] = ids;
   out["count"] = ids.size();

@@ -33,9 +33,31 @@ absl::Status JsonWrongType(const std::string& field, const std::string& want,
       absl::StrCat(field, ": must be ", want, ", got ", JsonTypeName(got)));
 }
 
+const nlohmann::json& JsonField(const nlohmann::json& object, const char* key) {
+  static const nlohmann::json* const kNull = new nlohmann::json(nullptr);
+  auto it = object.find(key);
+  return it == object.end() ? *kNull : *it;
+}
+
 absl::StatusOr<nlohmann::json> ParseJsonObject(const std::string& body) {
   using nlohmann::json;
-  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  bool too_deep = false;
+  // Lists and objects nested too deep are dropped as they are parsed, never built.
+  const json::parser_callback_t depth_limit = [&too_deep](int depth, json::parse_event_t event,
+                                                          json&) {
+    if ((event == json::parse_event_t::object_start ||
+         event == json::parse_event_t::array_start) &&
+        depth > kMaxJsonDepth) {
+      too_deep = true;
+      return false;
+    }
+    return true;
+  };
+  json j = json::parse(body, depth_limit, /*allow_exceptions=*/false);
+  if (too_deep) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("body: nested deeper than ", kMaxJsonDepth, " levels"));
+  }
   if (j.is_discarded()) {
     // Parse again for the parser's own words (where and why), without letting it escape.
     std::string why = "not valid JSON";

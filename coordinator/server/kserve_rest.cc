@@ -50,29 +50,27 @@ absl::Status SetParameters(const json& params, inference::ModelInferRequest* out
   return absl::OkStatus();
 }
 
-// The elements of a tensor's "data": a flat list or nested lists (row-major), flattened.
-absl::Status Flatten(const std::string& field, const json& data, std::vector<const json*>* out) {
+// The elements of a tensor's "data": a flat list or nested lists (row-major), flattened
+// (the body's depth is bounded by ParseJsonObject).
+void Flatten(const json& data, std::vector<const json*>* out) {
   if (!data.is_array()) {
     out->push_back(&data);
-    return absl::OkStatus();
+    return;
   }
-  for (size_t i = 0; i < data.size(); ++i) {
-    RETURN_IF_ERROR(Flatten(absl::StrCat(field, "[", i, "]"), data[i], out));
-  }
-  return absl::OkStatus();
+  for (const json& element : data) Flatten(element, out);
 }
 
 absl::Status ReadInput(size_t i, const json& in, inference::ModelInferRequest* out) {
   const std::string at = absl::StrCat("inputs[", i, "]");
   if (!in.is_object()) return JsonWrongType(at, "an object", in);
   auto* t = out->add_inputs();
-  const json& name = in.value("name", json());
+  const json& name = JsonField(in, "name");
   if (!name.is_string()) return JsonWrongType(at + ".name", "a string", name);
   t->set_name(name.get<std::string>());
-  const json& datatype = in.value("datatype", json());
+  const json& datatype = JsonField(in, "datatype");
   if (!datatype.is_string()) return JsonWrongType(at + ".datatype", "a string", datatype);
   t->set_datatype(datatype.get<std::string>());
-  const json& shape = in.value("shape", json());
+  const json& shape = JsonField(in, "shape");
   if (!shape.is_array()) return JsonWrongType(at + ".shape", "a list of integers", shape);
   for (size_t k = 0; k < shape.size(); ++k) {
     if (!shape[k].is_number_integer()) {
@@ -80,10 +78,10 @@ absl::Status ReadInput(size_t i, const json& in, inference::ModelInferRequest* o
     }
     t->add_shape(shape[k].get<int64_t>());
   }
-  const json& data = in.value("data", json());
+  const json& data = JsonField(in, "data");
   if (data.is_null()) return Invalid(at + ".data", "is required");
   std::vector<const json*> elements;
-  RETURN_IF_ERROR(Flatten(at + ".data", data, &elements));
+  Flatten(data, &elements);
   for (size_t k = 0; k < elements.size(); ++k) {
     const json& e = *elements[k];
     if (t->datatype() == "BYTES") {
@@ -99,7 +97,7 @@ absl::Status ReadInput(size_t i, const json& in, inference::ModelInferRequest* o
       return JsonWrongType(absl::StrCat(at, ".data[", k, "]"), "a number", e);
     }
   }
-  if (const json& p = in.value("parameters", json()); !p.is_null()) {
+  if (const json& p = JsonField(in, "parameters"); !p.is_null()) {
     if (!p.is_object()) return JsonWrongType(at + ".parameters", "an object", p);
     for (const auto& [name, value] : p.items()) {
       RETURN_IF_ERROR(SetParameter(absl::StrCat(at, ".parameters.", name), value,
@@ -142,24 +140,24 @@ absl::StatusOr<inference::ModelInferRequest> InferRequestFromJson(const std::str
                           "parameters)");
     }
   }
-  if (const json& id = j.value("id", json()); !id.is_null()) {
+  if (const json& id = JsonField(j, "id"); !id.is_null()) {
     if (!id.is_string()) return JsonWrongType("id", "a string", id);
     req.set_id(id.get<std::string>());
   }
-  const json& inputs = j.value("inputs", json());
+  const json& inputs = JsonField(j, "inputs");
   if (!inputs.is_array()) return JsonWrongType("inputs", "a list of tensors", inputs);
   for (size_t i = 0; i < inputs.size(); ++i) RETURN_IF_ERROR(ReadInput(i, inputs[i], &req));
-  if (const json& outputs = j.value("outputs", json()); !outputs.is_null()) {
+  if (const json& outputs = JsonField(j, "outputs"); !outputs.is_null()) {
     if (!outputs.is_array()) return JsonWrongType("outputs", "a list", outputs);
     for (size_t i = 0; i < outputs.size(); ++i) {
-      const json& name = outputs[i].is_object() ? outputs[i].value("name", json()) : json();
+      const json& name = JsonField(outputs[i], "name");  // null for a non-object
       if (!name.is_string()) {
         return JsonWrongType(absl::StrCat("outputs[", i, "].name"), "a string", name);
       }
       req.add_outputs()->set_name(name.get<std::string>());
     }
   }
-  RETURN_IF_ERROR(SetParameters(j.value("parameters", json()), &req));
+  RETURN_IF_ERROR(SetParameters(JsonField(j, "parameters"), &req));
   return req;
 }
 
@@ -217,7 +215,7 @@ absl::StatusOr<inference::ModelInferRequest> GenerateRequestFromJson(const std::
   }
   if (!has_text) return Invalid(kKServeInput, "is required");
   // A parameter given both at the top level and under "parameters" is ambiguous.
-  if (const json& p = j.value("parameters", json()); p.is_object()) {
+  if (const json& p = JsonField(j, "parameters"); p.is_object()) {
     for (const auto& [key, value] : p.items()) {
       if (j.contains(key)) {
         return Invalid(key, "given both at the top level and under \"parameters\"; give it once");

@@ -25,11 +25,7 @@ absl::Status WrongType(const std::string& field, const std::string& want, const 
 }
 
 // The field's value, or null when absent (absent and null mean the same in this API).
-const json& Field(const json& body, const char* name) {
-  static const json* const kNull = new json(nullptr);
-  auto it = body.find(name);
-  return it == body.end() ? *kNull : *it;
-}
+const json& Field(const json& body, const char* name) { return JsonField(body, name); }
 
 absl::StatusOr<std::optional<int64_t>> OptionalInt(const json& body, const char* name) {
   const json& v = Field(body, name);
@@ -226,7 +222,9 @@ absl::StatusOr<std::vector<ChatMessage>> ParseChatMessages(const json& messages)
         const json& type = Field(part, "type");
         if (!type.is_string() || type.get<std::string>() != "text") {
           return Invalid(part_at + ".type",
-                         absl::StrCat("only \"text\" parts are supported, got ", type.dump()));
+                         absl::StrCat("only \"text\" parts are supported, got ",
+                                      type.is_string() ? "\"" + type.get<std::string>() + "\""
+                                                       : JsonTypeName(type)));
         }
         const json& text = Field(part, "text");
         if (!text.is_string()) return WrongType(part_at + ".text", "a string", text);
