@@ -110,7 +110,12 @@ TEST_F(LivenessTest, AKilledWorkerIsNamedAtOnceAndTheOthersAreToldWhy) {
   EXPECT_THAT(live_[0]->failure().message(),
               AllOf(HasSubstr("rank 2 (pid "), HasSubstr("without a goodbye")));
   EXPECT_EQ(live_[0]->failure().code(), absl::StatusCode::kUnavailable);
-  EXPECT_TRUE(JobFailed());  // every communication wait of the process is released
+  // Every communication wait of the process is released: the job's failure is declared just
+  // after the failure is recorded (and the front end told), on the watching thread, so this
+  // thread may see the record a moment before the declaration.
+  const absl::Time until = absl::Now() + absl::Seconds(2);
+  while (!JobFailed() && absl::Now() < until) absl::SleepFor(absl::Milliseconds(1));
+  EXPECT_TRUE(JobFailed());
   // After abort_delay rank 0 tells the live workers, with its reason.
   AwaitFailure(1);
   EXPECT_THAT(live_[1]->failure().message(),
