@@ -352,41 +352,46 @@ absl::Status KServeModel(const ServingContext& ctx, const httplib::Request& req)
                                           "\" version ", kKServeModelVersion));
 }
 
+// How a KServe route reads its body into the gRPC request (InferRequestFromJson,
+// GenerateRequestFromJson).
+using KServeFromJson = absl::StatusOr<inference::ModelInferRequest> (*)(const std::string& body,
+                                                                       const std::string& model,
+                                                                       const std::string& version);
+
+// What every KServe generation route does first: admit, check the model of the path, read
+// the body into `*infer` with `from_json`, validate it as the gRPC ModelInfer would, submit.
+absl::StatusOr<std::unique_ptr<HttpGeneration>> SubmitKServe(const ServingContext& ctx,
+                                                             const httplib::Request& req,
+                                                             KServeFromJson from_json,
+                                                             inference::ModelInferRequest* infer) {
+  if (absl::Status s = Admit(ctx, req); !s.ok()) return s;
+  if (absl::Status s = KServeModel(ctx, req); !s.ok()) return s;
+  absl::StatusOr<inference::ModelInferRequest> read = from_json(req.body, ctx.model_name(), "");
+  if (!read.ok()) return read.status();
+  *infer = *std::move(read);
+  absl::StatusOr<GenerationParams> params = ParseModelInferRequest(*infer, ctx.model_name());
+  if (!params.ok()) return params.status();
+  if (absl::Status s = ctx.CheckText(params->text->size(), kKServeInput); !s.ok()) return s;
+  return SubmitParams(ctx, *params);
+}
+
 // POST /v2/models/{name}/infer.
 void KServeInfer(const ServingContext& ctx, const httplib::Request& req, httplib::Response& res) {
-  if (absl::Status s = Admit(ctx, req); !s.ok()) return KServeFail(res, s);
-  if (absl::Status s = KServeModel(ctx, req); !s.ok()) return KServeFail(res, s);
-  absl::StatusOr<inference::ModelInferRequest> infer =
-      InferRequestFromJson(req.body, ctx.model_name(), "");
-  if (!infer.ok()) return KServeFail(res, infer.status());
-  absl::StatusOr<GenerationParams> params = ParseModelInferRequest(*infer, ctx.model_name());
-  if (!params.ok()) return KServeFail(res, params.status());
-  if (absl::Status s = ctx.CheckText(params->text->size(), kKServeInput); !s.ok()) {
-    return KServeFail(res, s);
-  }
-  auto gen = SubmitParams(ctx, *params);
+  inference::ModelInferRequest infer;
+  auto gen = SubmitKServe(ctx, req, InferRequestFromJson, &infer);
   if (!gen.ok()) return KServeFail(res, gen.status());
   absl::StatusOr<GenerationResult> result = (*gen)->WaitResult(ClientGone(req));
   if (!result.ok()) return KServeFail(res, result.status());
   inference::ModelInferResponse response;
-  FillModelInferResponse(*infer, ctx.model_name(), *result, &response);
+  FillModelInferResponse(infer, ctx.model_name(), *result, &response);
   SetJson(res, 200, InferResponseToJson(response));
 }
 
 // POST /v2/models/{name}/generate and /generate_stream (Triton's generate extension).
 void KServeGenerate(const ServingContext& ctx, bool stream, const httplib::Request& req,
                     httplib::Response& res) {
-  if (absl::Status s = Admit(ctx, req); !s.ok()) return KServeFail(res, s);
-  if (absl::Status s = KServeModel(ctx, req); !s.ok()) return KServeFail(res, s);
-  absl::StatusOr<inference::ModelInferRequest> infer =
-      GenerateRequestFromJson(req.body, ctx.model_name(), "");
-  if (!infer.ok()) return KServeFail(res, infer.status());
-  absl::StatusOr<GenerationParams> params = ParseModelInferRequest(*infer, ctx.model_name());
-  if (!params.ok()) return KServeFail(res, params.status());
-  if (absl::Status s = ctx.CheckText(params->text->size(), kKServeInput); !s.ok()) {
-    return KServeFail(res, s);
-  }
-  auto gen = SubmitParams(ctx, *params);
+  inference::ModelInferRequest infer;
+  auto gen = SubmitKServe(ctx, req, GenerateRequestFromJson, &infer);
   if (!gen.ok()) return KServeFail(res, gen.status());
   const std::string model = ctx.model_name();
   if (!stream) {
@@ -396,7 +401,9 @@ void KServeGenerate(const ServingContext& ctx, bool stream, const httplib::Reque
   }
   StreamEvents(res, *std::move(gen), [model](const RequestEvent& e) {
     if (!e.error.ok()) return SseEvent({{"error", std::string(e.error.message())}});
-    if (!e.finished) return e.text.empty() ? std::string() : SseEvent(GenerateResponseJson(model, e.text, nullptr));
+    if (!e.finished) {
+      return e.text.empty() ? std::string() : SseEvent(GenerateResponseJson(model, e.text, nullptr));
+    }
     GenerationResult last;
     last.Add(e);
     return SseEvent(GenerateResponseJson(model, e.text, &last));

@@ -20,15 +20,8 @@ absl::Status Invalid(const std::string& field, const std::string& problem) {
 }
 
 
-absl::Status WrongType(const std::string& field, const std::string& want, const json& got) {
-  return JsonWrongType(field, want, got);
-}
-
-// The field's value, or null when absent (absent and null mean the same in this API).
-const json& Field(const json& body, const char* name) { return JsonField(body, name); }
-
 absl::StatusOr<std::optional<int64_t>> OptionalInt(const json& body, const char* name) {
-  const json& v = Field(body, name);
+  const json& v = JsonField(body, name);
   if (v.is_null()) return std::optional<int64_t>();
   if (v.is_number_unsigned()) {
     if (v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
@@ -37,29 +30,27 @@ absl::StatusOr<std::optional<int64_t>> OptionalInt(const json& body, const char*
     return std::optional<int64_t>(static_cast<int64_t>(v.get<uint64_t>()));
   }
   if (v.is_number_integer()) return std::optional<int64_t>(v.get<int64_t>());
-  return WrongType(name, "an integer", v);
+  return JsonWrongType(name, "an integer", v);
 }
 
 absl::StatusOr<std::optional<double>> OptionalNumber(const json& body, const char* name) {
-  const json& v = Field(body, name);
+  const json& v = JsonField(body, name);
   if (v.is_null()) return std::optional<double>();
   if (v.is_number()) return std::optional<double>(v.get<double>());
-  return WrongType(name, "a number", v);
+  return JsonWrongType(name, "a number", v);
 }
 
 absl::StatusOr<bool> OptionalBool(const json& body, const char* name, bool fallback) {
-  const json& v = Field(body, name);
+  const json& v = JsonField(body, name);
   if (v.is_null()) return fallback;
   if (v.is_boolean()) return v.get<bool>();
-  return WrongType(name, "a boolean", v);
+  return JsonWrongType(name, "a boolean", v);
 }
-
-absl::StatusOr<json> ParseObject(const std::string& body) { return ParseJsonObject(body); }
 
 // Refuses a field that is present with a value other than its neutral one.
 absl::Status RefuseUnlessNeutral(const json& body, const char* name, const json& neutral,
                                  const std::string& why) {
-  const json& v = Field(body, name);
+  const json& v = JsonField(body, name);
   if (v.is_null() || v == neutral) return absl::OkStatus();
   return Invalid(name, why);
 }
@@ -67,9 +58,9 @@ absl::Status RefuseUnlessNeutral(const json& body, const char* name, const json&
 // What both endpoints take and refuse alike.
 absl::Status ParseCommon(const json& body, const OpenAiOptions& options, OpenAiRequest* r) {
   GenerationParams& p = r->params;
-  const json& model = Field(body, "model");
+  const json& model = JsonField(body, "model");
   if (!model.is_null()) {
-    if (!model.is_string()) return WrongType("model", "a string", model);
+    if (!model.is_string()) return JsonWrongType("model", "a string", model);
     r->model = model.get<std::string>();
   }
   ASSIGN_OR_RETURN(std::optional<int64_t> max_tokens, OptionalInt(body, "max_tokens"));
@@ -86,29 +77,29 @@ absl::Status ParseCommon(const json& body, const OpenAiOptions& options, OpenAiR
   ASSIGN_OR_RETURN(std::optional<int64_t> seed, OptionalInt(body, "seed"));
   if (seed.has_value()) p.seed = static_cast<uint64_t>(*seed);  // negative seeds wrap, as in C
 
-  const json& stop = Field(body, "stop");
+  const json& stop = JsonField(body, "stop");
   if (stop.is_string()) {
     p.stop.push_back(stop.get<std::string>());
   } else if (stop.is_array()) {
     for (size_t i = 0; i < stop.size(); ++i) {
-      if (!stop[i].is_string()) return WrongType(absl::StrCat("stop[", i, "]"), "a string", stop[i]);
+      if (!stop[i].is_string()) return JsonWrongType(absl::StrCat("stop[", i, "]"), "a string", stop[i]);
       p.stop.push_back(stop[i].get<std::string>());
     }
   } else if (!stop.is_null()) {
-    return WrongType("stop", "a string or a list of strings", stop);
+    return JsonWrongType("stop", "a string or a list of strings", stop);
   }
   ASSIGN_OR_RETURN(p.ignore_eos, OptionalBool(body, "ignore_eos", false));
   ASSIGN_OR_RETURN(r->return_token_ids, OptionalBool(body, "return_token_ids", false));
 
   ASSIGN_OR_RETURN(r->stream, OptionalBool(body, "stream", false));
-  const json& so = Field(body, "stream_options");
+  const json& so = JsonField(body, "stream_options");
   if (!so.is_null()) {
-    if (!so.is_object()) return WrongType("stream_options", "an object", so);
+    if (!so.is_object()) return JsonWrongType("stream_options", "an object", so);
     if (!r->stream) return Invalid("stream_options", "only allowed with \"stream\": true");
-    const json& usage = Field(so, "include_usage");
+    const json& usage = JsonField(so, "include_usage");
     if (!usage.is_null()) {
       if (!usage.is_boolean()) {
-        return WrongType("stream_options.include_usage", "a boolean", usage);
+        return JsonWrongType("stream_options.include_usage", "a boolean", usage);
       }
       r->include_usage = usage.get<bool>();
     }
@@ -142,14 +133,14 @@ absl::Status ParseCommon(const json& body, const OpenAiOptions& options, OpenAiR
 
 absl::StatusOr<OpenAiRequest> ParseCompletionRequest(const std::string& body,
                                                      const OpenAiOptions& options) {
-  ASSIGN_OR_RETURN(json j, ParseObject(body));
+  ASSIGN_OR_RETURN(json j, ParseJsonObject(body));
   OpenAiRequest r;
   r.params.text_field = "prompt";
   r.params.token_ids_field = "prompt";
   RETURN_IF_ERROR(ParseCommon(j, options, &r));
 
   // prompt: "text" | [ids] | ["text"] | [[ids]]; a batch of several prompts is refused.
-  const json* prompt = &Field(j, "prompt");
+  const json* prompt = &JsonField(j, "prompt");
   if (prompt->is_null()) return Invalid("prompt", "is required");
   if (prompt->is_array() && !prompt->empty() && (prompt->front().is_string() ||
                                                  prompt->front().is_array())) {
@@ -168,7 +159,7 @@ absl::StatusOr<OpenAiRequest> ParseCompletionRequest(const std::string& body,
     for (size_t i = 0; i < prompt->size(); ++i) {
       const json& id = (*prompt)[i];
       if (!id.is_number_integer()) {
-        return WrongType(absl::StrCat("prompt[", i, "]"), "a token id (an integer)", id);
+        return JsonWrongType(absl::StrCat("prompt[", i, "]"), "a token id (an integer)", id);
       }
       const int64_t v = id.is_number_unsigned() && id.get<uint64_t>() > INT32_MAX
                             ? int64_t{INT32_MAX} + 1
@@ -179,7 +170,7 @@ absl::StatusOr<OpenAiRequest> ParseCompletionRequest(const std::string& body,
       r.params.token_ids.push_back(static_cast<int32_t>(v));
     }
   } else {
-    return WrongType("prompt", "a string, a list of token ids, or a list of one of either",
+    return JsonWrongType("prompt", "a string, a list of token ids, or a list of one of either",
                      *prompt);
   }
 
@@ -198,19 +189,19 @@ absl::StatusOr<OpenAiRequest> ParseCompletionRequest(const std::string& body,
 
 absl::StatusOr<std::vector<ChatMessage>> ParseChatMessages(const json& messages) {
   if (messages.is_null()) return Invalid("messages", "is required");
-  if (!messages.is_array()) return WrongType("messages", "a list of messages", messages);
+  if (!messages.is_array()) return JsonWrongType("messages", "a list of messages", messages);
   if (messages.empty()) return Invalid("messages", "at least one message is required");
   std::vector<ChatMessage> out;
   out.reserve(messages.size());
   for (size_t i = 0; i < messages.size(); ++i) {
     const std::string at = absl::StrCat("messages[", i, "]");
     const json& m = messages[i];
-    if (!m.is_object()) return WrongType(at, "an object", m);
+    if (!m.is_object()) return JsonWrongType(at, "an object", m);
     ChatMessage msg;
-    const json& role = Field(m, "role");
-    if (!role.is_string()) return WrongType(at + ".role", "a string", role);
+    const json& role = JsonField(m, "role");
+    if (!role.is_string()) return JsonWrongType(at + ".role", "a string", role);
     msg.role = role.get<std::string>();
-    const json& content = Field(m, "content");
+    const json& content = JsonField(m, "content");
     if (content.is_string()) {
       msg.content = content.get<std::string>();
     } else if (content.is_array()) {  // [{"type": "text", "text": "..."}]: joined by newlines
@@ -218,24 +209,24 @@ absl::StatusOr<std::vector<ChatMessage>> ParseChatMessages(const json& messages)
       for (size_t k = 0; k < content.size(); ++k) {
         const std::string part_at = absl::StrCat(at, ".content[", k, "]");
         const json& part = content[k];
-        if (!part.is_object()) return WrongType(part_at, "an object", part);
-        const json& type = Field(part, "type");
+        if (!part.is_object()) return JsonWrongType(part_at, "an object", part);
+        const json& type = JsonField(part, "type");
         if (!type.is_string() || type.get<std::string>() != "text") {
           return Invalid(part_at + ".type",
                          absl::StrCat("only \"text\" parts are supported, got ",
                                       type.is_string() ? "\"" + type.get<std::string>() + "\""
                                                        : JsonTypeName(type)));
         }
-        const json& text = Field(part, "text");
-        if (!text.is_string()) return WrongType(part_at + ".text", "a string", text);
+        const json& text = JsonField(part, "text");
+        if (!text.is_string()) return JsonWrongType(part_at + ".text", "a string", text);
         parts.push_back(text.get<std::string>());
       }
       msg.content = absl::StrJoin(parts, "\n");
     } else {
-      return WrongType(at + ".content", "a string or a list of text parts", content);
+      return JsonWrongType(at + ".content", "a string or a list of text parts", content);
     }
     for (const char* tool_field : {"tool_calls", "function_call", "tool_call_id"}) {
-      if (!Field(m, tool_field).is_null()) {
+      if (!JsonField(m, tool_field).is_null()) {
         return Invalid(absl::StrCat(at, ".", tool_field), "tool calls are not supported");
       }
     }
@@ -248,7 +239,7 @@ absl::StatusOr<OpenAiRequest> ParseChatRequest(const std::string& body,
                                                const OpenAiOptions& options,
                                                const ChatTemplate& chat_template,
                                                const Tokenizer* tokenizer) {
-  ASSIGN_OR_RETURN(json j, ParseObject(body));
+  ASSIGN_OR_RETURN(json j, ParseJsonObject(body));
   OpenAiRequest r;
   r.chat = true;
   r.params.text_field = "messages";
@@ -257,7 +248,7 @@ absl::StatusOr<OpenAiRequest> ParseChatRequest(const std::string& body,
   for (const char* name : {"tools", "tool_choice", "functions", "function_call"}) {
     RETURN_IF_ERROR(RefuseUnlessNeutral(j, name, nullptr, "tools are not supported"));
   }
-  const json& format = Field(j, "response_format");
+  const json& format = JsonField(j, "response_format");
   if (!format.is_null() && format != json{{"type", "text"}}) {
     return Invalid("response_format", "only {\"type\": \"text\"} is supported");
   }
@@ -271,7 +262,7 @@ absl::StatusOr<OpenAiRequest> ParseChatRequest(const std::string& body,
     if (!logprobs) return Invalid("top_logprobs", "needs \"logprobs\": true");
   }
   if (logprobs) r.params.logprobs = top.value_or(0);
-  ASSIGN_OR_RETURN(std::vector<ChatMessage> messages, ParseChatMessages(Field(j, "messages")));
+  ASSIGN_OR_RETURN(std::vector<ChatMessage> messages, ParseChatMessages(JsonField(j, "messages")));
   if (tokenizer == nullptr) {
     return Invalid("messages", "the model has no tokenizer.model, so no chat");
   }
@@ -283,9 +274,9 @@ absl::StatusOr<OpenAiRequest> ParseChatRequest(const std::string& body,
 }
 
 absl::StatusOr<ChatTemplate> RequestChatTemplate(const json& body, const ChatTemplate& served) {
-  const json& custom = Field(body, "chat_template");
+  const json& custom = JsonField(body, "chat_template");
   if (custom.is_null()) return served;
-  if (!custom.is_string()) return WrongType("chat_template", "a string (a Jinja template)", custom);
+  if (!custom.is_string()) return JsonWrongType("chat_template", "a string (a Jinja template)", custom);
   const ChatTemplateKind kind = RecognizeChatTemplate(custom.get<std::string>());
   if (kind == ChatTemplateKind::kNone) {
     return Invalid("chat_template",
