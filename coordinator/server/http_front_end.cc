@@ -607,13 +607,19 @@ absl::Status HttpFrontEnd::Start() {
     }
     SetJson(res, res.status, {{"error", message}});
   });
-  s.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
-    const std::optional<Clock::time_point> start = std::exchange(t_request_start, std::nullopt);
-    // Requests no route took share one label: a client must not create series at will.
-    std::string route = std::exchange(t_route, std::string());
-    if (route.empty()) route = "unmatched";
+  // Counted just before the status line is written, so that a client which has its answer
+  // (or a stream's first bytes) finds the request in /metrics (the logger runs after the
+  // body, too late for that).
+  s.set_post_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
     if (kProbePaths.count(req.path) > 0) return;
-    context_->metrics()->CountRequest("http", route, std::to_string(res.status));
+    // Requests no route took share one label: a client must not create series at will.
+    context_->metrics()->CountRequest("http", t_route.empty() ? "unmatched" : t_route,
+                                      std::to_string(res.status));
+  });
+  s.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+    const std::optional<Clock::time_point> start = std::exchange(t_request_start, std::nullopt);
+    t_route.clear();
+    if (kProbePaths.count(req.path) > 0) return;
     const double ms =
         start ? std::chrono::duration<double, std::milli>(Clock::now() - *start).count() : 0;
     spdlog::info("access: id={} peer={}:{} method={} {} status={} total_ms={:.1f}",
