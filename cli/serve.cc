@@ -164,6 +164,19 @@ absl::Status CheckServeFlags(const ServeArgs& a, std::string* token, ChatTemplat
   return absl::OkStatus();
 }
 
+// Where clients reach a listener of `listen` bound to `port`: this host's name for a wildcard
+// address (a client on another node needs a name, not 0.0.0.0), else the address given.
+std::string Reachable(const std::string& listen, int port) {
+  absl::StatusOr<HostPort> hp = SplitHostPort(listen, "--listen");
+  std::string host = hp.ok() ? hp->host : "";
+  if (host.empty() || host == "0.0.0.0" || host == "::" || host == "[::]") {
+    char name[256] = {};
+    host = gethostname(name, sizeof(name) - 1) == 0 ? name : "localhost";
+  }
+  if (host.find(':') != std::string::npos && host.front() != '[') host = "[" + host + "]";
+  return absl::StrCat(host, ":", port);
+}
+
 int RunServe(const ServeArgs& a) {
   // Every rank ignores SIGTERM/SIGINT's default action: rank 0 drains and then releases the
   // workers, so the whole job exits 0 together (mpirun forwards the signal to every rank).
@@ -240,13 +253,14 @@ int RunServe(const ServeArgs& a) {
   if (!a.port_file.empty()) {
     std::ofstream(a.port_file) << front.bound_port() << "\n";
   }
-  spdlog::info("serving {} on port {} ({} ranks: ep {} x pp {}), {:.2f} s after start", name,
-               front.bound_port(), s.world_size, ep, pp, SecondsSinceStart());
+  spdlog::info("serving {} on {} ({} ranks: ep {} x pp {}), {:.2f} s after start", name,
+               Reachable(a.listen, front.bound_port()), s.world_size, ep, pp,
+               SecondsSinceStart());
   if (front.http_bound_port() != 0) {
     spdlog::info(
-        "HTTP on port {}: OpenAI /v1/completions, /v1/chat/completions (chat template: {}), "
+        "HTTP on {}: OpenAI /v1/completions, /v1/chat/completions (chat template: {}), "
         "KServe v2 /v2/models/{}/..., /health, /metrics",
-        front.http_bound_port(),
+        Reachable(a.http_listen, front.http_bound_port()),
         chat.kind == ChatTemplateKind::kNone ? "none, chat is refused" : ChatTemplateName(chat.kind),
         name);
     if (chat.kind == ChatTemplateKind::kNone) spdlog::info("chat: {}", chat.why_none);

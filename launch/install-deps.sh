@@ -9,7 +9,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libsentencepiece-dev nlohmann-json3-dev libcli11-dev libssl-dev libspdlog-dev
   libcpp-httplib-dev prometheus-cpp-dev prometheus
-  libopenmpi-dev openmpi-bin
+  libopenmpi-dev openmpi-bin slurm-wlm munge
   python3 python3-grpcio python3-protobuf python3-numpy python3-matplotlib
   python3-jinja2 python3-sentencepiece curl
   clang libclang-rt-14-dev libomp-14-dev llvm-14

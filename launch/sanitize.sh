@@ -48,7 +48,11 @@ asan)
   #                              calls run against the 4-rank cluster (serve_e2e_cpp/python).
   #   serve_oversized_prompt     measures how much memory glibc's allocator gives back, which
   #                              the sanitizer's allocator (with its quarantine) replaces.
-  skip='^(serve_single_rank_e2e_cpu|serve_oversized_prompt)$'
+  #   slurm_one_node_cluster     tests Slurm's launch, drain and failure paths (daemons of its
+  #                              own, ranks started by slurmstepd with Open MPI's PMIx client);
+  #                              the serving code it drives runs under the sanitizers in the
+  #                              mpirun-launched tests.
+  skip='^(serve_single_rank_e2e_cpu|serve_oversized_prompt|slurm_one_node_cluster)$'
   (cd build-asan && ctest --output-on-failure -j "$JOBS" --timeout 900 -E "$skip" \
      ${SANITIZE_CTEST_ARGS:-})
   ;;
