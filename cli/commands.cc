@@ -113,6 +113,8 @@ int RunPerplexity(const RunFlags& f, const std::string& file, bool as_json) {
   return Finish(s, 0);
 }
 
+}  // namespace
+
 absl::StatusOr<std::vector<int32_t>> ParseTokenList(const std::string& text) {
   std::vector<int32_t> ids;
   for (absl::string_view piece :
@@ -127,6 +129,8 @@ absl::StatusOr<std::vector<int32_t>> ParseTokenList(const std::string& text) {
   if (ids.empty()) return absl::InvalidArgumentError("--tokens: no token ids given");
   return ids;
 }
+
+namespace {
 
 int RunScore(const RunFlags& f, const std::string& tokens_text, const std::string& out) {
   auto ids = ParseTokenList(tokens_text);

@@ -3,9 +3,13 @@
 // 2 on a usage error.
 #pragma once
 
+#include <cstdint>
 #include <functional>
+#include <string>
+#include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/status/statusor.h"
 
 namespace switchyard::cli {
 
@@ -14,6 +18,7 @@ using Action = std::function<int()>;
 void RegisterGenerate(CLI::App& app, Action* action);
 void RegisterPerplexity(CLI::App& app, Action* action);
 void RegisterScore(CLI::App& app, Action* action);
+void RegisterTrace(CLI::App& app, Action* action);
 void RegisterInspect(CLI::App& app, Action* action);
 void RegisterBench(CLI::App& app, Action* action);
 // `bench dispatch`, registered by RegisterBench under `bench`.
@@ -23,5 +28,8 @@ void RegisterServe(CLI::App& app, Action* action);
 void RegisterLoadgen(CLI::App& app, Action* action);
 void RegisterClient(CLI::App& app, Action* action);
 void RegisterMakeSyntheticModel(CLI::App& app, Action* action);
+
+// Token ids from "1 415 2394" or "1,415,2394"; errors name --tokens.
+absl::StatusOr<std::vector<int32_t>> ParseTokenList(const std::string& text);
 
 }  // namespace switchyard::cli

@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   switchyard::cli::RegisterGenerate(app, &action);
   switchyard::cli::RegisterPerplexity(app, &action);
   switchyard::cli::RegisterScore(app, &action);
+  switchyard::cli::RegisterTrace(app, &action);
   switchyard::cli::RegisterInspect(app, &action);
   switchyard::cli::RegisterBench(app, &action);
   switchyard::cli::RegisterPlan(app, &action);

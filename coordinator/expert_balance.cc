@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/files.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -334,11 +335,64 @@ absl::StatusOr<LayerBalance> BalanceLayer(std::span<const double> load,
   return *std::move(best);
 }
 
+namespace {
+
+// Per-layer expert counts of a `switchyard trace` file: a header line, then one line per token
+// whose "experts" lists each layer's choices.
+absl::StatusOr<std::vector<std::vector<double>>> ParseTraceLoads(const std::string& text,
+                                                                 const std::string& source,
+                                                                 const ModelConfig& cfg) {
+  const int L = cfg.num_hidden_layers, E = cfg.num_local_experts;
+  std::vector<std::vector<double>> out(L, std::vector<double>(E, 0));
+  size_t line_no = 0;
+  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipWhitespace())) {
+    ++line_no;
+    const std::string where = absl::StrCat(source, ": line ", line_no);
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object()) return absl::InvalidArgumentError(where + ": not a JSON object");
+    if (line_no == 1) {
+      if (j.value("layers", -1) != L || j.value("experts", -1) != E) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, ": a trace of ", j.value("layers", -1), " layers x ", j.value("experts", -1),
+            " experts, the model has ", L, " x ", E));
+      }
+      continue;
+    }
+    const auto it = j.find("experts");
+    if (it == j.end() || !it->is_array() || static_cast<int>(it->size()) != L) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": want experts, one list per layer"));
+    }
+    for (int l = 0; l < L; ++l) {
+      if (!(*it)[l].is_array()) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": layer ", l, ": not a list"));
+      }
+      for (const nlohmann::json& e : (*it)[l]) {
+        if (!e.is_number_integer() || e.get<int64_t>() < 0 || e.get<int64_t>() >= E) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(where, ": layer ", l, ": expert ", e.dump(), " outside [0, ", E, ")"));
+        }
+        out[l][e.get<int>()] += 1;
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<std::vector<double>>> ParseExpertLoads(const std::string& text,
                                                                   const std::string& source,
                                                                   const ModelConfig& cfg) {
   nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(source, ": not JSON"));
+  if (j.is_discarded()) {
+    // One JSON object per line: a routing trace (switchyard trace).
+    const size_t first = text.find_first_not_of(" \t\r\n");
+    if (first != std::string::npos && text[first] == '{' &&
+        text.find('\n', first) != std::string::npos) {
+      return ParseTraceLoads(text, source, cfg);
+    }
+    return absl::InvalidArgumentError(absl::StrCat(source, ": not JSON"));
+  }
   if (j.is_object()) {
     if (!j.contains("expert_token_counts")) {
       return absl::InvalidArgumentError(

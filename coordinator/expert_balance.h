@@ -74,7 +74,8 @@ LayerBalance EvaluateLayer(std::span<const double> load,
 // "PATH: problem" otherwise). Accepted forms: the JSON of GetClusterStatus
 // (`switchyard client status --json`: "expert_token_counts": [{"tokens": [...]}, ...]),
 // {"expert_token_counts": [[...], ...]}, or a bare [[...], ...]; one row per layer of `cfg`,
-// num_local_experts non-negative numbers per row.
+// num_local_experts non-negative numbers per row; or a routing trace (`switchyard trace`, JSON
+// lines), each token's choices counted per layer and expert.
 absl::StatusOr<std::vector<std::vector<double>>> LoadExpertLoads(const std::string& path,
                                                                  const ModelConfig& cfg);
 absl::StatusOr<std::vector<std::vector<double>>> ParseExpertLoads(const std::string& text,

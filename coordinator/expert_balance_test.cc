@@ -196,6 +196,29 @@ TEST(ExpertLoads, ParsesClusterStatusJsonAndPlainRows) {
             absl::StatusCode::kNotFound);
 }
 
+TEST(ExpertLoads, CountsARoutingTrace) {
+  const ModelConfig cfg = Config(2, 3);
+  const std::string trace =
+      "{\"model\": \"m\", \"layers\": 2, \"experts\": 3, \"top_k\": 2, \"tokens\": 2}\n"
+      "{\"position\": 0, \"experts\": [[0, 2], [1, 2]], \"weights\": [[0.6, 0.4], [0.5, 0.5]]}\n"
+      "{\"position\": 1, \"experts\": [[2, 1], [1, 0]], \"weights\": [[0.7, 0.3], [0.9, 0.1]]}\n";
+  auto loads = ParseExpertLoads(trace, "t.jsonl", cfg);
+  ASSERT_TRUE(loads.ok()) << loads.status();
+  EXPECT_THAT((*loads)[0], ElementsAre(1, 1, 2));
+  EXPECT_THAT((*loads)[1], ElementsAre(1, 2, 1));
+  auto other = ParseExpertLoads(
+      "{\"layers\": 4, \"experts\": 3}\n{\"experts\": [[0]]}\n", "t.jsonl", cfg);
+  EXPECT_THAT(std::string(other.status().message()),
+              HasSubstr("t.jsonl: line 1: a trace of 4 layers x 3 experts, the model has 2 x 3"));
+  auto bad = ParseExpertLoads(
+      "{\"layers\": 2, \"experts\": 3}\n{\"experts\": [[0], [3]]}\n", "t.jsonl", cfg);
+  EXPECT_THAT(std::string(bad.status().message()),
+              HasSubstr("t.jsonl: line 2: layer 1: expert 3 outside [0, 3)"));
+  auto cut = ParseExpertLoads("{\"layers\": 2, \"experts\": 3}\n{\"experts\": [[0], [1\n",
+                              "t.jsonl", cfg);
+  EXPECT_THAT(std::string(cut.status().message()), HasSubstr("t.jsonl: line 2: not a JSON object"));
+}
+
 TEST(ExpertLoads, PlanFromLoadsBalancesEachLayerOnItsStage) {
   ModelConfig cfg = Config(4, 4);
   cfg.hidden_size = 8;

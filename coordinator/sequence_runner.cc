@@ -77,7 +77,24 @@ absl::StatusOr<GenerateOutput> SequenceRunner::Generate(
 
 absl::Status SequenceRunner::Score(std::span<const int32_t> tokens,
                                    const std::function<void(int, int, const float*)>& on_logits) {
-  if (tokens.empty()) return absl::InvalidArgumentError("no tokens to score");
+  return Teacher(tokens, {.logits = LogitsMode::kAll}, [&](int pos, int n) {
+    on_logits(pos, n, result_.SeqLogits(0, cfg_.vocab_size).data());
+  });
+}
+
+absl::Status SequenceRunner::Route(
+    std::span<const int32_t> tokens,
+    const std::function<void(int, int, const int32_t*, const float*)>& on_routing) {
+  const int row = cfg_.num_hidden_layers * cfg_.num_experts_per_tok;
+  return Teacher(tokens, {.routing = RoutingMode::kAll}, [&](int pos, int n) {
+    on_routing(pos, n, result_.SeqRoutingExperts(0, row).data(),
+               result_.SeqRoutingWeights(0, row).data());
+  });
+}
+
+absl::Status SequenceRunner::Teacher(std::span<const int32_t> tokens, SeqEntry entry,
+                                     const std::function<void(int, int)>& on_chunk) {
+  if (tokens.empty()) return absl::InvalidArgumentError("no tokens given");
   if (static_cast<int>(tokens.size()) > cfg_.max_position_embeddings) {
     return absl::InvalidArgumentError(absl::StrCat(tokens.size(),
                                                    " tokens exceed the model's context of ",
@@ -90,10 +107,11 @@ absl::Status SequenceRunner::Score(std::span<const int32_t> tokens,
   for (int pos = 0; st.ok() && pos < static_cast<int>(tokens.size()); pos += chunk) {
     const int n = std::min<int>(chunk, tokens.size() - pos);
     plan_.Clear();
-    plan_.AddSequence({.seq_id = seq_id, .start_pos = pos, .logits = LogitsMode::kAll},
-                      tokens.subspan(pos, n), table);
+    entry.seq_id = seq_id;
+    entry.start_pos = pos;
+    plan_.AddSequence(entry, tokens.subspan(pos, n), table);
     st = executor_->Execute(plan_, &result_);
-    if (st.ok()) on_logits(pos, n, result_.SeqLogits(0, cfg_.vocab_size).data());
+    if (st.ok()) on_chunk(pos, n);
   }
   allocator_->Free(&table);
   return st;

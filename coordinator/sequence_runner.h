@@ -45,8 +45,18 @@ class SequenceRunner {
   // chunk, covering every position in order.
   absl::Status Score(std::span<const int32_t> tokens,
                      const std::function<void(int, int, const float*)>& on_logits);
+  // Runs `tokens` and calls on_routing(first_position, rows, experts, weights) for every
+  // chunk, covering every position in order: per row, the router's top-k experts and
+  // weights of every layer ([rows][num_hidden_layers][top_k]).
+  absl::Status Route(
+      std::span<const int32_t> tokens,
+      const std::function<void(int, int, const int32_t*, const float*)>& on_routing);
 
  private:
+  // Runs `tokens` in chunks as one sequence with `entry`'s modes; on_chunk(first, rows) after
+  // each step, with its result in result_.
+  absl::Status Teacher(std::span<const int32_t> tokens, SeqEntry entry,
+                       const std::function<void(int, int)>& on_chunk);
   absl::Status Reserve(std::vector<int32_t>* table, int tokens);
 
   StepExecutor* executor_;

@@ -7,7 +7,8 @@ serving job or from a load file, and, with --placement, the load each rank would
 
 --load takes what `switchyard plan --load` takes: the JSON of `switchyard client status
 --json` (its expert_token_counts), {"expert_token_counts": [[...], ...]}, or [[...], ...] (one
-row per layer, one number per expert). Each cell is the expert's share of its layer's routed
+row per layer, one number per expert); or a routing trace (`switchyard trace --out t.jsonl`),
+counted per layer and expert. Each cell is the expert's share of its layer's routed
 tokens; with --placement (a placement file, e.g. from `switchyard plan --out`) a second panel
 shows each EP rank's expected share per layer (an expert's load split evenly over its
 replicas), the straggler rank of each layer marked. Needs Debian's python3-matplotlib.
@@ -18,9 +19,33 @@ import json
 import sys
 
 
+def trace_rows(path, text):
+    """Per-layer expert counts from a `switchyard trace` file (JSON lines: a header with layers
+    and experts, then one line per token with its experts per layer)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    try:
+        header = json.loads(lines[0])
+        rows = [[0.0] * int(header["experts"]) for _ in range(int(header["layers"]))]
+        for n, line in enumerate(lines[1:], start=2):
+            token = json.loads(line)
+            for layer, chosen in enumerate(token["experts"]):
+                for e in chosen:
+                    rows[layer][e] += 1
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        where = f"line {n}" if "n" in locals() else "its header"
+        raise ValueError(f"{path}: not a switchyard trace ({where}: {e})")
+    return rows
+
+
 def load_rows(path):
     with open(path) as f:
-        data = json.load(f)
+        text = f.read()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        if text.lstrip().startswith("{") and "\n{" in text:  # JSON lines: a routing trace
+            return trace_rows(path, text)
+        raise ValueError(f"{path}: neither JSON nor a switchyard trace")
     if isinstance(data, dict):
         if "expert_token_counts" not in data:
             raise ValueError(f"{path}: want expert_token_counts or an array of per-layer arrays")
@@ -62,7 +87,7 @@ def expert_ranks(placement_path, layers, experts, ep):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--load", required=True, help="status JSON or per-layer rows")
+    ap.add_argument("--load", required=True, help="status JSON, per-layer rows, or a trace")
     ap.add_argument("--out", required=True, help="output image: .png or .svg")
     ap.add_argument("--placement", help="placement file: also plot each rank's share")
     ap.add_argument("--ep", type=int, default=0, help="EP ranks when the placement omits ep")

@@ -184,6 +184,26 @@ TEST_P(DistributedEquality, MatchesSingleRank) {
       for (size_t i = 0; i < la.size(); ++i) err = std::max<double>(err, std::abs(la[i] - lb[i]));
       EXPECT_LE(err, 1e-4);
     }
+    // Routing: every layer's choices for every position, as one rank makes them, though the
+    // layers ran on different stages and the rows crossed micro-batches and steps.
+    const size_t row = static_cast<size_t>(cfg.num_hidden_layers) * cfg.num_experts_per_tok;
+    for (const auto& sc : fixture["score"]) {
+      auto tokens = sc["tokens"].get<std::vector<int32_t>>();
+      std::vector<int32_t> ea(tokens.size() * row, -1), eb(tokens.size() * row, -2);
+      std::vector<float> wa(tokens.size() * row), wb(tokens.size() * row);
+      auto keep = [row](std::vector<int32_t>* e, std::vector<float>* w) {
+        return [=](int first, int rows, const int32_t* experts, const float* weights) {
+          std::copy_n(experts, rows * row, e->begin() + first * row);
+          std::copy_n(weights, rows * row, w->begin() + first * row);
+        };
+      };
+      ASSERT_TRUE(dist.Route(tokens, keep(&ea, &wa)).ok());
+      ASSERT_TRUE(local.Route(tokens, keep(&eb, &wb)).ok());
+      EXPECT_EQ(ea, eb);
+      double err = 0;
+      for (size_t i = 0; i < wa.size(); ++i) err = std::max<double>(err, std::abs(wa[i] - wb[i]));
+      EXPECT_LE(err, 1e-4);
+    }
     for (const auto& p : fixture["perplexity"]) {
       std::ifstream f(kRoot + "/tests/data/" + p["file"].get<std::string>());
       std::stringstream ss;

@@ -31,9 +31,9 @@ class CpuStageBackend final : public StageBackend {
     forward_.Embed(tokens, rows, Row(row0));
     return absl::OkStatus();
   }
-  absl::Status RunLayers(std::span<const SeqEntry> seqs, const int32_t* block_tables,
-                         int row0) override {
-    return forward_.RunLayers(seqs, block_tables, Row(row0));
+  absl::Status RunLayers(std::span<const SeqEntry> seqs, const int32_t* block_tables, int row0,
+                         const RoutingCapture* capture) override {
+    return forward_.RunLayers(seqs, block_tables, Row(row0), capture);
   }
   absl::Status Head(const StepPlan& local, StepResult* result) override {
     StepHead::RowsForHead(local, &head_rows_);

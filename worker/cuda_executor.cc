@@ -752,6 +752,13 @@ absl::Status CudaExecutor::Execute(const StepPlan& plan, StepResult* result) {
   // The current device is per thread: the scheduler calls from its own thread.
   RETURN_IF_ERROR(CudaCheck(cudaSetDevice(device_), "cudaSetDevice"));
   RETURN_IF_ERROR(Prepare(plan));  // invalid plans leave the executor usable
+  for (const SeqEntry& s : plan.seqs) {
+    if (s.routing != RoutingMode::kNone) {
+      return absl::UnimplementedError(absl::StrCat(
+          "sequence ", s.seq_id, ": routing (return_routing, switchyard trace) is not "
+          "recorded by the CUDA executor yet; run on --device cpu"));
+    }
+  }
   absl::Status st = CudaCheck(
       cudaMemcpyAsync(meta_dev_, meta_host_, layout_.bytes, cudaMemcpyHostToDevice, stream_),
       "copy step inputs");
@@ -764,6 +771,7 @@ absl::Status CudaExecutor::Execute(const StepPlan& plan, StepResult* result) {
     }
   }
   if (st.ok()) st = Finish(plan, result);
+  if (st.ok()) result->SizeRouting(plan, 0);  // no seq asks for routing: all empty
   if (!st.ok()) broken_ = st;  // device state (KV cache) is unknown now
   steps_ += st.ok() ? 1 : 0;
   return st;

@@ -20,6 +20,7 @@ struct PlanHeader {
 };
 
 constexpr int kResultTag = 900;  // activations use the micro-batch index as tag
+constexpr int kRoutingTag = 901;  // routing passed down the pipeline: experts, then weights
 
 }  // namespace
 
@@ -94,11 +95,16 @@ absl::Status DistributedWorker::RunStep(const StepPlan& plan, StepResult* result
   const bool first = stage == 0, last = stage == shape_.pp - 1;
   const int prev = shape_.WorldRank(stage - 1, shape_.ep_rank());
   const int next = shape_.WorldRank(stage + 1, shape_.ep_rank());
+  // The rows whose routing the plan asks for: recorded by every stage for its layers into
+  // local_result_ (the same rows on every stage of this DP index), in local plan order.
+  const int routed_rows = local_result_.SizeRouting(local, routing_row_entries());
   SplitMicroBatches(local.seqs, shape_.pp, &micro_batches_);
   for (int m = 0; m < static_cast<int>(micro_batches_.size()); ++m) {
     const MicroBatch& mb = micro_batches_[m];
     micro_batch_.assign(local.seqs.begin() + mb.seq_begin, local.seqs.begin() + mb.seq_end);
     for (SeqEntry& s : micro_batch_) s.token_offset -= mb.row0;
+    RoutingCapture capture;
+    if (routed_rows > 0) capture = RoutingOf(local, mb);
     const size_t bytes = static_cast<size_t>(mb.rows) * backend_->row_bytes();
     if (first) {
       RETURN_IF_ERROR(backend_->Embed(local.tokens.data() + mb.row0, mb.rows, mb.row0));
@@ -106,12 +112,14 @@ absl::Status DistributedWorker::RunStep(const StepPlan& plan, StepResult* result
       AddElapsedNanos waiting(&link_wait_ns_);
       RETURN_IF_ERROR(stage_link_->Recv(backend_->hidden_rows(mb.row0), bytes, prev, m));
     }
-    RETURN_IF_ERROR(backend_->RunLayers(micro_batch_, local.block_tables.data(), mb.row0));
+    RETURN_IF_ERROR(backend_->RunLayers(micro_batch_, local.block_tables.data(), mb.row0,
+                                        capture.rows.empty() ? nullptr : &capture));
     if (!last && mb.rows > 0) {
       AddElapsedNanos waiting(&link_wait_ns_);
       RETURN_IF_ERROR(stage_link_->Send(backend_->hidden_rows(mb.row0), bytes, next, m));
     }
   }
+  if (routed_rows > 0 && shape_.pp > 1) RETURN_IF_ERROR(PassRouting(routed_rows, prev, next));
   if (last) {
     RETURN_IF_ERROR(backend_->Head(local, &local_result_));
     if (shape_.world_rank != 0) RETURN_IF_ERROR(SendResults());
@@ -120,15 +128,71 @@ absl::Status DistributedWorker::RunStep(const StepPlan& plan, StepResult* result
   return absl::OkStatus();
 }
 
+RoutingCapture DistributedWorker::RoutingOf(const StepPlan& local, const MicroBatch& mb) {
+  capture_rows_.clear();
+  int first = -1;  // the micro-batch's first routed row: its rows are contiguous from there
+  for (int i = mb.seq_begin; i < mb.seq_end; ++i) {
+    const SeqEntry& s = local.seqs[i];
+    const int rows = local_result_.routing_rows[i];
+    if (rows > 0 && first < 0) first = local_result_.routing_offset[i];
+    for (int j = s.num_tokens - rows; j < s.num_tokens; ++j) {
+      capture_rows_.push_back(s.token_offset - mb.row0 + j);
+    }
+  }
+  if (capture_rows_.empty()) return {};
+  const size_t at = static_cast<size_t>(first) * routing_row_entries();
+  return {.rows = capture_rows_,
+          .layers = weights_.config().num_hidden_layers,
+          .experts = local_result_.routing_experts.data() + at,
+          .weights = local_result_.routing_weights.data() + at};
+}
+
+absl::Status DistributedWorker::PassRouting(int rows, int prev, int next) {
+  const size_t entries = static_cast<size_t>(rows) * routing_row_entries();
+  AddElapsedNanos waiting(&link_wait_ns_);
+  if (shape_.stage() > 0) {
+    // The layers before this stage's come from the previous stage; this stage's own are
+    // already in place.
+    routing_in_experts_.resize(entries);
+    routing_in_weights_.resize(entries);
+    RETURN_IF_ERROR(stage_link_->Recv(routing_in_experts_.data(), entries * sizeof(int32_t), prev,
+                                      kRoutingTag));
+    RETURN_IF_ERROR(stage_link_->Recv(routing_in_weights_.data(), entries * sizeof(float), prev,
+                                      kRoutingTag));
+    const size_t row = routing_row_entries();
+    const size_t before = static_cast<size_t>(weights_.spec().layer_begin) *
+                          weights_.config().num_experts_per_tok;
+    for (int r = 0; r < rows; ++r) {
+      std::copy_n(&routing_in_experts_[r * row], before, &local_result_.routing_experts[r * row]);
+      std::copy_n(&routing_in_weights_[r * row], before, &local_result_.routing_weights[r * row]);
+    }
+  }
+  if (shape_.stage() < shape_.pp - 1) {
+    RETURN_IF_ERROR(stage_link_->Send(local_result_.routing_experts.data(),
+                                      entries * sizeof(int32_t), next, kRoutingTag));
+    RETURN_IF_ERROR(stage_link_->Send(local_result_.routing_weights.data(),
+                                      entries * sizeof(float), next, kRoutingTag));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status DistributedWorker::SendResults() {
   const size_t tok_bytes = local_result_.next_tokens.size() * sizeof(int32_t);
   const size_t logit_bytes = local_result_.logits.size() * sizeof(float);
-  if (tok_bytes + logit_bytes == 0) return absl::OkStatus();  // no sequence ends here
-  message_.resize(tok_bytes + logit_bytes);
+  const size_t routed = local_result_.routing_experts.size();
+  const size_t route_bytes = routed * (sizeof(int32_t) + sizeof(float));
+  if (tok_bytes + logit_bytes + route_bytes == 0) return absl::OkStatus();  // none ends here
+  message_.resize(tok_bytes + logit_bytes + route_bytes);
   // An empty vector's data() may be null, which memcpy may not receive even for 0 bytes.
-  if (tok_bytes > 0) std::memcpy(message_.data(), local_result_.next_tokens.data(), tok_bytes);
-  if (logit_bytes > 0) {
-    std::memcpy(message_.data() + tok_bytes, local_result_.logits.data(), logit_bytes);
+  char* at = message_.data();
+  if (tok_bytes > 0) std::memcpy(at, local_result_.next_tokens.data(), tok_bytes);
+  at += tok_bytes;
+  if (logit_bytes > 0) std::memcpy(at, local_result_.logits.data(), logit_bytes);
+  at += logit_bytes;
+  if (routed > 0) {
+    std::memcpy(at, local_result_.routing_experts.data(), routed * sizeof(int32_t));
+    std::memcpy(at + routed * sizeof(int32_t), local_result_.routing_weights.data(),
+                routed * sizeof(float));
   }
   AddElapsedNanos waiting(&link_wait_ns_);
   return world_->Send(message_.data(), message_.size(), 0, kResultTag);
@@ -152,34 +216,51 @@ absl::Status DistributedWorker::CollectResults(const StepPlan& plan, StepResult*
     total_rows += result->logits_rows[i];
   }
   result->logits.resize(static_cast<size_t>(total_rows) * V);
+  const size_t RE = routing_row_entries();
+  result->SizeRouting(plan, RE);
   for (int dp = 0; dp < shape_.ep; ++dp) {
     const int source = shape_.WorldRank(shape_.pp - 1, dp);
     // The sequences of this DP index, in plan order, and the bytes they produce.
-    size_t count = 0, rows = 0;
+    size_t count = 0, rows = 0, routed = 0;
     for (const SeqEntry& s : plan.seqs) {
       if (s.dp_rank != dp) continue;
       ++count;
       rows += ReturnedLogitRows(s);
+      routed += RoutingRows(s);
     }
     const size_t tok_bytes = count * sizeof(int32_t);
+    const size_t logit_bytes = rows * V * sizeof(float);
     const int32_t* tokens;
     const float* logits;
+    const int32_t* route_experts;
+    const float* route_weights;
     if (source == 0) {
       tokens = local_result_.next_tokens.data();
       logits = local_result_.logits.data();
+      route_experts = local_result_.routing_experts.data();
+      route_weights = local_result_.routing_weights.data();
     } else {
-      message_.resize(tok_bytes + rows * V * sizeof(float));
+      message_.resize(tok_bytes + logit_bytes + routed * RE * (sizeof(int32_t) + sizeof(float)));
       if (!message_.empty()) {
         AddElapsedNanos waiting(&link_wait_ns_);
         RETURN_IF_ERROR(world_->Recv(message_.data(), message_.size(), source, kResultTag));
       }
       tokens = reinterpret_cast<const int32_t*>(message_.data());
       logits = reinterpret_cast<const float*>(message_.data() + tok_bytes);
+      route_experts = reinterpret_cast<const int32_t*>(message_.data() + tok_bytes + logit_bytes);
+      route_weights = reinterpret_cast<const float*>(message_.data() + tok_bytes + logit_bytes +
+                                                     routed * RE * sizeof(int32_t));
     }
-    size_t k = 0, row = 0;
+    size_t k = 0, row = 0, route_row = 0;
     for (size_t i = 0; i < n; ++i) {
       if (plan.seqs[i].dp_rank != dp) continue;
       result->next_tokens[i] = tokens[k++];
+      if (const size_t r = result->routing_rows[i]; r > 0) {
+        const size_t to = static_cast<size_t>(result->routing_offset[i]) * RE;
+        std::copy_n(route_experts + route_row * RE, r * RE, &result->routing_experts[to]);
+        std::copy_n(route_weights + route_row * RE, r * RE, &result->routing_weights[to]);
+        route_row += r;
+      }
       const size_t r = result->logits_rows[i];
       if (r == 0) continue;  // no logits asked for (its offset may be the end of the buffer)
       std::memcpy(result->logits.data() + static_cast<size_t>(result->logits_offset[i]) * V,

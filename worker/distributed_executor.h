@@ -98,6 +98,16 @@ class DistributedWorker {
   void SelectLocal(const StepPlan& plan);
   absl::Status SendResults();
   absl::Status CollectResults(const StepPlan& plan, StepResult* result);
+  // Entries of one routed row: every layer's top-k.
+  int routing_row_entries() const {
+    return weights_.config().num_hidden_layers * weights_.config().num_experts_per_tok;
+  }
+  // Where the micro-batch's routed rows are recorded (empty rows when it has none).
+  RoutingCapture RoutingOf(const StepPlan& local, const MicroBatch& mb);
+  // After the micro-batches: the routing of the layers before this stage comes from the
+  // previous stage, and the routing so far goes on to the next one (the last stage then
+  // holds every layer's).
+  absl::Status PassRouting(int rows, int prev, int next);
 
   const ModelWeights& weights_;
   ParallelShape shape_;
@@ -115,6 +125,9 @@ class DistributedWorker {
   std::vector<SeqEntry> micro_batch_;
   StepResult local_result_;
   std::vector<char> message_;
+  std::vector<int32_t> capture_rows_;
+  std::vector<int32_t> routing_in_experts_;
+  std::vector<float> routing_in_weights_;
 };
 
 // The coordinator's StepExecutor over a DistributedWorker on world rank 0.

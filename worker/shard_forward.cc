@@ -2,6 +2,8 @@
 
 #include <omp.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
@@ -59,7 +61,7 @@ void ShardForward::Attention(int layer, std::span<const SeqEntry> seqs,
 }
 
 absl::Status ShardForward::RunLayers(std::span<const SeqEntry> seqs, const int32_t* block_tables,
-                                     float* hidden) {
+                                     float* hidden, const RoutingCapture* capture) {
   // The plan was validated once (ValidatePlan: context, KV blocks, ids); this guard keeps the
   // step buffers, sized for max_tokens rows, from overflowing whatever the caller passes.
   int T = 0;
@@ -84,6 +86,14 @@ absl::Status ShardForward::RunLayers(std::span<const SeqEntry> seqs, const int32
       cpu::MatMul(normed_.data(), T, lw.router, router_logits_.data());
       cpu::RouterTopK(router_logits_.data(), T, cfg_.num_local_experts, K, topk_experts_.data(),
                       topk_weights_.data());
+      if (capture != nullptr) {
+        for (size_t j = 0; j < capture->rows.size(); ++j) {
+          const size_t from = static_cast<size_t>(capture->rows[j]) * K;
+          const size_t to = (j * capture->layers + l) * K;
+          std::copy_n(&topk_experts_[from], K, capture->experts + to);
+          std::copy_n(&topk_weights_[from], K, capture->weights + to);
+        }
+      }
     }
     // Collective in expert parallelism: called even when this rank has no rows.
     RETURN_IF_ERROR(moe_->Run(l, normed_.data(), T, topk_experts_.data(), topk_weights_.data(),

@@ -27,6 +27,15 @@ struct ForwardLimits {
   int max_context = 4096;  // longest sequence (positions) attention must cover
 };
 
+// Where RunLayers records the router's choices for some rows of its batch: layer l's top-k
+// experts and weights of row rows[j] go to experts/weights + (j * layers + l) * top_k.
+struct RoutingCapture {
+  std::span<const int32_t> rows;  // batch rows (as RunLayers numbers them), any order
+  int layers = 0;                 // entries of a recorded row: the whole model's layers
+  int32_t* experts = nullptr;
+  float* weights = nullptr;
+};
+
 class ShardForward {
  public:
   ShardForward(const ModelWeights& weights, PagedKvCache* kv, MoeRunner* moe,
@@ -39,8 +48,9 @@ class ShardForward {
   // order); reads and writes KV for every sequence through its block table. The sequences
   // must have passed ValidatePlan (worker/step.h): positions, blocks and ids are not checked
   // again. Errors: kInvalidArgument when the batch exceeds max_tokens; MoE errors pass through.
+  // With `capture`, also records the router's choices of its rows for this shard's layers.
   absl::Status RunLayers(std::span<const SeqEntry> seqs, const int32_t* block_tables,
-                         float* hidden);
+                         float* hidden, const RoutingCapture* capture = nullptr);
 
   // logits[i] = lm_head(final_norm(hidden[rows[i]])). Requires the shard to hold the head.
   void Head(const float* hidden, std::span<const int32_t> rows, float* logits);

@@ -37,8 +37,10 @@ class StageBackend {
   // Runs the stage's layers in place over the micro-batch whose rows start at row0 (the
   // entries' token_offset count from row0; block_tables is the step's concatenated tables).
   // Collective over the EP group (every rank calls it per micro-batch, possibly empty).
+  // With `capture` (rows numbered from row0), also records the router's choices of those rows
+  // for the stage's layers.
   virtual absl::Status RunLayers(std::span<const SeqEntry> seqs, const int32_t* block_tables,
-                                 int row0) = 0;
+                                 int row0, const RoutingCapture* capture = nullptr) = 0;
   // Head and sampling over the rank's whole local plan (rows as StepHead::RowsForHead),
   // filling `result` as StepExecutor::Execute would for that plan. Requires the head.
   virtual absl::Status Head(const StepPlan& local, StepResult* result) = 0;

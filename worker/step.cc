@@ -27,6 +27,27 @@ int ReturnedLogitRows(const SeqEntry& s) {
   return s.logits == LogitsMode::kLast ? 1 : 0;
 }
 
+int RoutingRows(const SeqEntry& s) {
+  if (s.num_tokens <= 0) return 0;
+  if (s.routing == RoutingMode::kAll) return s.num_tokens;
+  return s.routing == RoutingMode::kLast ? 1 : 0;
+}
+
+int StepResult::SizeRouting(const StepPlan& plan, int row_entries) {
+  const size_t n = plan.seqs.size();
+  routing_offset.assign(n, 0);
+  routing_rows.assign(n, 0);
+  int32_t total = 0;
+  for (size_t i = 0; i < n; ++i) {
+    routing_offset[i] = total;
+    routing_rows[i] = RoutingRows(plan.seqs[i]);
+    total += routing_rows[i];
+  }
+  routing_experts.resize(static_cast<size_t>(total) * row_entries);
+  routing_weights.resize(static_cast<size_t>(total) * row_entries);
+  return total;
+}
+
 absl::Status ValidatePlan(const StepPlan& plan, const PlanLimits& limits) {
   const int64_t T = static_cast<int64_t>(plan.tokens.size());
   const int64_t B = static_cast<int64_t>(plan.block_tables.size());
@@ -36,6 +57,11 @@ absl::Status ValidatePlan(const StepPlan& plan, const PlanLimits& limits) {
       return absl::InvalidArgumentError(absl::StrCat("sequence ", s.seq_id, ": dp_rank ",
                                                      s.dp_rank, " outside [0, ",
                                                      limits.dp_size, ")"));
+    }
+    if (s.logits > LogitsMode::kAll || s.routing > RoutingMode::kAll) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", s.seq_id, ": logits mode ",
+                                                     static_cast<int>(s.logits), ", routing mode ",
+                                                     static_cast<int>(s.routing), " unknown"));
     }
     if (s.start_pos < 0 || s.num_tokens < 0 || s.token_offset < 0 ||
         s.token_offset + int64_t{s.num_tokens} > T || s.num_blocks < 0 || s.block_offset < 0 ||

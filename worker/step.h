@@ -23,6 +23,9 @@
 namespace switchyard {
 
 enum class LogitsMode : uint8_t { kNone = 0, kLast = 1, kAll = 2 };
+// Which rows of a chunk return the router's choices (every layer's top-k experts and
+// weights): none, the last row (the one a sampled token comes from), or every row.
+enum class RoutingMode : uint8_t { kNone = 0, kLast = 1, kAll = 2 };
 
 struct SeqEntry {
   int64_t seq_id = 0;
@@ -34,6 +37,7 @@ struct SeqEntry {
   int32_t num_blocks = 0;   // set by AddSequence
   LogitsMode logits = LogitsMode::kNone;  // logits to return
   bool sample = false;      // sample a next token from the chunk's last row
+  RoutingMode routing = RoutingMode::kNone;  // router choices to return
   SamplingParams sampling;
   uint64_t sample_index = 0;  // RNG counter: index of the generated token within its request
 };
@@ -61,6 +65,10 @@ int HeadRows(const SeqEntry& s);
 // 0 otherwise (or when the chunk is empty).
 int ReturnedLogitRows(const SeqEntry& s);
 
+// The rows of a sequence's chunk whose routing comes back in StepResult: num_tokens for kAll,
+// 1 for kLast, 0 otherwise (or when the chunk is empty). They are the chunk's last rows.
+int RoutingRows(const SeqEntry& s);
+
 // What a plan must respect to run on a job (every executor checks it once, with
 // ValidatePlan, before any rank starts the step).
 struct PlanLimits {
@@ -84,10 +92,30 @@ struct StepResult {
   std::vector<int32_t> logits_offset; // per seq: first row in `logits` (rows * vocab floats)
   std::vector<int32_t> logits_rows;   // per seq: number of rows (0 when none)
 
+  // The router's choices for the rows of every seq that asked (SeqEntry::routing), rows of
+  // all seqs concatenated; one row is [num_hidden_layers][top_k] expert ids (descending
+  // weight) and their weights, every layer of the model whichever ranks ran it.
+  std::vector<int32_t> routing_experts;
+  std::vector<float> routing_weights;
+  std::vector<int32_t> routing_offset;  // per seq: first row in routing_*
+  std::vector<int32_t> routing_rows;    // per seq: number of rows (0 when none)
+
   std::span<const float> SeqLogits(int i, int vocab) const {
     return {logits.data() + static_cast<size_t>(logits_offset[i]) * vocab,
             static_cast<size_t>(logits_rows[i]) * vocab};
   }
+  // Seq i's routing: routing_rows[i] rows of `row_entries` (layers * top_k) entries.
+  std::span<const int32_t> SeqRoutingExperts(int i, int row_entries) const {
+    return {routing_experts.data() + static_cast<size_t>(routing_offset[i]) * row_entries,
+            static_cast<size_t>(routing_rows[i]) * row_entries};
+  }
+  std::span<const float> SeqRoutingWeights(int i, int row_entries) const {
+    return {routing_weights.data() + static_cast<size_t>(routing_offset[i]) * row_entries,
+            static_cast<size_t>(routing_rows[i]) * row_entries};
+  }
+  // Sets routing_offset/routing_rows for `plan` (RoutingRows of each seq) and sizes the
+  // routing arrays for `row_entries` entries per row; returns the total rows.
+  int SizeRouting(const StepPlan& plan, int row_entries);
 };
 
 // Executes steps. The coordinator owns one; the local implementation runs the whole model in

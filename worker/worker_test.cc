@@ -259,5 +259,79 @@ TEST_F(CpuStageBackendTest, LocalExecutorValidatesThePlan) {
   EXPECT_THAT(st.message(), HasSubstr("sequence 9: KV block id 16 outside [0, 16)"));
 }
 
+TEST(RoutingRows, LastRowsOfTheChunk) {
+  SeqEntry s = Entry(1, 0);
+  s.num_tokens = 5;
+  EXPECT_EQ(RoutingRows(s), 0);
+  s.routing = RoutingMode::kLast;
+  EXPECT_EQ(RoutingRows(s), 1);
+  s.routing = RoutingMode::kAll;
+  EXPECT_EQ(RoutingRows(s), 5);
+  s.num_tokens = 0;
+  EXPECT_EQ(RoutingRows(s), 0);
+}
+
+// Routing comes back for the rows each sequence asked for: every layer's top-k, distinct
+// experts in range by descending weight, weights summing to 1; a sequence's last row the same
+// whether it asked for one row or all of them, and whatever else shares the step.
+TEST_F(CpuStageBackendTest, RoutingOfTheRowsAsked) {
+  LocalExecutor exec(*weights_, {.num_blocks = 16, .block_size = 16},
+                     {.max_tokens = 64, .max_context = 256});
+  const std::vector<int32_t> text = {1, 50, 60, 70, 80};
+  StepPlan plan;
+  SeqEntry all = Entry(1, 0);
+  all.routing = RoutingMode::kAll;
+  SeqEntry none = Entry(2, 0, LogitsMode::kLast, true);
+  SeqEntry last = Entry(3, 0);
+  last.routing = RoutingMode::kLast;
+  plan.AddSequence(all, text, std::vector<int32_t>{0});
+  plan.AddSequence(none, std::vector<int32_t>{1, 90, 91}, std::vector<int32_t>{3});
+  plan.AddSequence(last, text, std::vector<int32_t>{5});
+  StepResult r;
+  ASSERT_TRUE(exec.Execute(plan, &r).ok());
+  const int L = cfg_.num_hidden_layers, K = cfg_.num_experts_per_tok, RE = L * K;
+  EXPECT_EQ(r.routing_rows, (std::vector<int32_t>{5, 0, 1}));
+  EXPECT_EQ(r.routing_offset, (std::vector<int32_t>{0, 5, 5}));
+  ASSERT_EQ(r.routing_experts.size(), 6u * RE);
+  ASSERT_EQ(r.routing_weights.size(), 6u * RE);
+  for (int row = 0; row < 6; ++row) {
+    for (int l = 0; l < L; ++l) {
+      const int32_t* e = &r.routing_experts[(row * L + l) * K];
+      const float* w = &r.routing_weights[(row * L + l) * K];
+      float sum = 0;
+      for (int k = 0; k < K; ++k) {
+        EXPECT_GE(e[k], 0);
+        EXPECT_LT(e[k], cfg_.num_local_experts);
+        for (int j = 0; j < k; ++j) EXPECT_NE(e[j], e[k]);
+        if (k > 0) {
+          EXPECT_GE(w[k - 1], w[k]);
+        }
+        sum += w[k];
+      }
+      EXPECT_NEAR(sum, 1.0f, 1e-5) << "row " << row << " layer " << l;
+    }
+  }
+  // Sequence 3's one row is sequence 1's last: same text, same positions.
+  const auto e1 = r.SeqRoutingExperts(0, RE), e3 = r.SeqRoutingExperts(2, RE);
+  EXPECT_TRUE(std::equal(e3.begin(), e3.end(), e1.end() - RE));
+  const auto w1 = r.SeqRoutingWeights(0, RE), w3 = r.SeqRoutingWeights(2, RE);
+  for (int i = 0; i < RE; ++i) EXPECT_NEAR(w3[i], w1[w1.size() - RE + i], 1e-6);
+  // A step that asks for none returns none.
+  StepPlan plain;
+  plain.AddSequence(none, std::vector<int32_t>{1, 2}, std::vector<int32_t>{7});
+  ASSERT_TRUE(exec.Execute(plain, &r).ok());
+  EXPECT_EQ(r.routing_rows, (std::vector<int32_t>{0}));
+  EXPECT_TRUE(r.routing_experts.empty());
+}
+
+TEST_F(ValidatePlanTest, RefusesAnUnknownMode) {
+  SeqEntry s = Entry(4, 0);
+  s.routing = static_cast<RoutingMode>(7);
+  plan_.AddSequence(s, std::vector<int32_t>{1}, std::vector<int32_t>{0});
+  const absl::Status st = ValidatePlan(plan_, limits_);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(st.message(), HasSubstr("sequence 4: logits mode 0, routing mode 7 unknown"));
+}
+
 }  // namespace
 }  // namespace switchyard
