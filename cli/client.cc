@@ -26,6 +26,7 @@
 #include "common/log.h"
 #include "coordinator/server/proto_convert.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "absl/strings/str_format.h"
 #include "nlohmann/json.hpp"
 #include "switchyard/v1/switchyard.grpc.pb.h"
 
@@ -47,6 +48,7 @@ struct ClientArgs {
   uint64_t seed = 0;
   std::vector<std::string> stop;
   bool ignore_eos = false;
+  bool return_routing = false;
   // tokenize
   std::string text;
   bool no_bos = false;
@@ -94,7 +96,37 @@ absl::StatusOr<v1::GenerateRequest> BuildRequest(const ClientArgs& a) {
   if (a.seed != 0) req.set_seed(a.seed);
   for (const std::string& s : a.stop) req.add_stop(s);
   if (a.ignore_eos) req.set_ignore_eos(true);
+  if (a.return_routing) req.set_return_routing(true);
   return req;
+}
+
+// Appends a response's routing to out["routing"]: per token, per layer {experts, weights}.
+void AddRouting(const google::protobuf::RepeatedPtrField<v1::TokenRouting>& routing, json* out) {
+  for (const v1::TokenRouting& token : routing) {
+    json layers = json::array();
+    for (const v1::LayerRouting& l : token.layers()) {
+      layers.push_back({{"experts", std::vector<int32_t>(l.experts().begin(), l.experts().end())},
+                        {"weights", std::vector<float>(l.weights().begin(), l.weights().end())}});
+    }
+    (*out)["routing"].push_back(std::move(layers));
+  }
+}
+
+// The routing as text: one line per generated token, each layer's experts with their weights.
+void PrintRouting(const json& out) {
+  const json& ids = out["token_ids"];
+  for (size_t i = 0; i < out["routing"].size(); ++i) {
+    std::cout << "token " << i << " (id " << (i < ids.size() ? ids[i].get<int32_t>() : -1) << "):";
+    const json& layers = out["routing"][i];
+    for (size_t l = 0; l < layers.size(); ++l) {
+      std::cout << (l == 0 ? " " : " | ") << "L" << l;
+      for (size_t k = 0; k < layers[l]["experts"].size(); ++k) {
+        std::cout << " " << layers[l]["experts"][k].get<int32_t>() << " ("
+                  << absl::StrFormat("%.2f", layers[l]["weights"][k].get<float>()) << ")";
+      }
+    }
+    std::cout << "\n";
+  }
 }
 
 int RunGenerate(const ClientArgs& a, bool stream) {
@@ -106,11 +138,13 @@ int RunGenerate(const ClientArgs& a, bool stream) {
   grpc::ClientContext ctx;
   conn->Prepare(&ctx);
   json out = {{"text", ""}, {"token_ids", json::array()}};
+  if (a.return_routing) out["routing"] = json::array();
   if (stream) {
     auto reader = stub->Generate(&ctx, *req);
     v1::GenerateResponse msg;
     while (reader->Read(&msg)) {
       for (int32_t id : msg.token_ids()) out["token_ids"].push_back(id);
+      AddRouting(msg.routing(), &out);
       out["text"] = out["text"].get<std::string>() + msg.text();
       if (!a.json) std::cout << msg.text() << std::flush;
       if (msg.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
@@ -127,6 +161,7 @@ int RunGenerate(const ClientArgs& a, bool stream) {
     grpc::Status st = stub->Complete(&ctx, *req, &resp);
     if (!st.ok()) return CallFailed(st, ctx);
     for (int32_t id : resp.token_ids()) out["token_ids"].push_back(id);
+    AddRouting(resp.routing(), &out);
     out["text"] = resp.text();
     out["finish_reason"] = FinishName(resp.finish_reason());
     out["prompt_tokens"] = resp.prompt_tokens();
@@ -137,6 +172,7 @@ int RunGenerate(const ClientArgs& a, bool stream) {
   if (a.json) {
     std::cout << out.dump() << "\n";
   } else {
+    if (a.return_routing) PrintRouting(out);
     spdlog::info("{} tokens, finish: {}, request id {}", out.value("completion_tokens", 0),
                  out.value("finish_reason", std::string("?")), out["request_id"].get<std::string>());
   }
@@ -232,6 +268,9 @@ void RegisterClient(CLI::App& app, Action* action) {
     cmd->add_option("--seed", a.seed, "Sampler seed");
     cmd->add_option("--stop", a.stop, "Stop string (repeatable)");
     cmd->add_flag("--ignore-eos", a.ignore_eos, "Generate past end-of-sequence");
+    cmd->add_flag("--return-routing", a.return_routing,
+                  "Each generated token's experts and weights per layer (after the text, or "
+                  "\"routing\" with --json)");
     cmd->callback([action, stream] { *action = [stream] { return RunGenerate(a, stream); }; });
   }
   CLI::App* tok = client->add_subcommand("tokenize", "Token ids of a text");

@@ -31,6 +31,8 @@ struct GenerateRequest {
   // -1: none. Otherwise each generated token's log-probability and this many most likely
   // alternatives (at most kMaxTopLogprobs), from the model's distribution (TokenLogprobs).
   int logprobs = -1;
+  // Each generated token's routing (TokenRouting): which experts of every layer produced it.
+  bool return_routing = false;
 };
 
 inline constexpr int kMaxTopLogprobs = 20;
@@ -41,10 +43,20 @@ struct GeneratedLogprob {
   std::vector<TokenLogprob> top;
 };
 
+// The router's choices that produced one generated token (the forward pass of the row it was
+// sampled from): per layer, the top-k experts by descending weight and their weights, both
+// [num_hidden_layers * top_k], layer-major.
+struct TokenRouting {
+  int top_k = 0;
+  std::vector<int32_t> experts;
+  std::vector<float> weights;
+};
+
 // One message to the client. Deltas carry the ids and text produced since the last event.
 struct RequestEvent {
   std::vector<int32_t> token_ids;
   std::vector<GeneratedLogprob> logprobs;  // one per token id when the request asked for them
+  std::vector<TokenRouting> routing;       // likewise, with return_routing
   std::string text;
   bool finished = false;
   FinishReason finish_reason = FinishReason::kLength;

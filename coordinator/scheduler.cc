@@ -83,6 +83,11 @@ absl::StatusOr<RequestId> Scheduler::Submit(GenerateRequest request,
     return absl::InvalidArgumentError(absl::StrCat(
         "logprobs: at most ", kMaxTopLogprobs, " alternatives, got ", request.logprobs));
   }
+  if (request.return_routing && !executor_->records_routing()) {
+    return absl::FailedPreconditionError(
+        "return_routing: this server's executor (--device cuda) does not record routing yet; "
+        "serve on --device cpu for routing");
+  }
   auto seq = std::make_unique<Sequence>();
   seq->submitted = Clock::now();
   seq->req = std::move(request);
@@ -287,6 +292,7 @@ void Scheduler::BuildPlan() {
                        // The sampled row's logits come back when the request wants logprobs.
                        .logits = s->req.logprobs >= 0 ? LogitsMode::kLast : LogitsMode::kNone,
                        .sample = true,
+                       .routing = s->req.return_routing ? RoutingMode::kLast : RoutingMode::kNone,
                        .sampling = s->req.sampling,
                        .sample_index = s->generated.size()},
                       std::span<const int32_t>(&token, 1), s->blocks);
@@ -306,6 +312,8 @@ void Scheduler::BuildPlan() {
                        .logits = last && s->req.logprobs >= 0 ? LogitsMode::kLast
                                                               : LogitsMode::kNone,
                        .sample = last,
+                       .routing = last && s->req.return_routing ? RoutingMode::kLast
+                                                                : RoutingMode::kNone,
                        .sampling = s->req.sampling,
                        .sample_index = 0},
                       std::span<const int32_t>(s->req.prompt_ids).subspan(s->prefilled, n),
@@ -382,6 +390,14 @@ void Scheduler::ApplyResult() {
       lp.logprob = TokenLogprobs(result_.SeqLogits(i, config_.vocab_size).data(),
                                  config_.vocab_size, token, s->req.logprobs, &lp.top,
                                  &logprob_scratch_);
+    }
+    if (s->req.return_routing && result_.routing_rows[i] > 0) {
+      const int row = config_.num_hidden_layers * config_.num_experts_per_tok;
+      const auto experts = result_.SeqRoutingExperts(static_cast<int>(i), row);
+      const auto weights = result_.SeqRoutingWeights(static_cast<int>(i), row);
+      ev.routing.push_back({.top_k = config_.num_experts_per_tok,
+                            .experts = {experts.begin(), experts.end()},
+                            .weights = {weights.begin(), weights.end()}});
     }
     std::optional<FinishReason> finish = Append(s, token, &ev);
     if (finish.has_value()) {

@@ -7,6 +7,7 @@
 #include <random>
 
 #include "coordinator/model_session.h"
+#include "coordinator/sequence_runner.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -177,6 +178,106 @@ TEST_F(SchedulerTest, LogprobsComeWithEveryTokenAndFollowTheDistribution) {
   // Over the limit: refused.
   req.logprobs = kMaxTopLogprobs + 1;
   EXPECT_EQ(sched->Submit(req, alone).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Routing comes with every generated token: the routing of the row the token was sampled
+// from, the same as a trace of prompt + completion gives for that row, whatever shares the
+// batch (a prompt chunk, sampled streams).
+TEST_F(SchedulerTest, RoutingComesWithEveryTokenAsATraceGivesIt) {
+  auto sched = Make({.prefill_chunk = 3});  // the prompt crosses steps
+  sched->Start();
+  const ModelConfig& cfg = session_->config;
+  const int RE = cfg.num_hidden_layers * cfg.num_experts_per_tok;
+  auto collect = [](const CollectingSink& sink) {
+    std::vector<TokenRouting> all;
+    for (const RequestEvent& e : sink.events) {
+      EXPECT_EQ(e.routing.size(), e.token_ids.size());
+      all.insert(all.end(), e.routing.begin(), e.routing.end());
+    }
+    return all;
+  };
+  GenerateRequest req = Request("The jury said that", 10);
+  req.return_routing = true;
+  std::vector<std::shared_ptr<CollectingSink>> others;
+  for (size_t i = 0; i < 3; ++i) {
+    GenerateRequest other = Request(kPrompts[i + 1], 12);
+    other.sampling.temperature = 0.8f;
+    other.sampling.seed = i;
+    others.push_back(std::make_shared<CollectingSink>());
+    ASSERT_TRUE(sched->Submit(other, others.back()).ok());
+  }
+  auto sink = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(sched->Submit(req, sink).ok());
+  sink->Wait();
+  for (auto& o : others) {
+    o->Wait();
+    for (const RequestEvent& e : o->events) EXPECT_TRUE(e.routing.empty());
+  }
+  const std::vector<TokenRouting> routing = collect(*sink);
+  ASSERT_EQ(routing.size(), sink->tokens.size());
+  ASSERT_FALSE(routing.empty());
+
+  // The trace of prompt + completion: generated token i came from row prompt_len - 1 + i.
+  std::vector<int32_t> text = req.prompt_ids;
+  text.insert(text.end(), sink->tokens.begin(), sink->tokens.end() - 1);
+  std::vector<int32_t> experts(text.size() * RE);
+  std::vector<float> weights(text.size() * RE);
+  SequenceRunner runner(session_->executor.get(), session_->allocator(0), cfg);
+  sched->Stop();
+  ASSERT_TRUE(runner
+                  .Route(text,
+                         [&](int first, int rows, const int32_t* e, const float* w) {
+                           std::copy_n(e, rows * RE, experts.begin() + first * RE);
+                           std::copy_n(w, rows * RE, weights.begin() + first * RE);
+                         })
+                  .ok());
+  for (size_t i = 0; i < routing.size(); ++i) {
+    const size_t row = req.prompt_ids.size() - 1 + i;
+    EXPECT_EQ(routing[i].top_k, cfg.num_experts_per_tok);
+    ASSERT_EQ(routing[i].experts.size(), static_cast<size_t>(RE));
+    EXPECT_TRUE(std::equal(routing[i].experts.begin(), routing[i].experts.end(),
+                           experts.begin() + row * RE))
+        << "token " << i;
+    for (int j = 0; j < RE; ++j) {
+      EXPECT_NEAR(routing[i].weights[j], weights[row * RE + j], 1e-4) << "token " << i;
+    }
+  }
+}
+
+// An executor that cannot record routing (the CUDA executor today): return_routing is refused
+// at submission, naming the field, instead of failing the step every request shares.
+class NoRoutingExecutor : public StepExecutor {
+ public:
+  explicit NoRoutingExecutor(StepExecutor* inner) : inner_(inner) {}
+  absl::Status Execute(const StepPlan& plan, StepResult* result) override {
+    return inner_->Execute(plan, result);
+  }
+  int max_step_tokens() const override { return inner_->max_step_tokens(); }
+  absl::StatusOr<std::vector<RankStatus>> CollectStatus() override {
+    return inner_->CollectStatus();
+  }
+  bool records_routing() const override { return false; }
+
+ private:
+  StepExecutor* inner_;
+};
+
+TEST_F(SchedulerTest, RoutingIsRefusedWhereTheExecutorDoesNotRecordIt) {
+  NoRoutingExecutor exec(session_->executor.get());
+  Scheduler sched(&exec, session_->tokenizer.get(), session_->config, {},
+                  std::vector<BlockAllocator*>{session_->allocator(0)});
+  sched.Start();
+  GenerateRequest req = Request("The jury said that", 4);
+  req.return_routing = true;
+  auto refused = sched.Submit(req, std::make_shared<CollectingSink>());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(refused.status().message()), testing::HasSubstr("return_routing"));
+  req.return_routing = false;
+  auto sink = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(sched.Submit(req, sink).ok());
+  sink->Wait();
+  EXPECT_TRUE(sink->final_event.error.ok());
+  EXPECT_EQ(sink->tokens.size(), 4u);
 }
 
 TEST_F(SchedulerTest, StopStringEndsGenerationBeforeTheMatch) {

@@ -4,7 +4,9 @@ job is split. Traces tests/data's text on one process and under mpirun on 4 rank
 EP 2 x PP 2 (with a small step so the text crosses steps and micro-batches), EP 4 and PP 4:
 the same experts for every token and layer, weights within 1e-5; every row top-k distinct
 experts by descending weight summing to 1. The trace then feeds `switchyard plan --load` and
-launch/plot_load.py. Bad input: an id outside the vocabulary, neither --file nor --tokens.
+launch/plot_load.py. A server on 4 ranks returns each generated token's routing
+(return_routing, streamed and unary) as the trace gives it for the row the token came from.
+Bad input: an id outside the vocabulary, neither --file nor --tokens.
 
   trace_test.py SWITCHYARD MODEL TEXT WORKDIR
 """
@@ -73,6 +75,39 @@ png = os.path.join(work, "trace.png")
 r = subprocess.run(["/usr/bin/python3", os.path.join(HERE, "..", "launch", "plot_load.py"),
                     "--load", one, "--out", png], capture_output=True, text=True, timeout=120)
 assert r.returncode == 0 and os.path.getsize(png) > 1000, r.stderr
+
+# A served request's routing (return_routing), on 4 ranks as EP 2 x PP 2: per generated token,
+# the trace's row that token was sampled from (prompt + completion traced on one process).
+cluster = os.path.join(work, "cluster")
+launch = os.path.join(HERE, "..", "launch", "cluster.sh")
+r = subprocess.run([launch, "start", cluster, "4", "2", "2", binary, model], capture_output=True,
+                   text=True, timeout=300)
+assert r.returncode == 0, r.stdout + r.stderr
+try:
+    with open(os.path.join(cluster, "port")) as f:
+        target = f"127.0.0.1:{f.read().strip()}"
+    for how in ("generate", "complete"):
+        got = json.loads(run("client", how, "--target", target, "--prompt", "The jury said that",
+                             "--max-tokens", "12", "--return-routing", "--json").stdout)
+        ids, routing = got["token_ids"], got["routing"]
+        assert len(routing) == len(ids) > 0, got
+        prompt = json.loads(run("client", "tokenize", "--target", target, "--text",
+                                "The jury said that", "--json").stdout)["token_ids"]
+        traced = os.path.join(work, f"served-{how}.jsonl")
+        run("trace", "--model", model, "--tokens", " ".join(map(str, prompt + ids[:-1])),
+            "--out", traced)
+        rows = read(traced)[1]
+        for i, token in enumerate(routing):
+            row = rows[len(prompt) - 1 + i]
+            assert [layer["experts"] for layer in token] == row["experts"], (how, i, token, row)
+            for layer, weights in zip(token, row["weights"]):
+                assert all(abs(a - b) < 1e-5 for a, b in zip(layer["weights"], weights)), (i, token)
+        print(f"served ({how}) on EP 2 x PP 2: the routing of {len(ids)} tokens as traced")
+    plain = json.loads(run("client", "complete", "--target", target, "--prompt", "It was",
+                           "--max-tokens", "4", "--json").stdout)
+    assert "routing" not in plain, plain
+finally:
+    subprocess.run([launch, "stop", cluster], capture_output=True, timeout=120)
 
 bad = run("trace", "--model", model, "--tokens", "1 999999", "--out", os.path.join(work, "x"),
           ok=False)

@@ -140,6 +140,7 @@ class CudaExecutor final : public CudaStepExecutor {
   absl::Status Init();
 
   absl::Status Execute(const StepPlan& plan, StepResult* result) override;
+  bool records_routing() const override { return false; }
   int max_step_tokens() const override { return limits_.max_tokens; }
   absl::StatusOr<std::vector<RankStatus>> CollectStatus() override;
   const CudaExecutorStats& stats() const override { return stats_; }

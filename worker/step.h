@@ -128,6 +128,9 @@ class StepExecutor {
   virtual absl::Status Execute(const StepPlan& plan, StepResult* result) = 0;
   // The most tokens one step may carry (per data-parallel rank).
   virtual int max_step_tokens() const = 0;
+  // Whether steps return routing (SeqEntry::routing); an executor that does not refuses
+  // plans that ask for it.
+  virtual bool records_routing() const { return true; }
   // One entry per rank, in world-rank order. Collective in the distributed case: call it
   // from the thread that calls Execute, between steps.
   virtual absl::StatusOr<std::vector<RankStatus>> CollectStatus() = 0;

@@ -29,6 +29,7 @@ class HttpGeneration::Sink final : public RequestSink {
       RequestEvent& e = events_.front();
       merged.token_ids.insert(merged.token_ids.end(), e.token_ids.begin(), e.token_ids.end());
       merged.logprobs.insert(merged.logprobs.end(), e.logprobs.begin(), e.logprobs.end());
+      merged.routing.insert(merged.routing.end(), e.routing.begin(), e.routing.end());
       merged.text += e.text;
       merged.finished = e.finished;
       merged.finish_reason = e.finish_reason;

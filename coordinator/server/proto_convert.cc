@@ -13,6 +13,7 @@ GenerationParams ParamsFromProto(const v1::GenerateRequest& request) {
   if (request.has_top_p()) p.top_p = request.top_p();
   if (request.has_seed()) p.seed = request.seed();
   p.ignore_eos = request.ignore_eos();
+  p.return_routing = request.return_routing();
   p.stop.assign(request.stop().begin(), request.stop().end());
   return p;
 }
@@ -46,8 +47,26 @@ std::optional<FinishReason> FinishReasonFromProto(v1::FinishReason reason) {
   }
 }
 
+namespace {
+
+void RoutingToProto(const std::vector<TokenRouting>& routing,
+                    google::protobuf::RepeatedPtrField<v1::TokenRouting>* out) {
+  for (const TokenRouting& t : routing) {
+    v1::TokenRouting* token = out->Add();
+    const size_t k = t.top_k > 0 ? t.top_k : 1;
+    for (size_t at = 0; at + k <= t.experts.size(); at += k) {
+      v1::LayerRouting* layer = token->add_layers();
+      layer->mutable_experts()->Add(t.experts.begin() + at, t.experts.begin() + at + k);
+      layer->mutable_weights()->Add(t.weights.begin() + at, t.weights.begin() + at + k);
+    }
+  }
+}
+
+}  // namespace
+
 void EventToProto(const RequestEvent& event, v1::GenerateResponse* out) {
   out->mutable_token_ids()->Add(event.token_ids.begin(), event.token_ids.end());
+  RoutingToProto(event.routing, out->mutable_routing());
   out->set_text(event.text);
   if (event.finished) {
     out->set_finish_reason(FinishReasonToProto(event.finish_reason));
@@ -58,6 +77,7 @@ void EventToProto(const RequestEvent& event, v1::GenerateResponse* out) {
 
 void ResultToProto(const GenerationResult& result, v1::CompleteResponse* out) {
   out->mutable_token_ids()->Add(result.token_ids.begin(), result.token_ids.end());
+  RoutingToProto(result.routing, out->mutable_routing());
   out->set_text(result.text);
   out->set_finish_reason(FinishReasonToProto(result.finish_reason));
   out->set_prompt_tokens(result.prompt_tokens);

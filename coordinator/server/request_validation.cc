@@ -166,6 +166,7 @@ absl::StatusOr<GenerateRequest> BuildGenerateRequest(const GenerationParams& par
   req.sampling.seed = params.seed.value_or(0);
   req.stop = params.stop;
   req.stop_at_eos = !params.ignore_eos;
+  req.return_routing = params.return_routing;
   if (params.logprobs.has_value()) {
     if (*params.logprobs < 0 || *params.logprobs > kMaxTopLogprobs) {
       return Invalid("logprobs", absl::StrCat("must be in [0, ", kMaxTopLogprobs, "], got ",

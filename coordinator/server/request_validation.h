@@ -44,6 +44,7 @@ struct GenerationParams {
   // Each generated token's log-probability and this many alternatives (0..kMaxTopLogprobs);
   // unset: none. The API's own name and limit are checked where it is read.
   std::optional<int64_t> logprobs;
+  bool return_routing = false;  // each generated token's routing (GenerateRequest)
 };
 
 struct ValidationLimits {
