@@ -29,6 +29,7 @@
 #include "common/log.h"
 #include "common/status_macros.h"
 #include "coordinator/model_session.h"
+#include "coordinator/rebalancer.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/server/chat_template.h"
 #include "coordinator/server/front_end.h"
@@ -53,6 +54,9 @@ struct ServeArgs {
   std::string http_port_file;
   int http_threads = 64;
   int metrics_pair_ranks = 64;
+  int rebalance_interval = 0;
+  int rebalance_redundant = 1;
+  double rebalance_min_gain = 0.05;
   std::string chat_template;  // empty: the checkpoint's, when recognised
   int default_max_tokens = 256;
   int kv_blocks = 0;
@@ -133,6 +137,11 @@ absl::Status CheckBindable(const std::string& flag, const std::string& listen,
 // weights: the address, the TLS files, the token file (its token goes to `*token`), the chat
 // template (to `*chat`).
 absl::Status CheckServeFlags(const ServeArgs& a, std::string* token, ChatTemplate* chat) {
+  if (a.rebalance_interval > 0 && a.run.ep < 2) {
+    return absl::InvalidArgumentError(
+        "--rebalance-interval: moving experts needs expert parallelism (--ep 2 or more); with "
+        "one EP rank every rank holds every expert of its layers");
+  }
   ASSIGN_OR_RETURN(HostPort grpc_address, SplitHostPort(a.listen, "--listen"));
   RETURN_IF_ERROR(CheckBindable("--listen", a.listen, grpc_address.host, grpc_address.port));
   bool loopback = IsLoopbackHost(grpc_address.host);
@@ -217,6 +226,20 @@ int RunServe(const ServeArgs& a) {
   sched_opts.max_running = a.max_running;
   sched_opts.step_token_budget = a.run.max_step_tokens;
   sched_opts.prefill_chunk = std::min(a.prefill_chunk, a.run.max_step_tokens);
+  std::unique_ptr<Rebalancer> rebalancer;
+  if (a.rebalance_interval > 0 && s.distributed_executor() != nullptr) {
+    rebalancer = std::make_unique<Rebalancer>(
+        s.distributed_executor(), s.placement, s.config,
+        RebalanceOptions{.interval_steps = a.rebalance_interval,
+                         .redundant = a.rebalance_redundant,
+                         .min_gain = a.rebalance_min_gain});
+    sched_opts.after_step = [&rebalancer] { return rebalancer->AfterStep(); };
+    spdlog::info(
+        "rebalancing experts every {} steps from the load of the last {} (up to {} extra "
+        "replicas per layer; moves that cut the most loaded rank's load by {:.0f}% or more)",
+        a.rebalance_interval, a.rebalance_interval, a.rebalance_redundant,
+        100 * a.rebalance_min_gain);
+  }
   std::vector<BlockAllocator*> allocators;
   for (int dp = 0; dp < s.dp_size(); ++dp) allocators.push_back(s.allocator(dp));
   Scheduler scheduler(s.executor.get(), s.tokenizer.get(), s.config, sched_opts, allocators,
@@ -374,6 +397,21 @@ void RegisterServe(CLI::App& app, Action* action) {
                   "max_tokens of an OpenAI request that leaves it out (capped by what the "
                   "context leaves after the prompt; KV is reserved for it)")
       ->check(CLI::Range(1, 1 << 24))
+      ->capture_default_str();
+  cmd->add_option("--rebalance-interval", a.rebalance_interval,
+                  "Every this many steps, place experts for the load of those steps and move to "
+                  "the placement while serving when it helps (0: off; needs --ep 2 or more)")
+      ->check(CLI::Range(0, 1 << 30))
+      ->capture_default_str();
+  cmd->add_option("--rebalance-redundant", a.rebalance_redundant,
+                  "Extra expert replicas per layer a rebalanced placement may use (each rank "
+                  "holds at most ceil((experts + this) / ep) experts of a layer)")
+      ->check(CLI::Range(0, 1 << 16))
+      ->capture_default_str();
+  cmd->add_option("--rebalance-min-gain", a.rebalance_min_gain,
+                  "Move only when the new placement lowers the most loaded rank's load by at "
+                  "least this fraction")
+      ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
   cmd->add_option("--metrics-pair-ranks", a.metrics_pair_ranks,
                   "Export the rank x rank dispatched-bytes matrix as one series per pair up to "

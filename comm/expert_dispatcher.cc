@@ -45,6 +45,48 @@ void ForRows(int64_t rows, int hidden, F&& f) {
 
 }  // namespace
 
+void ExpertDispatcher::MarkHeld() {
+  const size_t E = layout_.num_experts;
+  held_.assign(routing_.size(), std::vector<uint8_t>(E, 0));
+  for (size_t l = 0; l < routing_.size(); ++l) {
+    for (size_t e = 0; e < routing_[l].size() && e < E; ++e) {
+      for (int r : routing_[l][e]) {
+        if (r == rank_) held_[l][e] = 1;
+      }
+    }
+  }
+}
+
+absl::Status ExpertDispatcher::SetRouting(ExpertRanks routing) {
+  if (routing.size() != routing_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("new routing covers ", routing.size(),
+                                                   " layers, the dispatcher ", routing_.size()));
+  }
+  for (size_t l = 0; l < routing.size(); ++l) {
+    if (routing_[l].empty()) continue;  // a layer of another stage
+    if (routing[l].size() != static_cast<size_t>(layout_.num_experts)) {
+      return absl::InvalidArgumentError(absl::StrCat("new routing: layer ", l, " has ",
+                                                     routing[l].size(), " experts, want ",
+                                                     layout_.num_experts));
+    }
+    for (size_t e = 0; e < routing[l].size(); ++e) {
+      if (routing[l][e].empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("new routing: layer ", l, " expert ", e, " has no replica"));
+      }
+      for (int r : routing[l][e]) {
+        if (r < 0 || r >= layout_.ep) {
+          return absl::InvalidArgumentError(absl::StrCat("new routing: layer ", l, " expert ", e,
+                                                         " on rank ", r, " of ", layout_.ep));
+        }
+      }
+    }
+  }
+  routing_ = std::move(routing);
+  MarkHeld();
+  return absl::OkStatus();
+}
+
 ExpertDispatcher::ExpertDispatcher(Communicator* comm, const DispatchLayout& layout,
                                    ExpertRanks routing, LocalExperts* experts)
     : comm_(comm),
@@ -55,14 +97,7 @@ ExpertDispatcher::ExpertDispatcher(Communicator* comm, const DispatchLayout& lay
   const size_t W = layout_.row_words(), H = layout_.hidden;
   const size_t E = layout_.num_experts, K = layout_.top_k;
   expert_counts_.assign(routing_.size(), std::vector<int64_t>(E, 0));
-  held_.assign(routing_.size(), std::vector<uint8_t>(E, 0));
-  for (size_t l = 0; l < routing_.size(); ++l) {
-    for (size_t e = 0; e < routing_[l].size() && e < E; ++e) {
-      for (int r : routing_[l][e]) {
-        if (r == rank_) held_[l][e] = 1;
-      }
-    }
-  }
+  MarkHeld();
   send_.resize(layout_.max_send_rows() * W);
   recv_.resize(layout_.max_recv_rows() * W);
   partial_.resize(layout_.max_recv_rows() * H);

@@ -119,6 +119,13 @@ class ExpertDispatcher {
   const ExpertBatch& batch() const { return batch_; }
   absl::Status Combine();
 
+  // Replaces the routing (ExpertRanks of the same layers) between Forwards: every rank of the
+  // group must switch before the same Forward, and hold the experts it names for itself by
+  // then. Errors (kInvalidArgument, the routing unchanged): another layer count, an expert
+  // with no replica or on a rank outside the group.
+  absl::Status SetRouting(ExpertRanks routing);
+  const ExpertRanks& routing() const { return routing_; }
+
   const DispatchStats& last_stats() const { return stats_; }
   const DispatchLayout& layout() const { return layout_; }
   // Rows this rank sent to each rank of the group in the last Forward (its own included).
@@ -130,6 +137,7 @@ class ExpertDispatcher {
 
  private:
   int Destination(int layer, int expert, int token) const;
+  void MarkHeld();  // held_ from routing_
   // Groups the pairs of own rows and received rows by expert into batch_.
   absl::Status BuildBatch(int layer, const float* x, int T, const int32_t* experts,
                           const float* weights, float* out);

@@ -4,6 +4,8 @@
 #include "comm/expert_dispatcher.h"
 
 #include <mpi.h>
+
+#include <algorithm>
 #include <omp.h>
 
 #include <random>
@@ -43,6 +45,7 @@ class FakeExperts : public LocalExperts {
     EXPECT_EQ(off, b.pairs);
   }
   int64_t rows_run = 0;
+  void set_held(std::set<int> held) { held_ = std::move(held); }
 
  private:
   std::set<int> held_;
@@ -212,6 +215,41 @@ TEST_F(DispatcherTest, ReplicatedExpertSpreadsLoad) {
     total += v;
   }
   EXPECT_EQ(total, int64_t{T} * K * P_);
+}
+
+// The routing changes between Forwards (experts moved while serving): the next Forward sends
+// each choice to the new holders; a routing that leaves an expert nowhere is refused and the
+// old one stays.
+TEST_F(DispatcherTest, SetRoutingMovesExpertsBetweenForwards) {
+  const int E = 8, K = 2, T = 17;
+  const ExpertRanks before = DefaultRouting(1, E, P_);
+  ExpertRanks after(1, std::vector<std::vector<int>>(E, std::vector<int>{P_ - 1}));
+  for (int r = 0; r < P_; ++r) after[0][0].push_back(r);  // expert 0 everywhere
+  std::sort(after[0][0].begin(), after[0][0].end());
+  after[0][0].erase(std::unique(after[0][0].begin(), after[0][0].end()), after[0][0].end());
+  DispatchLayout layout{.hidden = kHidden, .top_k = K, .num_experts = E, .ep = P_,
+                        .max_tokens = T};
+  FakeExperts experts(HeldBy(before, 0, rank_), E);
+  ExpertDispatcher d(comm_.get(), layout, before, &experts);
+  std::mt19937 rng(31 + rank_);
+  for (const ExpertRanks* routing : {&before, static_cast<const ExpertRanks*>(&after)}) {
+    if (routing == &after) {
+      ASSERT_TRUE(d.SetRouting(after).ok());
+      experts.set_held(HeldBy(after, 0, rank_));
+    }
+    Routing r = RandomRouting(T, E, K, rng);
+    std::vector<float> out(static_cast<size_t>(T) * kHidden);
+    ASSERT_TRUE(d.Forward(0, r.x.data(), T, r.experts.data(), r.weights.data(), out.data()).ok());
+    const std::vector<float> want = Reference(r, T, K);
+    for (size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(out[i], want[i], 1e-5) << "at " << i;
+  }
+  EXPECT_EQ(d.routing(), after);
+  ExpertRanks nowhere = after;
+  nowhere[0][3].clear();
+  const absl::Status st = d.SetRouting(nowhere);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(st.message()), testing::HasSubstr("layer 0 expert 3 has no replica"));
+  EXPECT_EQ(d.routing(), after);
 }
 
 // Unevenly spread experts: rank 0 holds most of them, the last rank one replica more.

@@ -306,6 +306,7 @@ absl::StatusOr<double> ModelSession::BuildExecutor(const SessionOptions& options
   worker_ = std::make_unique<DistributedWorker>(*weights, shape, world_comm_.get(),
                                                 ep_comm_.get(), placement.expert_ranks, kv, limits);
   worker_->set_progress(progress_.get());
+  worker_->set_expert_source(weights.get(), checkpoint.get());
   LogShard(*this, spec, worker_->backend().kv_bytes());
   // Every rank has its shard and its communicators before the first step.
   const Clock::time_point barrier_start = Clock::now();

@@ -469,6 +469,12 @@ void Scheduler::Loop() {
       ++stats_.steps;
     }
     PublishStats(prompt, generated);
+    if (options_.after_step) {
+      if (absl::Status after = options_.after_step(); !after.ok()) {
+        FailAll(after);
+        break;
+      }
+    }
   }
   PublishStats(0, 0);
 }

@@ -53,6 +53,9 @@ struct SchedulerOptions {
   absl::Duration heartbeat = absl::Seconds(1);  // idle liveness round (distributed jobs)
   // Borrowed, outlives the scheduler; receives step and request timings. Null: none.
   SchedulerObserver* observer = nullptr;
+  // Runs on the scheduler thread after every step, between steps (expert rebalancing:
+  // coordinator/rebalancer.h); an error fails every request as a failed step does.
+  std::function<absl::Status()> after_step;
 };
 
 class Scheduler : public GenerationQueue {

@@ -341,6 +341,18 @@ absl::StatusOr<TensorView> SafetensorsCheckpoint::Get(
   return view;
 }
 
+void SafetensorsCheckpoint::Release(const std::vector<TensorView>& tensors) const {
+  const long sys_page = ::sysconf(_SC_PAGESIZE);
+  const uintptr_t page = sys_page > 0 ? static_cast<uintptr_t>(sys_page) : 4096;
+  for (const TensorView& t : tensors) {
+    if (t.data == nullptr || t.nbytes == 0) continue;
+    const uintptr_t begin = (reinterpret_cast<uintptr_t>(t.data) + page - 1) & ~(page - 1);
+    const uintptr_t end = (reinterpret_cast<uintptr_t>(t.data) + t.nbytes) & ~(page - 1);
+    // Pages shared with a neighbouring tensor are kept. Advisory: a failure keeps them mapped.
+    if (end > begin) (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+  }
+}
+
 void SafetensorsCheckpoint::Prefetch(const std::vector<TensorView>& tensors,
                                      ByteProgress* progress) const {
   constexpr uintptr_t kPage = 4096;  // a multiple of it on every target, so no page is skipped

@@ -65,6 +65,10 @@ class SafetensorsCheckpoint {
   // Touches every page of the named tensors so later use does not fault, reporting bytes to
   // `progress` when non-null.
   void Prefetch(const std::vector<TensorView>& tensors, ByteProgress* progress) const;
+  // Drops this process's mapped pages that lie wholly inside the tensors (madvise
+  // MADV_DONTNEED), so memory no longer used (experts moved away) leaves the resident size;
+  // the data stays readable and would fault back in from the file.
+  void Release(const std::vector<TensorView>& tensors) const;
 
   // All tensor names in the checkpoint.
   std::vector<std::string> Names() const;

@@ -1,5 +1,8 @@
 #include "model/weights.h"
 
+#include <algorithm>
+#include <tuple>
+
 #include "absl/strings/str_cat.h"
 #include "common/bf16.h"
 #include "common/progress.h"
@@ -125,6 +128,45 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(const Safetenso
     ckpt.Prefetch(c.views(), &progress);
   }
   return w;
+}
+
+absl::StatusOr<std::vector<TensorView>> ModelWeights::ExpertTensors(
+    const SafetensorsCheckpoint& ckpt, const ModelConfig& cfg, int l, int e) {
+  if (l < 0 || l >= cfg.num_hidden_layers || e < 0 || e >= cfg.num_local_experts) {
+    return absl::InvalidArgumentError(absl::StrCat("expert ", e, " of layer ", l, " outside the model's ",
+                                                   cfg.num_hidden_layers, " layers x ",
+                                                   cfg.num_local_experts, " experts"));
+  }
+  const std::string p = absl::StrCat("model.layers.", l, ".block_sparse_moe.experts.", e, ".");
+  const int64_t H = cfg.hidden_size, F = cfg.intermediate_size;
+  std::vector<TensorView> out;
+  for (const auto& [name, rows, cols] :
+       {std::tuple{"w1.weight", F, H}, std::tuple{"w3.weight", F, H}, std::tuple{"w2.weight", H, F}}) {
+    ASSIGN_OR_RETURN(TensorView t, ckpt.Get(p + name, {rows, cols}));
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+void ModelWeights::SetExpert(int l, int e, const std::vector<TensorView>& tensors) {
+  LayerWeights& lw = layers_[l - spec_.layer_begin];
+  std::vector<int>& held = spec_.local_experts[l - spec_.layer_begin];
+  ExpertWeights& x = lw.experts[e];
+  if (lw.HasExpert(e)) {
+    resident_bytes_ -= x.w1.bytes() + x.w3.bytes() + x.w2.bytes();
+    held.erase(std::remove(held.begin(), held.end(), e), held.end());
+    x = ExpertWeights{};
+  }
+  if (tensors.size() != 3) return;
+  auto matrix = [](const TensorView& t) {
+    return WeightMatrix{t.dtype, t.data, static_cast<int>(t.shape[0]), static_cast<int>(t.shape[1])};
+  };
+  x.w1 = matrix(tensors[0]);
+  x.w3 = matrix(tensors[1]);
+  x.w2 = matrix(tensors[2]);
+  resident_bytes_ += x.w1.bytes() + x.w3.bytes() + x.w2.bytes();
+  held.push_back(e);
+  std::sort(held.begin(), held.end());
 }
 
 }  // namespace switchyard

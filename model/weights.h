@@ -76,6 +76,17 @@ class ModelWeights {
   // Bytes of checkpoint data this shard uses (matrices in stored type + norms).
   uint64_t resident_bytes() const { return resident_bytes_; }
 
+  // The checkpoint tensors of expert e of layer l (w1, w3, w2), checked against the config
+  // as Load checks them. For moving experts between ranks while serving: look them up and
+  // prefetch them beside the running shard, then bind them with SetExpert between steps.
+  static absl::StatusOr<std::vector<TensorView>> ExpertTensors(const SafetensorsCheckpoint& ckpt,
+                                                               const ModelConfig& cfg, int l,
+                                                               int e);
+  // Binds expert e of layer l (a layer of this shard) to `tensors` (from ExpertTensors), or
+  // unbinds it when `tensors` is empty; spec().local_experts and resident_bytes() follow.
+  // Not thread-safe: call it when no step runs.
+  void SetExpert(int l, int e, const std::vector<TensorView>& tensors);
+
  private:
   ModelWeights() = default;
   ModelConfig cfg_;

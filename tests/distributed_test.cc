@@ -9,6 +9,7 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "coordinator/model_session.h"
@@ -16,6 +17,7 @@
 #include "coordinator/sequence_runner.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "worker/distributed_executor.h"
 #include "worker/local_executor.h"
 
 namespace switchyard {
@@ -213,6 +215,57 @@ TEST_P(DistributedEquality, MatchesSingleRank) {
       ASSERT_TRUE(dist.Score(tokens, [&](int a, int r, const float* l) { pa.Add(a, r, l); }).ok());
       ASSERT_TRUE(local.Score(tokens, [&](int a, int r, const float* l) { pb.Add(a, r, l); }).ok());
       EXPECT_NEAR(pa.perplexity(), pb.perplexity(), pb.perplexity() * 1e-4);
+    }
+    // Experts moved while the job runs (rebalancing): every rank prepares a placement with
+    // replicas and moved experts beside its running shard, all switch before the same step,
+    // and greedy outputs stay the fixture's; then back to the original placement.
+    if (layout.ep > 1 && !layout.uneven) {
+      const ExpertRanks original = s.placement.expert_ranks;
+      ExpertRanks moved = original;
+      for (auto& layer : moved) {
+        for (int e = 0; e < static_cast<int>(layer.size()); ++e) {
+          layer[e] = e % 2 == 0 ? std::vector<int>{e % layout.ep, (e + 1) % layout.ep}
+                                : std::vector<int>{(e + 1) % layout.ep};
+          std::sort(layer[e].begin(), layer[e].end());
+        }
+      }
+      int64_t generation = 0;
+      for (const ExpertRanks* target : {static_cast<const ExpertRanks*>(&moved), &original}) {
+        ++generation;
+        DistributedExecutor* exec = s.distributed_executor();
+        ASSERT_TRUE(exec->PrepareExperts(generation, *target).ok());
+        for (int tries = 0;; ++tries) {
+          auto st = exec->CollectStatus();
+          ASSERT_TRUE(st.ok()) << st.status();
+          bool ready = true;
+          for (const RankStatus& r : *st) ready = ready && r.experts_prepared >= generation;
+          if (ready) break;
+          ASSERT_LT(tries, 1000) << "the ranks did not prepare placement " << generation;
+          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+        ASSERT_TRUE(exec->SwitchExperts(generation).ok());
+        for (const auto& g : fixture["generate"]) {
+          auto prompt = g["prompt_ids"].get<std::vector<int32_t>>();
+          const int n = static_cast<int>(g["greedy_ids"].size());
+          auto a = dist.Generate(prompt, {.max_tokens = n}, nullptr);
+          ASSERT_TRUE(a.ok()) << a.status();
+          EXPECT_EQ(a->tokens, g["greedy_ids"].get<std::vector<int32_t>>())
+              << "after moving to placement " << generation;
+        }
+        auto st = exec->CollectStatus();
+        ASSERT_TRUE(st.ok());
+        for (const RankStatus& r : *st) {
+          EXPECT_EQ(r.experts_active, generation);
+          for (int l = r.layer_begin; l < r.layer_end; ++l) {
+            std::vector<int> want;
+            for (int e = 0; e < cfg.num_local_experts; ++e) {
+              const auto& ranks = (*target)[l][e];
+              if (std::find(ranks.begin(), ranks.end(), r.ep_rank) != ranks.end()) want.push_back(e);
+            }
+            EXPECT_EQ(r.experts[l - r.layer_begin], want) << "rank " << r.world_rank << " layer " << l;
+          }
+        }
+      }
     }
     // The status every rank reports: its compute/wait split, and the bytes its expert
     // dispatcher sent, only ever to the other EP ranks of its own stage.

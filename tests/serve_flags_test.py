@@ -58,6 +58,8 @@ msg = refused("--tls-cert", crt, "--tls-key", other, np=2)
 assert "does not match" in msg, msg
 
 assert refused("--tls-client-ca", crt).startswith("--tls-client-ca: mutual TLS needs")
+assert refused("--rebalance-interval", "8").startswith(
+    "--rebalance-interval: moving experts needs expert parallelism (--ep 2 or more)")
 
 # A bearer token over plaintext on a non-loopback address is served, with a warning.
 token = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"serve_flags_token_{os.getpid()}")

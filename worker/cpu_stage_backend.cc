@@ -1,8 +1,14 @@
 // The CPU stage backend (worker/stage_backend.h): ShardForward, a host KV cache, the MoE over
 // the EP group, the head on the host.
+#include <algorithm>
+#include <atomic>
 #include <memory>
+#include <optional>
+#include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "comm/metered_communicator.h"
+#include "common/status_macros.h"
 #include "worker/expert_parallel_moe.h"
 #include "worker/stage_backend.h"
 #include "worker/step_head.h"
@@ -25,6 +31,9 @@ class CpuStageBackend final : public StageBackend {
       logits_.resize(static_cast<size_t>(limits.max_tokens) * weights.config().vocab_size);
     }
     head_rows_.reserve(limits.max_tokens);
+  }
+  ~CpuStageBackend() override {
+    if (prepare_thread_.joinable()) prepare_thread_.join();
   }
 
   absl::Status Embed(const int32_t* tokens, int rows, int row0) override {
@@ -52,7 +61,93 @@ class CpuStageBackend final : public StageBackend {
   }
   const CommMeter& dispatch_meter() const override { return ep_group_.meter(); }
 
+  absl::Status PrepareExperts(int64_t generation, const ExpertRanks& routing,
+                              ModelWeights* weights, const SafetensorsCheckpoint* ckpt) override {
+    if (weights != &weights_ || ckpt == nullptr) {
+      return absl::FailedPreconditionError(
+          "moving experts needs this shard's weights and its checkpoint");
+    }
+    const ModelConfig& cfg = weights_.config();
+    if (static_cast<int>(routing.size()) != cfg.num_hidden_layers) {
+      return absl::InvalidArgumentError(absl::StrCat("expert placement of ", routing.size(),
+                                                     " layers for a model of ",
+                                                     cfg.num_hidden_layers));
+    }
+    // A preparation not switched to is superseded.
+    if (prepare_thread_.joinable()) prepare_thread_.join();
+    pending_.reset();
+    Pending p{.generation = generation, .routing = routing, .weights = weights, .ckpt = ckpt};
+    std::vector<TensorView> fetch;
+    const ShardSpec& spec = weights_.spec();
+    const int me = ep_group_.rank();
+    for (int l = spec.layer_begin; l < spec.layer_end; ++l) {
+      if (static_cast<int>(routing[l].size()) != cfg.num_local_experts) {
+        return absl::InvalidArgumentError(absl::StrCat("expert placement: layer ", l, " has ",
+                                                       routing[l].size(), " experts, want ",
+                                                       cfg.num_local_experts));
+      }
+      for (int e = 0; e < cfg.num_local_experts; ++e) {
+        const std::vector<int>& ranks = routing[l][e];
+        const bool want = std::find(ranks.begin(), ranks.end(), me) != ranks.end();
+        const bool have = weights_.layer(l).HasExpert(e);
+        if (want && !have) {
+          ASSIGN_OR_RETURN(std::vector<TensorView> t, ModelWeights::ExpertTensors(*ckpt, cfg, l, e));
+          fetch.insert(fetch.end(), t.begin(), t.end());
+          p.add.push_back({l, e, std::move(t)});
+        } else if (have && !want) {
+          p.remove.push_back({l, e, {}});
+        }
+      }
+    }
+    pending_ = std::move(p);
+    // Read the new experts' pages beside the running steps (which read other pages of the
+    // same read-only mapping).
+    prepare_thread_ = std::thread([this, ckpt, fetch = std::move(fetch), generation] {
+      ckpt->Prefetch(fetch, nullptr);
+      prepared_.store(generation, std::memory_order_release);
+    });
+    return absl::OkStatus();
+  }
+
+  absl::Status SwitchExperts(int64_t generation) override {
+    if (!pending_.has_value() || pending_->generation != generation) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("no expert placement ", generation, " was prepared on this rank"));
+    }
+    if (prepare_thread_.joinable()) prepare_thread_.join();
+    Pending p = std::move(*pending_);
+    pending_.reset();
+    RETURN_IF_ERROR(moe_.SetRouting(std::move(p.routing)));
+    std::vector<TensorView> released;
+    for (const Move& m : p.remove) {
+      const ExpertWeights& x = weights_.layer(m.layer).experts[m.expert];
+      for (const WeightMatrix* w : {&x.w1, &x.w3, &x.w2}) {
+        released.push_back(TensorView{.dtype = w->dtype, .data = w->data, .nbytes = w->bytes()});
+      }
+      p.weights->SetExpert(m.layer, m.expert, {});
+    }
+    for (const Move& m : p.add) p.weights->SetExpert(m.layer, m.expert, m.tensors);
+    p.ckpt->Release(released);
+    active_ = generation;
+    return absl::OkStatus();
+  }
+
+  int64_t experts_prepared() const override { return prepared_.load(std::memory_order_acquire); }
+  int64_t experts_active() const override { return active_; }
+
  private:
+  struct Move {
+    int layer = 0, expert = 0;
+    std::vector<TensorView> tensors;  // to bind (added experts)
+  };
+  struct Pending {
+    int64_t generation = 0;
+    ExpertRanks routing;
+    ModelWeights* weights = nullptr;
+    const SafetensorsCheckpoint* ckpt = nullptr;
+    std::vector<Move> add, remove;
+  };
+
   float* Row(int row0) {
     return hidden_.data() + static_cast<size_t>(row0) * weights_.config().hidden_size;
   }
@@ -66,6 +161,11 @@ class CpuStageBackend final : public StageBackend {
   std::vector<float> hidden_;
   std::vector<int32_t> head_rows_;
   std::vector<float> logits_;
+  // Expert moves: the preparation in flight (its page reads on prepare_thread_).
+  std::optional<Pending> pending_;
+  std::thread prepare_thread_;
+  std::atomic<int64_t> prepared_{0};
+  int64_t active_ = 0;
 };
 
 }  // namespace

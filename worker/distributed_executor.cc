@@ -10,7 +10,44 @@
 namespace switchyard {
 namespace {
 
-enum Command : uint32_t { kStep = 1, kHeartbeat = 2, kShutdown = 3, kStatus = 4 };
+enum Command : uint32_t {
+  kStep = 1,
+  kHeartbeat = 2,
+  kShutdown = 3,
+  kStatus = 4,
+  kPrepareExperts = 5,  // num_seqs: generation; num_tokens: words of the placement
+  kSwitchExperts = 6,   // num_seqs: generation
+};
+
+// An ExpertRanks as words: layers, experts, then per (layer, expert) the replica count and
+// the ranks.
+std::vector<int32_t> PackRouting(const ExpertRanks& routing) {
+  std::vector<int32_t> w = {static_cast<int32_t>(routing.size()),
+                            routing.empty() ? 0 : static_cast<int32_t>(routing[0].size())};
+  for (const auto& layer : routing) {
+    for (const auto& ranks : layer) {
+      w.push_back(static_cast<int32_t>(ranks.size()));
+      w.insert(w.end(), ranks.begin(), ranks.end());
+    }
+  }
+  return w;
+}
+
+absl::StatusOr<ExpertRanks> UnpackRouting(const std::vector<int32_t>& w) {
+  auto bad = [] { return absl::InvalidArgumentError("malformed expert placement from rank 0"); };
+  if (w.size() < 2 || w[0] < 0 || w[1] < 0) return bad();
+  size_t at = 2;
+  ExpertRanks routing(w[0], std::vector<std::vector<int>>(w[1]));
+  for (auto& layer : routing) {
+    for (auto& ranks : layer) {
+      if (at >= w.size() || w[at] < 0 || at + 1 + w[at] > w.size()) return bad();
+      ranks.assign(w.begin() + at + 1, w.begin() + at + 1 + w[at]);
+      at += 1 + w[at];
+    }
+  }
+  if (at != w.size()) return bad();
+  return routing;
+}
 
 struct PlanHeader {
   uint32_t command = 0;
@@ -279,7 +316,7 @@ absl::StatusOr<std::vector<RankStatus>> DistributedWorker::GatherStatus() {
   const int E = cfg.num_local_experts;
   const size_t LE = static_cast<size_t>(cfg.num_hidden_layers) * E;
   const int world = shape_.ep * shape_.pp;
-  constexpr size_t kHeader = 11;
+  constexpr size_t kHeader = 13;
   const size_t tokens_at = kHeader, held_at = kHeader + LE, sent_at = kHeader + 2 * LE;
   const size_t words = sent_at + world;
   std::vector<int64_t> mine(words, 0);
@@ -297,6 +334,8 @@ absl::StatusOr<std::vector<RankStatus>> DistributedWorker::GatherStatus() {
   mine[8] = (spec.has_embedding ? 1 : 0) | (spec.has_head ? 2 : 0);
   mine[9] = std::max<int64_t>(0, step_ns_ - wait_ns);
   mine[10] = wait_ns;
+  mine[11] = backend_->experts_prepared();
+  mine[12] = backend_->experts_active();
   const auto& counts = backend_->expert_token_counts();
   for (int l = spec.layer_begin; l < spec.layer_end; ++l) {
     for (int e = 0; e < E; ++e) mine[tokens_at + l * E + e] = counts[l][e];
@@ -326,6 +365,8 @@ absl::StatusOr<std::vector<RankStatus>> DistributedWorker::GatherStatus() {
     st.has_head = (rec[8] & 2) != 0;
     st.compute_seconds = static_cast<double>(rec[9]) * 1e-9;
     st.wait_seconds = static_cast<double>(rec[10]) * 1e-9;
+    st.experts_prepared = rec[11];
+    st.experts_active = rec[12];
     for (int l = st.layer_begin; l < st.layer_end; ++l) {
       std::vector<int> held;
       std::vector<int64_t> tokens(E);
@@ -381,6 +422,36 @@ absl::Status DistributedExecutor::Heartbeat() {
 
 absl::Status DistributedExecutor::Shutdown() { return BroadcastPlan(kShutdown, StepPlan()); }
 
+absl::Status DistributedWorker::PrepareExperts(int64_t generation, const ExpertRanks& routing) {
+  if (expert_weights_ == nullptr) {
+    return absl::FailedPreconditionError("this worker was given no checkpoint to move experts");
+  }
+  return backend_->PrepareExperts(generation, routing, expert_weights_, expert_ckpt_);
+}
+
+absl::Status DistributedWorker::SwitchExperts(int64_t generation) {
+  return backend_->SwitchExperts(generation);
+}
+
+absl::Status DistributedExecutor::PrepareExperts(int64_t generation, const ExpertRanks& routing) {
+  ProgressMeter::Scope operation(worker_->progress());
+  const std::vector<int32_t> words = PackRouting(routing);
+  PlanHeader header{kPrepareExperts, static_cast<uint32_t>(generation),
+                    static_cast<uint32_t>(words.size()), 0};
+  Communicator* world = worker_->world();
+  RETURN_IF_ERROR(world->Broadcast(&header, sizeof(header), 0));
+  RETURN_IF_ERROR(world->Broadcast(const_cast<int32_t*>(words.data()),
+                                   words.size() * sizeof(int32_t), 0));
+  return worker_->PrepareExperts(generation, routing);
+}
+
+absl::Status DistributedExecutor::SwitchExperts(int64_t generation) {
+  ProgressMeter::Scope operation(worker_->progress());
+  PlanHeader header{kSwitchExperts, static_cast<uint32_t>(generation), 0, 0};
+  RETURN_IF_ERROR(worker_->world()->Broadcast(&header, sizeof(header), 0));
+  return worker_->SwitchExperts(generation);
+}
+
 absl::Status RunWorkerLoop(DistributedWorker* worker) {
   Communicator* world = worker->world();
   StepPlan plan;
@@ -397,6 +468,17 @@ absl::Status RunWorkerLoop(DistributedWorker* worker) {
     }
     if (header.command == kStatus) {
       RETURN_IF_ERROR(worker->GatherStatus().status());
+      continue;
+    }
+    if (header.command == kPrepareExperts) {
+      std::vector<int32_t> words(header.num_tokens);
+      RETURN_IF_ERROR(world->Broadcast(words.data(), words.size() * sizeof(int32_t), 0));
+      ASSIGN_OR_RETURN(ExpertRanks routing, UnpackRouting(words));
+      RETURN_IF_ERROR(worker->PrepareExperts(header.num_seqs, routing));
+      continue;
+    }
+    if (header.command == kSwitchExperts) {
+      RETURN_IF_ERROR(worker->SwitchExperts(header.num_seqs));
       continue;
     }
     if (header.command != kStep) {

@@ -93,6 +93,16 @@ class DistributedWorker {
   // of them (other ranks get an empty vector).
   absl::StatusOr<std::vector<RankStatus>> GatherStatus();
 
+  // Where moved experts come from: this rank's weights (the object the backend computes
+  // with) and their checkpoint; both must outlive the worker. Without them experts stay put.
+  void set_expert_source(ModelWeights* weights, const SafetensorsCheckpoint* ckpt) {
+    expert_weights_ = weights;
+    expert_ckpt_ = ckpt;
+  }
+  // This rank's part of an expert move (StageBackend::PrepareExperts / SwitchExperts).
+  absl::Status PrepareExperts(int64_t generation, const ExpertRanks& routing);
+  absl::Status SwitchExperts(int64_t generation);
+
  private:
   // The local share of `plan`: sequences of this DP index, tokens renumbered from 0.
   void SelectLocal(const StepPlan& plan);
@@ -119,6 +129,8 @@ class DistributedWorker {
   int64_t step_ns_ = 0;       // inside RunStep
   int64_t link_wait_ns_ = 0;  // inside the stage link and result exchanges of RunStep
   ProgressMeter* progress_ = nullptr;
+  ModelWeights* expert_weights_ = nullptr;
+  const SafetensorsCheckpoint* expert_ckpt_ = nullptr;
   // Per-step state, reused.
   StepPlan local_;
   std::vector<MicroBatch> micro_batches_;
@@ -141,6 +153,13 @@ class DistributedExecutor : public StepExecutor {
   absl::Status Heartbeat();
   // Tells every rank to leave RunWorkerLoop.
   absl::Status Shutdown();
+  // Expert rebalancing while serving, between steps (coordinator/rebalancer.h): every rank
+  // starts preparing `routing` (ExpertRanks of every layer, replicas included) as placement
+  // `generation` (> 0, increasing) in the background; once CollectStatus shows every rank's
+  // experts_prepared at `generation`, SwitchExperts moves every rank to it before the next
+  // step. Errors: a rank that cannot (its backend, a bad placement) fails the job.
+  absl::Status PrepareExperts(int64_t generation, const ExpertRanks& routing);
+  absl::Status SwitchExperts(int64_t generation);
 
  private:
   absl::Status BroadcastPlan(uint32_t command, const StepPlan& plan);

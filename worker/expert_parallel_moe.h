@@ -18,6 +18,8 @@ class ExpertParallelMoe : public MoeRunner {
   absl::Status Run(int layer, const float* x, int T, const int32_t* experts,
                    const float* weights, float* out) override;
   const ExpertDispatcher& dispatcher() const { return dispatcher_; }
+  // ExpertDispatcher::SetRouting: between Forwards, on every rank of the group.
+  absl::Status SetRouting(ExpertRanks routing) { return dispatcher_.SetRouting(std::move(routing)); }
 
  private:
   GroupedExperts experts_;

@@ -33,6 +33,10 @@ struct RankStatus {
   // dispatch_bytes_sent[world rank]: bytes of token rows (and returned partial sums) this
   // rank's expert dispatcher sent there since start; empty in a footprint.
   std::vector<uint64_t> dispatch_bytes_sent;
+  // Expert moves (rebalancing while serving): the placement generation this rank has
+  // prepared (its new experts read in) and the one it runs; 0 before any move.
+  int64_t experts_prepared = 0;
+  int64_t experts_active = 0;
 };
 
 }  // namespace switchyard

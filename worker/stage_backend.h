@@ -56,6 +56,25 @@ class StageBackend {
   // What the expert dispatcher's group has done since start: time this rank waited inside
   // its operations and bytes sent per EP rank (comm/metered_communicator.h).
   virtual const CommMeter& dispatch_meter() const = 0;
+
+  // Moving experts while serving (expert rebalancing), in two steps between steps:
+  // PrepareExperts looks up the experts `routing` (ExpertRanks of every layer) gives this
+  // rank and does not hold, and makes them ready beside the running ones in the background
+  // (pages read in; on a GPU, uploaded); experts_prepared() then returns `generation`.
+  // SwitchExperts(generation), called by every rank of the EP group before the same step,
+  // waits for that preparation, binds the new experts, moves the dispatcher to the new
+  // routing, and releases the experts this rank no longer holds. Errors: kFailedPrecondition
+  // when the backend cannot move experts or no such preparation is pending.
+  virtual absl::Status PrepareExperts(int64_t generation, const ExpertRanks& routing,
+                                      ModelWeights* weights, const SafetensorsCheckpoint* ckpt) {
+    return absl::FailedPreconditionError("this stage backend cannot move experts");
+  }
+  virtual absl::Status SwitchExperts(int64_t generation) {
+    return absl::FailedPreconditionError("this stage backend cannot move experts");
+  }
+  // The generation whose preparation has finished (0: none yet), and the one in use.
+  virtual int64_t experts_prepared() const { return 0; }
+  virtual int64_t experts_active() const { return 0; }
 };
 
 // The CPU backend: ShardForward over the shard's layers, KV in host memory, the MoE through

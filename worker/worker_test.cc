@@ -3,6 +3,7 @@
 // against one pass (and against LocalExecutor, the same orchestration over a group of one).
 #include <memory>
 #include <numeric>
+#include <thread>
 
 #include "comm/self_communicator.h"
 #include "gmock/gmock.h"
@@ -257,6 +258,53 @@ TEST_F(CpuStageBackendTest, LocalExecutorValidatesThePlan) {
   const absl::Status st = exec.Execute(plan, &r);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(st.message(), HasSubstr("sequence 9: KV block id 16 outside [0, 16)"));
+}
+
+// Experts bound and unbound while a shard runs (rebalancing): the shard's spec and resident
+// bytes follow; a bad id is refused naming it.
+TEST_F(CpuStageBackendTest, ExpertsAreBoundAndUnboundInPlace) {
+  ShardSpec spec = ShardSpec::Whole(cfg_);
+  for (auto& held : spec.local_experts) held = {0, 1};
+  auto shard = std::move(ModelWeights::Load(*ckpt_, cfg_, spec, {})).value();
+  const uint64_t before = shard->resident_bytes();
+  auto t = ModelWeights::ExpertTensors(*ckpt_, cfg_, 1, 5);
+  ASSERT_TRUE(t.ok()) << t.status();
+  ASSERT_EQ(t->size(), 3u);
+  const uint64_t expert = (*t)[0].nbytes + (*t)[1].nbytes + (*t)[2].nbytes;
+  EXPECT_FALSE(shard->layer(1).HasExpert(5));
+  shard->SetExpert(1, 5, *t);
+  EXPECT_TRUE(shard->layer(1).HasExpert(5));
+  EXPECT_EQ(shard->layer(1).experts[5].w1.data, weights_->layer(1).experts[5].w1.data);
+  EXPECT_EQ(shard->spec().local_experts[1], (std::vector<int>{0, 1, 5}));
+  EXPECT_EQ(shard->resident_bytes(), before + expert);
+  shard->SetExpert(1, 0, {});
+  EXPECT_FALSE(shard->layer(1).HasExpert(0));
+  EXPECT_EQ(shard->spec().local_experts[1], (std::vector<int>{1, 5}));
+  EXPECT_EQ(shard->resident_bytes(), before);
+  auto bad = ModelWeights::ExpertTensors(*ckpt_, cfg_, 1, cfg_.num_local_experts);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad.status().message(), HasSubstr("expert 8 of layer 1 outside"));
+}
+
+// The backend's two-step move, on a group of one: prepare in the background, report it,
+// switch; a switch to a placement never prepared is refused.
+TEST_F(CpuStageBackendTest, PreparesThenSwitchesExperts) {
+  auto backend = Backend();
+  const ExpertRanks all_here = SingleRankRouting(cfg_);
+  EXPECT_EQ(backend->SwitchExperts(1).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(backend->PrepareExperts(1, all_here, nullptr, ckpt_.get()).code(),
+            absl::StatusCode::kFailedPrecondition);  // not its weights
+  ASSERT_TRUE(backend->PrepareExperts(1, all_here, weights_.get(), ckpt_.get()).ok());
+  for (int i = 0; i < 1000 && backend->experts_prepared() < 1; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(backend->experts_prepared(), 1);
+  EXPECT_EQ(backend->SwitchExperts(2).code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(backend->SwitchExperts(1).ok());
+  EXPECT_EQ(backend->experts_active(), 1);
+  const StepPlan plan = Plan();
+  ASSERT_TRUE(backend->Embed(plan.tokens.data(), plan.total_tokens(), 0).ok());
+  EXPECT_TRUE(backend->RunLayers(plan.seqs, plan.block_tables.data(), 0).ok());
 }
 
 TEST(RoutingRows, LastRowsOfTheChunk) {

@@ -138,6 +138,7 @@ void ClusterStatusToProto(const ClusterStatusInfo& cluster, const SchedulerStats
     rank->set_wait_seconds(r.wait_seconds);
     rank->mutable_dispatch_bytes_sent()->Add(r.dispatch_bytes_sent.begin(),
                                              r.dispatch_bytes_sent.end());
+    rank->set_expert_placement(r.experts_active);
   }
   for (const std::vector<int64_t>& layer : cluster.expert_token_counts) {
     out->add_expert_token_counts()->mutable_tokens()->Add(layer.begin(), layer.end());

@@ -1,0 +1,110 @@
+#include "coordinator/rebalancer.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/status_macros.h"
+#include "coordinator/expert_balance.h"
+
+namespace switchyard {
+
+Rebalancer::Rebalancer(DistributedExecutor* executor, PlacementPlan placement,
+                       const ModelConfig& cfg, const RebalanceOptions& options)
+    : executor_(executor), placement_(std::move(placement)), cfg_(cfg), options_(options) {}
+
+std::vector<std::vector<double>> Rebalancer::Totals(const std::vector<RankStatus>& ranks) const {
+  std::vector<std::vector<double>> t(cfg_.num_hidden_layers,
+                                     std::vector<double>(cfg_.num_local_experts, 0));
+  for (const RankStatus& r : ranks) {
+    for (int l = r.layer_begin; l < r.layer_end; ++l) {
+      const std::vector<int64_t>& counts = r.expert_tokens[l - r.layer_begin];
+      for (size_t e = 0; e < counts.size() && e < t[l].size(); ++e) t[l][e] += counts[e];
+    }
+  }
+  return t;
+}
+
+absl::Status Rebalancer::AfterStep() {
+  ++steps_;
+  if (pending_ > 0) {
+    if ((steps_ - pending_step_) % std::max(1, options_.poll_steps) != 0) return absl::OkStatus();
+    return PollPending();
+  }
+  if (steps_ - window_start_step_ < options_.interval_steps) return absl::OkStatus();
+  return Plan();
+}
+
+absl::Status Rebalancer::Plan() {
+  ASSIGN_OR_RETURN(std::vector<RankStatus> ranks, executor_->CollectStatus());
+  std::vector<std::vector<double>> totals = Totals(ranks);
+  if (window_start_.empty()) window_start_.assign(totals.size(), std::vector<double>(totals[0].size(), 0));
+  std::vector<std::vector<double>> load = totals;
+  int64_t choices = 0;
+  for (size_t l = 0; l < load.size(); ++l) {
+    double layer = 0;
+    for (size_t e = 0; e < load[l].size(); ++e) {
+      load[l][e] -= window_start_[l][e];
+      layer += load[l][e];
+    }
+    choices = l == 0 ? static_cast<int64_t>(layer) : std::min(choices, static_cast<int64_t>(layer));
+  }
+  // The next window starts now, whatever this one decides.
+  window_start_ = std::move(totals);
+  window_start_step_ = steps_;
+  if (choices < options_.min_choices) return absl::OkStatus();
+
+  const int ep = placement_.ep;
+  double current_max = 0, planned_max = 0, mean = 0;
+  ExpertRanks planned = placement_.expert_ranks;
+  for (size_t l = 0; l < load.size(); ++l) {
+    const LayerBalance now = EvaluateLayer(load[l], placement_.expert_ranks[l], ep);
+    ASSIGN_OR_RETURN(LayerBalance better,
+                     BalanceLayer(load[l], {.ep = ep, .redundant = options_.redundant}));
+    current_max += now.max_load();
+    mean += now.mean_load();
+    if (better.max_load() < now.max_load()) {
+      planned[l] = better.expert_ranks;
+      planned_max += better.max_load();
+    } else {
+      planned_max += now.max_load();
+    }
+  }
+  if (mean <= 0 || planned_max > current_max * (1 - options_.min_gain)) {
+    spdlog::debug("rebalance: window of {} steps: max/mean {:.3f}, a new placement would give {:.3f}",
+                 options_.interval_steps, current_max / mean, planned_max / mean);
+    return absl::OkStatus();
+  }
+  planned_ = std::move(planned);
+  current_ratio_ = current_max / mean;
+  planned_ratio_ = planned_max / mean;
+  pending_ = ++generation_;
+  pending_step_ = steps_;
+  spdlog::info(
+      "rebalance: the last {} steps routed {} choices per layer; max/mean rank load {:.3f} "
+      "now, {:.3f} planned (--rebalance-redundant {}): preparing placement {}",
+      options_.interval_steps, choices, current_ratio_, planned_ratio_, options_.redundant,
+      pending_);
+  return executor_->PrepareExperts(pending_, planned_);
+}
+
+absl::Status Rebalancer::PollPending() {
+  ASSIGN_OR_RETURN(std::vector<RankStatus> ranks, executor_->CollectStatus());
+  for (const RankStatus& r : ranks) {
+    if (r.experts_prepared < pending_) return absl::OkStatus();  // still reading in
+  }
+  RETURN_IF_ERROR(executor_->SwitchExperts(pending_));
+  placement_.expert_ranks = std::move(planned_);
+  ++moves_;
+  spdlog::info(
+      "rebalance: placement {} in use from step {} ({} steps after it was planned); max/mean "
+      "rank load {:.3f} -> {:.3f} on its window",
+      pending_, steps_, steps_ - pending_step_, current_ratio_, planned_ratio_);
+  pending_ = 0;
+  // The window restarts on the new placement.
+  window_start_ = Totals(ranks);
+  window_start_step_ = steps_;
+  return absl::OkStatus();
+}
+
+}  // namespace switchyard

@@ -1,0 +1,76 @@
+// Online expert rebalancing (serve --rebalance-interval): every `interval_steps` steps, rank 0
+// plans a placement from the tokens each expert was routed in that window (the ranks' own
+// counters, collected through the status round that serving already runs), and when it
+// lowers the most loaded rank's share enough, moves the job to it without stopping:
+//
+//   1. PrepareExperts: every rank looks up the experts the new placement gives it and reads
+//      them in beside the running ones, in the background, while steps go on;
+//   2. once every rank reports the preparation done (RankStatus::experts_prepared, polled
+//      every few steps), SwitchExperts: every rank binds its new experts, moves its
+//      dispatcher to the new routing and releases the experts it no longer holds, before
+//      the same next step.
+// Replicas compute the same function, so outputs do not change (up to rounding where a
+// token's partial sums are added in another order: identical for top-2).
+//
+//   Rebalancer rebalancer(executor, session.placement, config, {.interval_steps = 256});
+//   sched_opts.after_step = [&] { return rebalancer.AfterStep(); };
+//
+// Not thread-safe: AfterStep runs on the thread that runs the steps.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "coordinator/placement.h"
+#include "model/config.h"
+#include "worker/distributed_executor.h"
+
+namespace switchyard {
+
+struct RebalanceOptions {
+  int interval_steps = 0;  // steps per planning window (> 0)
+  int redundant = 1;       // replicas beyond one per expert, per layer
+  // Move only when the planned placement's summed per-layer maximum rank load is at least
+  // this fraction below the current one's, on the same window.
+  double min_gain = 0.05;
+  // Routed (token, expert) choices a window needs before it is planned from, per layer.
+  int64_t min_choices = 64;
+  int poll_steps = 4;  // while a move is being prepared: ask the ranks every this many steps
+};
+
+class Rebalancer {
+ public:
+  // `executor` must outlive the rebalancer; `placement` is the job's current one.
+  Rebalancer(DistributedExecutor* executor, PlacementPlan placement, const ModelConfig& cfg,
+             const RebalanceOptions& options);
+
+  // Call after every step. Errors: a collective or a move failed (the job must end).
+  absl::Status AfterStep();
+
+  const PlacementPlan& placement() const { return placement_; }
+  int64_t moves() const { return moves_; }
+
+ private:
+  // Routed choices per (layer, expert) summed over the ranks of each layer's stage.
+  std::vector<std::vector<double>> Totals(const std::vector<RankStatus>& ranks) const;
+  absl::Status Plan();
+  absl::Status PollPending();
+
+  DistributedExecutor* executor_;
+  PlacementPlan placement_;
+  ModelConfig cfg_;
+  RebalanceOptions options_;
+  int64_t steps_ = 0;
+  int64_t window_start_step_ = 0;
+  std::vector<std::vector<double>> window_start_;  // Totals at the window's start
+  // The move in preparation (generation 0: none).
+  int64_t pending_ = 0;
+  int64_t pending_step_ = 0;
+  ExpertRanks planned_;
+  double planned_ratio_ = 0, current_ratio_ = 0;
+  int64_t generation_ = 0;
+  int64_t moves_ = 0;
+};
+
+}  // namespace switchyard
