@@ -57,6 +57,7 @@ absl::Status Rebalancer::Plan() {
   const int ep = placement_.ep;
   double current_max = 0, planned_max = 0, mean = 0;
   ExpertRanks planned = placement_.expert_ranks;
+  bool changed = false;
   for (size_t l = 0; l < load.size(); ++l) {
     const LayerBalance now = EvaluateLayer(load[l], placement_.expert_ranks[l], ep);
     ASSIGN_OR_RETURN(LayerBalance better,
@@ -64,13 +65,15 @@ absl::Status Rebalancer::Plan() {
     current_max += now.max_load();
     mean += now.mean_load();
     if (better.max_load() < now.max_load()) {
+      changed = changed || better.expert_ranks != planned[l];
       planned[l] = better.expert_ranks;
       planned_max += better.max_load();
     } else {
       planned_max += now.max_load();
     }
   }
-  if (mean <= 0 || planned_max > current_max * (1 - options_.min_gain)) {
+  if (!changed || mean <= 0 || planned_max >= current_max ||
+      planned_max > current_max * (1 - options_.min_gain)) {
     spdlog::debug("rebalance: window of {} steps: max/mean {:.3f}, a new placement would give {:.3f}",
                  options_.interval_steps, current_max / mean, planned_max / mean);
     return absl::OkStatus();

@@ -229,6 +229,15 @@ TEST_P(DistributedEquality, MatchesSingleRank) {
           std::sort(layer[e].begin(), layer[e].end());
         }
       }
+      // A placement naming a rank outside the group is refused on rank 0, before any rank
+      // sees it; the job goes on.
+      ExpertRanks outside = original;
+      outside[0][1] = {layout.ep};
+      const absl::Status refused = s.distributed_executor()->PrepareExperts(1, outside);
+      EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+      EXPECT_NE(refused.message().find("layer 0 expert 1 needs distinct EP ranks"),
+                absl::string_view::npos)
+          << refused;
       int64_t generation = 0;
       for (const ExpertRanks* target : {static_cast<const ExpertRanks*>(&moved), &original}) {
         ++generation;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -434,6 +435,29 @@ absl::Status DistributedWorker::SwitchExperts(int64_t generation) {
 }
 
 absl::Status DistributedExecutor::PrepareExperts(int64_t generation, const ExpertRanks& routing) {
+  // Checked here, before any rank sees it: a placement a worker refused would end the job.
+  if (generation <= 0 || generation > std::numeric_limits<uint32_t>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat("expert placement generation ", generation,
+                                                   " outside [1, 2^32)"));
+  }
+  const int ep = worker_->shape().ep;
+  for (size_t l = 0; l < routing.size(); ++l) {
+    if (routing[l].size() != routing[0].size()) {
+      return absl::InvalidArgumentError(absl::StrCat("expert placement: layer ", l, " has ",
+                                                     routing[l].size(), " experts, layer 0 ",
+                                                     routing[0].size()));
+    }
+    for (size_t e = 0; e < routing[l].size(); ++e) {
+      std::vector<int> ranks = routing[l][e];
+      std::sort(ranks.begin(), ranks.end());
+      if (ranks.empty() || ranks.front() < 0 || ranks.back() >= ep ||
+          std::adjacent_find(ranks.begin(), ranks.end()) != ranks.end()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "expert placement: layer ", l, " expert ", e,
+            " needs distinct EP ranks in [0, ", ep, "), at least one"));
+      }
+    }
+  }
   ProgressMeter::Scope operation(worker_->progress());
   const std::vector<int32_t> words = PackRouting(routing);
   PlanHeader header{kPrepareExperts, static_cast<uint32_t>(generation),
@@ -446,6 +470,10 @@ absl::Status DistributedExecutor::PrepareExperts(int64_t generation, const Exper
 }
 
 absl::Status DistributedExecutor::SwitchExperts(int64_t generation) {
+  if (generation <= 0 || generation > std::numeric_limits<uint32_t>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat("expert placement generation ", generation,
+                                                   " outside [1, 2^32)"));
+  }
   ProgressMeter::Scope operation(worker_->progress());
   PlanHeader header{kSwitchExperts, static_cast<uint32_t>(generation), 0, 0};
   RETURN_IF_ERROR(worker_->world()->Broadcast(&header, sizeof(header), 0));
