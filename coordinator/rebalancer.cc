@@ -39,13 +39,17 @@ absl::Status Rebalancer::Plan() {
   ASSIGN_OR_RETURN(std::vector<RankStatus> ranks, executor_->CollectStatus());
   std::vector<std::vector<double>> totals = Totals(ranks);
   if (window_start_.empty()) window_start_.assign(totals.size(), std::vector<double>(totals[0].size(), 0));
-  std::vector<std::vector<double>> load = totals;
+  // The load planned from: this window's routed choices plus the earlier windows', fading by
+  // `decay` per window (the router's choices do not depend on the placement, so the estimate
+  // stays valid across moves). One window alone is noisy enough to move back and forth.
+  if (load_.empty()) load_.assign(totals.size(), std::vector<double>(totals[0].size(), 0));
   int64_t choices = 0;
-  for (size_t l = 0; l < load.size(); ++l) {
+  for (size_t l = 0; l < totals.size(); ++l) {
     double layer = 0;
-    for (size_t e = 0; e < load[l].size(); ++e) {
-      load[l][e] -= window_start_[l][e];
-      layer += load[l][e];
+    for (size_t e = 0; e < totals[l].size(); ++e) {
+      const double window = totals[l][e] - window_start_[l][e];
+      load_[l][e] = options_.decay * load_[l][e] + window;
+      layer += window;
     }
     choices = l == 0 ? static_cast<int64_t>(layer) : std::min(choices, static_cast<int64_t>(layer));
   }
@@ -53,6 +57,7 @@ absl::Status Rebalancer::Plan() {
   window_start_ = std::move(totals);
   window_start_step_ = steps_;
   if (choices < options_.min_choices) return absl::OkStatus();
+  const std::vector<std::vector<double>>& load = load_;
 
   const int ep = placement_.ep;
   double current_max = 0, planned_max = 0, mean = 0;
@@ -104,7 +109,7 @@ absl::Status Rebalancer::PollPending() {
       "rank load {:.3f} -> {:.3f} on its window",
       pending_, steps_, steps_ - pending_step_, current_ratio_, planned_ratio_);
   pending_ = 0;
-  // The window restarts on the new placement.
+  // The next window starts with the new placement (the load estimate carries on).
   window_start_ = Totals(ranks);
   window_start_step_ = steps_;
   return absl::OkStatus();

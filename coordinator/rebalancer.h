@@ -1,6 +1,7 @@
 // Online expert rebalancing (serve --rebalance-interval): every `interval_steps` steps, rank 0
-// plans a placement from the tokens each expert was routed in that window (the ranks' own
-// counters, collected through the status round that serving already runs), and when it
+// plans a placement from the tokens each expert was routed in that window and, fading, the
+// windows before (the ranks' own counters, collected through the status round that serving
+// already runs), and when it
 // lowers the most loaded rank's share enough, moves the job to it without stopping:
 //
 //   1. PrepareExperts: every rank looks up the experts the new placement gives it and reads
@@ -37,6 +38,9 @@ struct RebalanceOptions {
   // Routed (token, expert) choices a window needs before it is planned from, per layer.
   int64_t min_choices = 64;
   int poll_steps = 4;  // while a move is being prepared: ask the ranks every this many steps
+  // The load planned from is each window's routed choices plus the earlier windows', weighed
+  // down by this factor per window (0: the last window alone).
+  double decay = 0.75;
 };
 
 class Rebalancer {
@@ -64,6 +68,7 @@ class Rebalancer {
   int64_t steps_ = 0;
   int64_t window_start_step_ = 0;
   std::vector<std::vector<double>> window_start_;  // Totals at the window's start
+  std::vector<std::vector<double>> load_;          // the decayed load estimate
   // The move in preparation (generation 0: none).
   int64_t pending_ = 0;
   int64_t pending_step_ = 0;
