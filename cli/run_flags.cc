@@ -1,5 +1,7 @@
 #include "cli/run_flags.h"
 
+#include <filesystem>
+
 #include <cstdio>
 
 #include "common/byte_size.h"
@@ -52,6 +54,12 @@ void AddRunFlags(CLI::App* cmd, RunFlags* f) {
   cmd->add_option("--max-step-tokens", f->max_step_tokens,
                   "Tokens per forward step per data-parallel rank (prefill chunk)")
       ->check(CLI::Range(1, 1 << 20));
+}
+
+std::string ModelDirName(const std::string& model_dir) {
+  std::filesystem::path dir = std::filesystem::path(model_dir).lexically_normal();
+  if (dir.filename().empty()) dir = dir.parent_path();
+  return dir.filename().string();
 }
 
 SessionOptions ToSessionOptions(const RunFlags& f, bool show_progress) {

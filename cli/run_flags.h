@@ -27,6 +27,8 @@ void AddModelOption(CLI::App* cmd, std::string* dir);
 // --max-step-tokens.
 void AddRunFlags(CLI::App* cmd, RunFlags* flags);
 SessionOptions ToSessionOptions(const RunFlags& flags, bool show_progress);
+// The checkpoint folder's name: "models/brown-moe/" -> "brown-moe" (the served model name).
+std::string ModelDirName(const std::string& model_dir);
 
 // A byte size such as 80GiB or 512M (common/byte_size.h's ParseByteSize); with
 // allow_zero, also "0". ByteSizeCheck validates an option at parse time with the same rules.

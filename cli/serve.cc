@@ -244,12 +244,7 @@ int RunServe(const ServeArgs& a) {
   for (int dp = 0; dp < s.dp_size(); ++dp) allocators.push_back(s.allocator(dp));
   Scheduler scheduler(s.executor.get(), s.tokenizer.get(), s.config, sched_opts, allocators,
                       refresh);
-  std::string name = a.model_name;
-  if (name.empty()) {  // the checkpoint folder's name, "models/brown-moe/" -> "brown-moe"
-    std::filesystem::path dir = std::filesystem::path(a.run.model).lexically_normal();
-    if (dir.filename().empty()) dir = dir.parent_path();
-    name = dir.filename().string();
-  }
+  const std::string name = a.model_name.empty() ? ModelDirName(a.run.model) : a.model_name;
   ServingFrontEnd front(&scheduler, s.tokenizer.get(), s.config,
                         [&snapshot] { return snapshot.Get(); },
                         {.ep = ep, .pp = pp, .world_size = s.world_size},

@@ -10,7 +10,6 @@
 // (summing to 1). The routing of a row is what the model computed for that token with the
 // text before it; it does not depend on EP x PP (the same trace as one rank, up to float
 // rounding at near-ties). launch/plot_load.py --trace draws the per-layer load of a trace.
-#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -76,9 +75,7 @@ int RunTrace(const TraceArgs& a) {
   if (!out) return Finish(s, Fail(absl::PermissionDeniedError("--out: cannot write " + a.out)));
 
   const int L = s.config.num_hidden_layers, K = s.config.num_experts_per_tok;
-  std::filesystem::path dir = std::filesystem::path(a.run.model).lexically_normal();
-  if (dir.filename().empty()) dir = dir.parent_path();
-  out << nlohmann::ordered_json{{"model", dir.filename().string()},
+  out << nlohmann::ordered_json{{"model", ModelDirName(a.run.model)},
                         {"layers", L},
                         {"experts", s.config.num_local_experts},
                         {"top_k", K},
