@@ -33,11 +33,24 @@ stop)
   mpirun_pid=$(cat "$dir/pid")
   rank0=""
   for p in $(pgrep -P "$mpirun_pid"); do
-    if tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qx 'OMPI_COMM_WORLD_RANK=0'; then
+    # grep -z reads the NUL-separated environment itself: in a pipeline (tr | grep -q) under
+    # pipefail, grep quitting at the match can fail the writer with SIGPIPE, and the test.
+    if grep -qxz 'OMPI_COMM_WORLD_RANK=0' "/proc/$p/environ" 2>/dev/null; then
       rank0=$p
     fi
   done
-  [ -n "$rank0" ] || { echo "rank 0 of mpirun $mpirun_pid not found"; exit 1; }
+  if [ -z "$rank0" ]; then
+    # The job ended (or lost its coordinator) before the stop: say how, with its log, and
+    # leave nothing running.
+    if [ -s "$dir/exit" ]; then
+      echo "rank 0 of mpirun $mpirun_pid not found; mpirun had exited: $(cat "$dir/exit")"
+    else
+      echo "rank 0 of mpirun $mpirun_pid not found; mpirun still running: terminated"
+      kill -TERM "$mpirun_pid" 2>/dev/null
+    fi
+    cat "$dir/log"
+    exit 1
+  fi
   kill -TERM "$rank0"
   for _ in $(seq 1 300); do
     [ -s "$dir/exit" ] && break

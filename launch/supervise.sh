@@ -32,8 +32,8 @@ child=0 stopping=0
 rank0_of() {
   local p
   for p in $(pgrep -P "$1"); do
-    if tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null \
-        | grep -qxE 'OMPI_COMM_WORLD_RANK=0|PMIX_RANK=0|SLURM_PROCID=0'; then
+    if grep -qxzE 'OMPI_COMM_WORLD_RANK=0|PMIX_RANK=0|SLURM_PROCID=0' "/proc/$p/environ" \
+        2>/dev/null; then
       echo "$p"; return 0
     fi
     rank0_of "$p" && return 0

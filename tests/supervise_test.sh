@@ -26,7 +26,7 @@ await_serving 120 || fail "the job did not start"
 mpirun_pid=$(pgrep -P "$sup" -x mpirun | head -1)
 victim=""
 for p in $(pgrep -P "$mpirun_pid"); do
-  tr '\0' '\n' < "/proc/$p/environ" | grep -qx 'OMPI_COMM_WORLD_RANK=2' && victim=$p
+  grep -qxz 'OMPI_COMM_WORLD_RANK=2' "/proc/$p/environ" && victim=$p
 done
 [ -n "$victim" ] || fail "rank 2 not found"
 t0=$(date +%s.%N)
