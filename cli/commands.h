@@ -24,6 +24,7 @@ void RegisterBench(CLI::App& app, Action* action);
 // `bench dispatch`, registered by RegisterBench under `bench`.
 void RegisterBenchDispatch(CLI::App& bench, Action* action);
 void RegisterPlan(CLI::App& app, Action* action);
+void RegisterPreflight(CLI::App& app, Action* action);
 void RegisterServe(CLI::App& app, Action* action);
 void RegisterLoadgen(CLI::App& app, Action* action);
 void RegisterClient(CLI::App& app, Action* action);

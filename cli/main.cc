@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
   switchyard::cli::RegisterInspect(app, &action);
   switchyard::cli::RegisterBench(app, &action);
   switchyard::cli::RegisterPlan(app, &action);
+  switchyard::cli::RegisterPreflight(app, &action);
   switchyard::cli::RegisterServe(app, &action);
   switchyard::cli::RegisterLoadgen(app, &action);
   switchyard::cli::RegisterClient(app, &action);

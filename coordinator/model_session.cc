@@ -50,50 +50,6 @@ void LogShard(const ModelSession& s, const ShardSpec& spec, uint64_t kv_bytes) {
                ByteProgress::FormatBytes(kv_bytes));
 }
 
-// Sets this rank's OpenMP threads from the CPUs the ranks on its node may use (see
-// common/cpu_threads.h); the lowest rank of each node says what it chose. `world` is null in
-// a single-process job.
-absl::Status ConfigureThreads(MpiCommunicator* world) {
-  struct Record {
-    char host[64];
-    uint8_t cpus[CPU_SETSIZE / 8];
-  };
-  Record mine{};
-  if (gethostname(mine.host, sizeof(mine.host) - 1) != 0) mine.host[0] = '\0';
-  for (int c : OwnCpus()) mine.cpus[c / 8] |= uint8_t(1u << (c % 8));
-  const int size = world == nullptr ? 1 : world->size();
-  const int rank = world == nullptr ? 0 : world->rank();
-  std::vector<Record> all(size);
-  if (world == nullptr) {
-    all[0] = mine;
-  } else {
-    RETURN_IF_ERROR(world->Gather(&mine, sizeof(Record), all.data(), 0));
-    RETURN_IF_ERROR(world->Broadcast(all.data(), sizeof(Record) * all.size(), 0));
-  }
-  std::vector<RankCpus> node;
-  size_t me = 0;
-  for (int r = 0; r < size; ++r) {
-    if (std::strncmp(all[r].host, mine.host, sizeof(mine.host)) != 0) continue;
-    if (r == rank) me = node.size();
-    RankCpus rc{.world_rank = r};
-    for (int c = 0; c < CPU_SETSIZE; ++c) {
-      if (all[r].cpus[c / 8] & (1u << (c % 8))) rc.cpus.push_back(c);
-    }
-    node.push_back(std::move(rc));
-  }
-  const NodeThreads plan = ChooseThreads(std::getenv("OMP_NUM_THREADS"), node);
-  if (!plan.explicit_env) omp_set_num_threads(plan.threads[me]);
-  if (me == 0) {  // the node's lowest rank speaks for it
-    if (world == nullptr) {
-      spdlog::info("threads: {}", plan.summary);
-    } else {
-      spdlog::info("threads on node {}: {}", mine.host, plan.summary);
-    }
-    if (!plan.oversubscribed.empty()) spdlog::warn("{}", plan.oversubscribed);
-  }
-  return absl::OkStatus();
-}
-
 // A Slurm step of several tasks in which MPI was not wired up (srun without --mpi=pmix, or a
 // Slurm without PMIx): every task sees a world of one, and the world-size message would blame
 // the --ep/--pp flags. Say what is wrong instead.
@@ -164,6 +120,47 @@ absl::Status RunCoordinatorCheck(const std::function<absl::Status()>& check,
 }
 
 }  // namespace
+
+absl::Status ConfigureThreads(MpiCommunicator* world) {
+  struct Record {
+    char host[64];
+    uint8_t cpus[CPU_SETSIZE / 8];
+  };
+  Record mine{};
+  if (gethostname(mine.host, sizeof(mine.host) - 1) != 0) mine.host[0] = '\0';
+  for (int c : OwnCpus()) mine.cpus[c / 8] |= uint8_t(1u << (c % 8));
+  const int size = world == nullptr ? 1 : world->size();
+  const int rank = world == nullptr ? 0 : world->rank();
+  std::vector<Record> all(size);
+  if (world == nullptr) {
+    all[0] = mine;
+  } else {
+    RETURN_IF_ERROR(world->Gather(&mine, sizeof(Record), all.data(), 0));
+    RETURN_IF_ERROR(world->Broadcast(all.data(), sizeof(Record) * all.size(), 0));
+  }
+  std::vector<RankCpus> node;
+  size_t me = 0;
+  for (int r = 0; r < size; ++r) {
+    if (std::strncmp(all[r].host, mine.host, sizeof(mine.host)) != 0) continue;
+    if (r == rank) me = node.size();
+    RankCpus rc{.world_rank = r};
+    for (int c = 0; c < CPU_SETSIZE; ++c) {
+      if (all[r].cpus[c / 8] & (1u << (c % 8))) rc.cpus.push_back(c);
+    }
+    node.push_back(std::move(rc));
+  }
+  const NodeThreads plan = ChooseThreads(std::getenv("OMP_NUM_THREADS"), node);
+  if (!plan.explicit_env) omp_set_num_threads(plan.threads[me]);
+  if (me == 0) {  // the node's lowest rank speaks for it
+    if (world == nullptr) {
+      spdlog::info("threads: {}", plan.summary);
+    } else {
+      spdlog::info("threads on node {}: {}", mine.host, plan.summary);
+    }
+    if (!plan.oversubscribed.empty()) spdlog::warn("{}", plan.oversubscribed);
+  }
+  return absl::OkStatus();
+}
 
 bool ReportedByCoordinator(const absl::Status& status) {
   return status.GetPayload(kReportedByCoordinator).has_value();

@@ -130,6 +130,11 @@ struct ModelSession {
 absl::StatusOr<int> KvPoolBlocks(const SessionOptions& options, const ModelConfig& config,
                                  const PlacementPlan& placement, KvDType dtype);
 
+// Sets this rank's OpenMP threads from the CPUs the ranks on its node may use (see
+// common/cpu_threads.h); the lowest rank of each node logs what it chose. Collective over
+// `world` (null in a single-process job). OMP_NUM_THREADS, when set, wins.
+absl::Status ConfigureThreads(MpiCommunicator* world);
+
 // True when this process was started by mpirun/srun (Open MPI, PMI or PMIx variables set).
 bool LaunchedUnderMpi();
 
