@@ -3,6 +3,8 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/log.h"
 #include "common/status_macros.h"
 #include "coordinator/expert_balance.h"
@@ -26,13 +28,85 @@ std::vector<std::vector<double>> Rebalancer::Totals(const std::vector<RankStatus
 }
 
 absl::Status Rebalancer::AfterStep() {
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point now = Clock::now();
   ++steps_;
-  if (pending_ > 0) {
-    if ((steps_ - pending_step_) % std::max(1, options_.poll_steps) != 0) return absl::OkStatus();
-    return PollPending();
+  if (last_step_ != Clock::time_point{}) {
+    const double interval = std::chrono::duration<double>(now - last_step_).count();
+    if (watching_) {
+      watch_.longest_interval_s = std::max(watch_.longest_interval_s, interval);
+      ++watch_.steps;
+      if (watch_.intervals_s.size() < 64) watch_.intervals_s.push_back(interval);
+    } else if (recent_.size() < kRecent) {
+      recent_.push_back(interval);
+    } else {
+      recent_[recent_next_++ % kRecent] = interval;
+    }
   }
-  if (steps_ - window_start_step_ < options_.interval_steps) return absl::OkStatus();
-  return Plan();
+  last_step_ = now;
+  if (watching_ && steps_ == watch_until_) {
+    watching_ = false;
+    // The baseline: how long the longest of `steps` consecutive intervals is without a move.
+    std::vector<double> in_order(recent_.begin() + (recent_next_ % std::max<size_t>(recent_.size(), 1)),
+                                 recent_.end());
+    in_order.insert(in_order.end(), recent_.begin(),
+                    recent_.begin() + (recent_next_ % std::max<size_t>(recent_.size(), 1)));
+    const size_t k = static_cast<size_t>(watch_.steps);
+    std::vector<double> maxima;
+    for (size_t i = 0; k > 0 && i + k <= in_order.size(); ++i) {
+      maxima.push_back(*std::max_element(in_order.begin() + i, in_order.begin() + i + k));
+    }
+    std::sort(maxima.begin(), maxima.end());
+    watch_.window_longest_before_s = maxima.empty() ? 0 : maxima[maxima.size() / 2];
+    last_move_timing_ = watch_;
+    std::vector<std::string> each;
+    for (double x : watch_.intervals_s) each.push_back(absl::StrFormat("%.1f", 1e3 * x));
+    spdlog::info(
+        "rebalance: placement {}: longest step interval {:.1f} ms from the plan through the "
+        "first step after the switch ({} intervals), {:.1f}x the median of the {} before the "
+        "plan ({:.2f} ms; the longest of them {:.1f} ms; of {} consecutive ones, the longest "
+        "is {:.1f} ms at the median); the rebalancer's own work on the step thread {:.1f} ms; "
+        "intervals {} ms",
+        watch_.placement, 1e3 * watch_.longest_interval_s, watch_.steps,
+        watch_.median_interval_s > 0 ? watch_.longest_interval_s / watch_.median_interval_s : 0,
+        recent_.size(), 1e3 * watch_.median_interval_s, 1e3 * watch_.longest_before_s,
+        watch_.steps, 1e3 * watch_.window_longest_before_s, 1e3 * watch_.own_seconds,
+        absl::StrJoin(each, ", "));
+  }
+  // Each call does at most one round with the ranks (a status round or one command), so no
+  // interval between two steps holds more than one: the plan's status round, the preparation
+  // command, every poll, and the switch each go between their own steps.
+  absl::Status st = absl::OkStatus();
+  if (prepare_next_) {
+    prepare_next_ = false;
+    st = executor_->PrepareExperts(pending_, planned_);
+  } else if (switch_next_) {
+    switch_next_ = false;
+    st = Switch();
+  } else if (pending_ > 0) {
+    if ((steps_ - pending_step_) % std::max(1, options_.poll_steps) != 0) return st;
+    st = PollPending();
+  } else if (steps_ - window_start_step_ >= options_.interval_steps) {
+    st = Plan();
+    if (pending_ > 0) {  // a move starts: watch the steps until it is done
+      std::vector<double> sorted = recent_;
+      std::sort(sorted.begin(), sorted.end());
+      watch_ = {.placement = pending_,
+                .median_interval_s = sorted.empty() ? 0 : sorted[sorted.size() / 2],
+                .longest_before_s = sorted.empty() ? 0 : sorted.back()};
+      watching_ = true;
+      watch_until_ = -1;
+    }
+  } else {
+    return st;
+  }
+  if (watching_) {
+    watch_.own_seconds += std::chrono::duration<double>(Clock::now() - now).count();
+    // The switch happened in this call: the next interval holds it and the first step on
+    // the new placement.
+    if (pending_ == 0 && watch_until_ < 0) watch_until_ = steps_ + 1;
+  }
+  return st;
 }
 
 absl::Status Rebalancer::Plan() {
@@ -93,7 +167,8 @@ absl::Status Rebalancer::Plan() {
       "now, {:.3f} planned (--rebalance-redundant {}): preparing placement {}",
       options_.interval_steps, choices, current_ratio_, planned_ratio_, options_.redundant,
       pending_);
-  return executor_->PrepareExperts(pending_, planned_);
+  prepare_next_ = true;  // after the next step
+  return absl::OkStatus();
 }
 
 absl::Status Rebalancer::PollPending() {
@@ -101,6 +176,12 @@ absl::Status Rebalancer::PollPending() {
   for (const RankStatus& r : ranks) {
     if (r.experts_prepared < pending_) return absl::OkStatus();  // still reading in
   }
+  switch_next_ = true;  // after the next step
+  polled_ = std::move(ranks);
+  return absl::OkStatus();
+}
+
+absl::Status Rebalancer::Switch() {
   RETURN_IF_ERROR(executor_->SwitchExperts(pending_));
   placement_.expert_ranks = std::move(planned_);
   ++moves_;
@@ -110,7 +191,8 @@ absl::Status Rebalancer::PollPending() {
       pending_, steps_, steps_ - pending_step_, current_ratio_, planned_ratio_);
   pending_ = 0;
   // The next window starts with the new placement (the load estimate carries on).
-  window_start_ = Totals(ranks);
+  window_start_ = Totals(polled_);
+  polled_.clear();
   window_start_step_ = steps_;
   return absl::OkStatus();
 }

@@ -19,6 +19,7 @@
 // Not thread-safe: AfterStep runs on the thread that runs the steps.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <vector>
 
@@ -55,11 +56,32 @@ class Rebalancer {
   const PlacementPlan& placement() const { return placement_; }
   int64_t moves() const { return moves_; }
 
+  // How the last move went for the streams being served, from the step thread's own clock:
+  // the longest interval between two steps from the plan through the first step on the new
+  // placement (what a decoding stream saw as its longest gap: steps, plus the rebalancer's
+  // own work between them), the median interval of the steps before the plan, and the time
+  // the rebalancer spent on the step thread for it (planning, polls, the switch). Logged
+  // when the move completes; zero before any.
+  struct MoveTiming {
+    int64_t placement = 0;
+    double longest_interval_s = 0;
+    double median_interval_s = 0;
+    double longest_before_s = 0;  // the longest of the intervals the median is of
+    // The same comparison without a move: over every run of `steps` consecutive intervals
+    // before the plan, the longest one; the median of those (0 with too few intervals).
+    double window_longest_before_s = 0;
+    double own_seconds = 0;
+    int64_t steps = 0;  // intervals watched
+    std::vector<double> intervals_s;  // each of them, in order
+  };
+  const MoveTiming& last_move_timing() const { return last_move_timing_; }
+
  private:
   // Routed choices per (layer, expert) summed over the ranks of each layer's stage.
   std::vector<std::vector<double>> Totals(const std::vector<RankStatus>& ranks) const;
   absl::Status Plan();
   absl::Status PollPending();
+  absl::Status Switch();
 
   DistributedExecutor* executor_;
   PlacementPlan placement_;
@@ -71,11 +93,23 @@ class Rebalancer {
   std::vector<std::vector<double>> load_;          // the decayed load estimate
   // The move in preparation (generation 0: none).
   int64_t pending_ = 0;
+  bool prepare_next_ = false;  // planned: the ranks are told after the next step
+  bool switch_next_ = false;   // every rank prepared: switch after the next step
+  std::vector<RankStatus> polled_;  // the poll that found them prepared
   int64_t pending_step_ = 0;
   ExpertRanks planned_;
   double planned_ratio_ = 0, current_ratio_ = 0;
   int64_t generation_ = 0;
   int64_t moves_ = 0;
+
+  // Step intervals (AfterStep to AfterStep): the last kRecent before a move, and the move's.
+  static constexpr size_t kRecent = 64;
+  std::chrono::steady_clock::time_point last_step_{};
+  std::vector<double> recent_;
+  size_t recent_next_ = 0;
+  bool watching_ = false;        // from the plan through the first step after the switch
+  int64_t watch_until_ = -1;     // the step whose interval ends the watch
+  MoveTiming watch_, last_move_timing_;
 };
 
 }  // namespace switchyard

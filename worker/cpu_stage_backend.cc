@@ -1,8 +1,14 @@
 // The CPU stage backend (worker/stage_backend.h): ShardForward, a host KV cache, the MoE over
 // the EP group, the head on the host.
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <thread>
 
@@ -15,6 +21,62 @@
 
 namespace switchyard {
 namespace {
+
+// One thread at the lowest priority (nice 19) that runs one job at a time: the page reads of
+// an expert move. Started with the backend, so a move does not pay for creating a thread in
+// the step's time; it sleeps until then. Its jobs use the CPU time the steps leave (ranks
+// waiting on peers, idle cores) instead of taking it from them.
+class BackgroundReader {
+ public:
+  BackgroundReader() : thread_([this] { Run(); }) {}
+  ~BackgroundReader() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  // Runs `job` on the thread after the one before it.
+  void Post(std::function<void()> job) {
+    Wait();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      job_ = std::move(job);
+    }
+    cv_.notify_all();
+  }
+  // Returns once no job is queued or running.
+  void Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return !job_ && !running_; });
+  }
+
+ private:
+  void Run() {
+    (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 19);
+    std::unique_lock<std::mutex> lock(mu_);
+    while (true) {
+      cv_.wait(lock, [this] { return job_ || stopping_; });
+      if (!job_) return;  // stopping with nothing left
+      std::function<void()> job = std::move(job_);
+      job_ = nullptr;
+      running_ = true;
+      lock.unlock();
+      job();
+      lock.lock();
+      running_ = false;
+      cv_.notify_all();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::function<void()> job_;
+  bool running_ = false;
+  bool stopping_ = false;
+  std::thread thread_;  // last: started once the members above exist
+};
 
 class CpuStageBackend final : public StageBackend {
  public:
@@ -31,9 +93,6 @@ class CpuStageBackend final : public StageBackend {
       logits_.resize(static_cast<size_t>(limits.max_tokens) * weights.config().vocab_size);
     }
     head_rows_.reserve(limits.max_tokens);
-  }
-  ~CpuStageBackend() override {
-    if (prepare_thread_.joinable()) prepare_thread_.join();
   }
 
   absl::Status Embed(const int32_t* tokens, int rows, int row0) override {
@@ -74,7 +133,7 @@ class CpuStageBackend final : public StageBackend {
                                                      cfg.num_hidden_layers));
     }
     // A preparation not switched to is superseded.
-    if (prepare_thread_.joinable()) prepare_thread_.join();
+    reader_.Wait();
     pending_.reset();
     Pending p{.generation = generation, .routing = routing, .weights = weights, .ckpt = ckpt};
     std::vector<TensorView> fetch;
@@ -102,7 +161,7 @@ class CpuStageBackend final : public StageBackend {
     pending_ = std::move(p);
     // Read the new experts' pages beside the running steps (which read other pages of the
     // same read-only mapping).
-    prepare_thread_ = std::thread([this, ckpt, fetch = std::move(fetch), generation] {
+    reader_.Post([this, ckpt, fetch = std::move(fetch), generation] {
       ckpt->Prefetch(fetch, nullptr);
       prepared_.store(generation, std::memory_order_release);
     });
@@ -114,7 +173,7 @@ class CpuStageBackend final : public StageBackend {
       return absl::FailedPreconditionError(
           absl::StrCat("no expert placement ", generation, " was prepared on this rank"));
     }
-    if (prepare_thread_.joinable()) prepare_thread_.join();
+    reader_.Wait();
     Pending p = std::move(*pending_);
     pending_.reset();
     RETURN_IF_ERROR(moe_.SetRouting(std::move(p.routing)));
@@ -127,7 +186,9 @@ class CpuStageBackend final : public StageBackend {
       p.weights->SetExpert(m.layer, m.expert, {});
     }
     for (const Move& m : p.add) p.weights->SetExpert(m.layer, m.expert, m.tensors);
-    p.ckpt->Release(released);
+    // No step reads the experts left behind any more: their pages go back on the reader
+    // thread, off the steps' time (unmapping hundreds of MB takes milliseconds).
+    reader_.Post([ckpt = p.ckpt, released = std::move(released)] { ckpt->Release(released); });
     active_ = generation;
     return absl::OkStatus();
   }
@@ -161,11 +222,11 @@ class CpuStageBackend final : public StageBackend {
   std::vector<float> hidden_;
   std::vector<int32_t> head_rows_;
   std::vector<float> logits_;
-  // Expert moves: the preparation in flight (its page reads on prepare_thread_).
+  // Expert moves: the preparation in flight (its page reads on reader_).
   std::optional<Pending> pending_;
-  std::thread prepare_thread_;
   std::atomic<int64_t> prepared_{0};
   int64_t active_ = 0;
+  BackgroundReader reader_;  // last: destroyed (joined) first, while what its job uses lives
 };
 
 }  // namespace
