@@ -49,6 +49,10 @@ Scheduler::Scheduler(StepExecutor* executor, const Tokenizer* tokenizer,
 
 Scheduler::~Scheduler() { Stop(); }
 
+Clock::time_point Scheduler::Now() const {
+  return options_.clock != nullptr ? options_.clock->Now() : Clock::now();
+}
+
 void Scheduler::Start() {
   if (!thread_.joinable()) thread_ = std::thread([this] { Loop(); });
 }
@@ -89,7 +93,7 @@ absl::StatusOr<RequestId> Scheduler::Submit(GenerateRequest request,
         "serve on --device cpu for routing");
   }
   auto seq = std::make_unique<Sequence>();
-  seq->submitted = Clock::now();
+  seq->submitted = Now();
   seq->req = std::move(request);
   seq->sink = std::move(sink);
   if (tokenizer_ != nullptr) seq->detok.emplace(tokenizer_, seq->req.prompt_ids);  // else ids only
@@ -164,7 +168,7 @@ void Scheduler::Finish(Sequence* s, FinishReason reason, absl::Status error, Req
     options_.observer->OnRequestEnd(
         {.queue_seconds = s->admitted == none ? -1 : Seconds(s->admitted - s->submitted),
          .first_token_seconds = s->generated.empty() ? -1 : Seconds(s->first_token - s->submitted),
-         .total_seconds = Seconds(Clock::now() - s->submitted),
+         .total_seconds = Seconds(Now() - s->submitted),
          .finish_reason = reason,
          .failed = !ev.error.ok(),
          .prompt_tokens = ev.prompt_tokens,
@@ -192,7 +196,7 @@ void Scheduler::FailAll(const absl::Status& error) {
   cv_.notify_all();
 }
 
-bool Scheduler::TakeWork(std::vector<std::unique_ptr<Sequence>>* admitted) {
+bool Scheduler::TakeWork(std::vector<std::unique_ptr<Sequence>>* admitted, bool may_wait) {
   std::vector<RequestId> cancelled;
   std::vector<std::unique_ptr<Sequence>> dropped;  // cancelled while waiting
   bool stopping;
@@ -203,7 +207,7 @@ bool Scheduler::TakeWork(std::vector<std::unique_ptr<Sequence>>* admitted) {
       return !waiting_.empty() || !cancelled_.empty() || stopping_ || !running_.empty();
     };
     if (!has_work()) {
-      cv_.wait_for(lock, absl::ToChronoMilliseconds(options_.heartbeat), has_work);
+      if (may_wait) cv_.wait_for(lock, absl::ToChronoMilliseconds(options_.heartbeat), has_work);
       if (!has_work()) {
         lock.unlock();
         if (heartbeat_) {
@@ -243,7 +247,7 @@ bool Scheduler::TakeWork(std::vector<std::unique_ptr<Sequence>>* admitted) {
       }
       if (best < 0) break;  // wait for blocks to free up
       s->dp = best;
-      s->admitted = Clock::now();
+      s->admitted = Now();
       allocators_[best]->Grow(&s->blocks, tokens);
       admitted->push_back(std::move(waiting_.front()));
       waiting_.pop_front();
@@ -340,7 +344,7 @@ size_t HeldBack(const std::string& text, const std::vector<std::string>& stops) 
 }  // namespace
 
 std::optional<FinishReason> Scheduler::Append(Sequence* s, int32_t token, RequestEvent* ev) {
-  const Clock::time_point now = Clock::now();
+  const Clock::time_point now = Now();
   if (s->generated.empty()) {
     s->first_token = now;
   } else if (options_.observer != nullptr) {
@@ -422,61 +426,70 @@ void Scheduler::PublishStats(int64_t prompt_tokens, int64_t generated_tokens) {
 }
 
 void Scheduler::Loop() {
-  std::vector<std::unique_ptr<Sequence>> admitted;
-  auto last_heartbeat = std::chrono::steady_clock::now();
-  const auto interval = absl::ToChronoMilliseconds(options_.heartbeat);
-  while (true) {
-    // While busy, the periodic round still runs between steps (status stays fresh and a hung
-    // rank is noticed even when no step is waiting on it).
-    if (heartbeat_ && !running_.empty() &&
-        std::chrono::steady_clock::now() - last_heartbeat >= interval) {
-      last_heartbeat = std::chrono::steady_clock::now();
-      absl::Status hb = heartbeat_();
-      if (!hb.ok()) {
-        FailAll(hb);
-        break;
-      }
-    }
-    admitted.clear();
-    const bool go_on = TakeWork(&admitted);
-    for (auto& s : admitted) running_.push_back(std::move(s));
-    if (!go_on) break;
-    if (running_.empty()) {
-      PublishStats(0, 0);
-      continue;
-    }
-    BuildPlan();
-    const Clock::time_point step_start = Clock::now();
-    absl::Status st = executor_->Execute(plan_, &result_);
-    if (!st.ok()) {
-      FailAll(st);
-      break;
-    }
-    const double step_seconds = Seconds(Clock::now() - step_start);
-    int64_t prompt = 0, generated = 0;
-    for (size_t i = 0; i < plan_.seqs.size(); ++i) {
-      (plan_seqs_[i]->prefilling() ? prompt : generated) += plan_.seqs[i].num_tokens;
-    }
-    if (options_.observer != nullptr) {
-      options_.observer->OnStep({.seconds = step_seconds,
-                                 .prefill_tokens = static_cast<int>(prompt),
-                                 .decode_tokens = static_cast<int>(generated)});
-    }
-    ApplyResult();
-    std::erase_if(running_, [](const std::unique_ptr<Sequence>& s) { return s->done; });
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      ++stats_.steps;
-    }
-    PublishStats(prompt, generated);
-    if (options_.after_step) {
-      if (absl::Status after = options_.after_step(); !after.ok()) {
-        FailAll(after);
-        break;
-      }
-    }
+  last_heartbeat_ = Now();
+  while (Iterate(/*may_wait=*/true) != Progress::kStopped) {
   }
   PublishStats(0, 0);
+}
+
+Scheduler::Progress Scheduler::RunOnce() {
+  if (last_heartbeat_ == Clock::time_point{}) last_heartbeat_ = Now();
+  const Progress p = Iterate(/*may_wait=*/false);
+  if (p == Progress::kStopped) PublishStats(0, 0);
+  return p;
+}
+
+Scheduler::Progress Scheduler::Iterate(bool may_wait) {
+  const auto interval = absl::ToChronoMilliseconds(options_.heartbeat);
+  // While busy, the periodic round still runs between steps (status stays fresh and a hung
+  // rank is noticed even when no step is waiting on it).
+  if (heartbeat_ && !running_.empty() && Now() - last_heartbeat_ >= interval) {
+    last_heartbeat_ = Now();
+    absl::Status hb = heartbeat_();
+    if (!hb.ok()) {
+      FailAll(hb);
+      return Progress::kStopped;
+    }
+  }
+  admitted_.clear();
+  const bool go_on = TakeWork(&admitted_, may_wait);
+  for (auto& s : admitted_) running_.push_back(std::move(s));
+  if (!go_on) return Progress::kStopped;
+  if (running_.empty()) {
+    PublishStats(0, 0);
+    return Progress::kIdle;
+  }
+  BuildPlan();
+  const Clock::time_point step_start = Now();
+  absl::Status st = executor_->Execute(plan_, &result_);
+  if (!st.ok()) {
+    FailAll(st);
+    return Progress::kStopped;
+  }
+  const double step_seconds = Seconds(Now() - step_start);
+  int64_t prompt = 0, generated = 0;
+  for (size_t i = 0; i < plan_.seqs.size(); ++i) {
+    (plan_seqs_[i]->prefilling() ? prompt : generated) += plan_.seqs[i].num_tokens;
+  }
+  if (options_.observer != nullptr) {
+    options_.observer->OnStep({.seconds = step_seconds,
+                               .prefill_tokens = static_cast<int>(prompt),
+                               .decode_tokens = static_cast<int>(generated)});
+  }
+  ApplyResult();
+  std::erase_if(running_, [](const std::unique_ptr<Sequence>& s) { return s->done; });
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++stats_.steps;
+  }
+  PublishStats(prompt, generated);
+  if (options_.after_step) {
+    if (absl::Status after = options_.after_step(); !after.ok()) {
+      FailAll(after);
+      return Progress::kStopped;
+    }
+  }
+  return Progress::kStepped;
 }
 
 }  // namespace switchyard

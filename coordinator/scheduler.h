@@ -18,6 +18,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -42,6 +43,16 @@
 
 namespace switchyard {
 
+// Where the scheduler's time comes from: the steady clock when serving, a virtual clock when
+// a simulation drives it (the cluster simulator advances it by each simulated step's cost).
+// Used for every timing the scheduler records or reports (queue time, TTFT, inter-token gaps,
+// step time) and for its periodic heartbeat. Must be thread-safe when Start() is used.
+class SchedulerClock {
+ public:
+  virtual ~SchedulerClock() = default;
+  virtual std::chrono::steady_clock::time_point Now() const = 0;
+};
+
 struct SchedulerOptions {
   int max_queue = 256;          // waiting requests (beyond free running slots) before
                                 // Submit answers kUnavailable
@@ -56,6 +67,8 @@ struct SchedulerOptions {
   // Runs on the scheduler thread after every step, between steps (expert rebalancing:
   // coordinator/rebalancer.h); an error fails every request as a failed step does.
   std::function<absl::Status()> after_step;
+  // Borrowed, outlives the scheduler. Null: the steady clock.
+  const SchedulerClock* clock = nullptr;
 };
 
 class Scheduler : public GenerationQueue {
@@ -87,14 +100,23 @@ class Scheduler : public GenerationQueue {
   // else as cancelled.
   void Stop(absl::Status reason = absl::OkStatus());
   SchedulerStats Stats() const override;
+
+  // Simulation: instead of Start(), the caller's thread runs the loop one iteration at a time
+  // (never together with Start()). Each call takes cancellations and new requests, admits
+  // what fits, and runs one step when any sequence is running; it never waits.
+  enum class Progress { kStepped, kIdle, kStopped };
+  Progress RunOnce();
   // Set when a step failed; the job must end.
   absl::Status failure() const;
 
  private:
   struct Sequence;
   void Loop();
+  // One iteration of the loop: `may_wait` lets it wait for work (up to the heartbeat).
+  Progress Iterate(bool may_wait);
   // Moves cancelled and new requests; returns false when the loop should end.
-  bool TakeWork(std::vector<std::unique_ptr<Sequence>>* admitted);
+  bool TakeWork(std::vector<std::unique_ptr<Sequence>>* admitted, bool may_wait);
+  std::chrono::steady_clock::time_point Now() const;
   void Admit(std::vector<std::unique_ptr<Sequence>>* admitted);
   void BuildPlan();
   void ApplyResult();
@@ -131,6 +153,8 @@ class Scheduler : public GenerationQueue {
   StepPlan plan_;
   StepResult result_;
   std::vector<Sequence*> plan_seqs_;  // the sequence of each plan entry
+  std::vector<std::unique_ptr<Sequence>> admitted_;
+  std::chrono::steady_clock::time_point last_heartbeat_{};
   std::thread thread_;
 };
 
