@@ -7,15 +7,17 @@
 // and multiply rates, and the outliers it found with what to check; --out writes the
 // calibration file, --json prints it instead of the text. Without mpirun: one rank, no pairs.
 //
-// Exit codes: 0 measured (findings or not, unless --fail-on-findings); 1 an error (a peer that
-// stopped answering within --comm-timeout, named; a file that cannot be written); 2 usage;
-// 3 findings with --fail-on-findings.
+// Exit codes: 0 measured (findings or not, unless --fail-on-findings); 1 an error (a rank
+// killed, stopped or hung, named within --liveness-timeout; a peer that did not answer within
+// --comm-timeout; a file that cannot be written); 2 usage; 3 findings with --fail-on-findings.
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
 
 #include "cli/commands.h"
 #include "cli/run_flags.h"
+#include "comm/liveness.h"
 #include "comm/mpi_communicator.h"
 #include "comm/self_communicator.h"
 #include "coordinator/model_session.h"
@@ -28,7 +30,8 @@ struct PreflightArgs {
   std::string out;
   bool json = false;
   bool fail_on_findings = false;
-  double comm_timeout_s = 10;
+  double comm_timeout_s = 60;
+  double liveness_timeout_s = 5;
   int latency_iters = 50;
   std::string large = "4MiB";
   int bandwidth_iters = 4;
@@ -59,12 +62,37 @@ int RunPreflightCommand(const PreflightArgs& a) {
     mpi = MpiCommunicator::World(comm);
     world = mpi.get();
   }
+  if (absl::Status st = CheckSlurmWireUp(world->size()); !st.ok()) return Fail(st);
   // The threads each rank runs with while serving (its share of its node's CPUs).
   if (absl::Status st = ConfigureThreads(mpi.get()); !st.ok()) return Fail(st);
+  // The liveness channel, as when serving: a rank killed, stopped or hung is named within
+  // --liveness-timeout wherever the others wait (a slow round is not a dead rank: the
+  // communication deadline, --comm-timeout, is for waits on a peer that is alive).
+  ProgressMeter progress;
+  std::unique_ptr<Liveness> live;
+  if (world->size() > 1) {
+    LivenessOptions lo;
+    lo.timeout = absl::Seconds(a.liveness_timeout_s);
+    lo.interval = std::clamp(lo.timeout / 20, absl::Milliseconds(20), absl::Milliseconds(250));
+    lo.connect_timeout = comm.timeout;
+    auto started = Liveness::Start(*world, &progress, lo);
+    if (!started.ok()) return Fail(started.status());
+    live = std::move(started).value();
+  }
   const bool root = world->rank() == 0;
   auto report = RunPreflight(*world, o, [&](int round, int rounds) {
     if (!a.json) std::fprintf(stderr, "preflight: pairs, round %d of %d\n", round + 1, rounds);
   });
+  if (live != nullptr) {
+    if (!report.ok()) {
+      live->End(report.status());  // a worker tells rank 0 why it leaves
+    } else {
+      // The orderly end: rank 0's goodbye before any worker's connection closes.
+      if (root) live->Stop();
+      if (absl::Status st = world->Barrier(); !st.ok()) return Fail(st);
+      if (!root) live->Stop();
+    }
+  }
   if (!report.ok()) return Fail(report.status());
   if (!root) return 0;
   const nlohmann::json calibration = CalibrationJson(*report);
@@ -99,7 +127,12 @@ void RegisterPreflight(CLI::App& app, Action* action) {
   cmd->add_flag("--fail-on-findings", a.fail_on_findings,
                 "Exit 3 when an outlier is found (for job scripts that should stop there)");
   cmd->add_option("--comm-timeout", a.comm_timeout_s,
-                  "Seconds a rank waits for a peer before naming it and failing the job")
+                  "Seconds a rank waits on a peer that is alive (a round on a very slow link) "
+                  "before naming it and failing the job")
+      ->check(CLI::Range(0.1, 3600.0));
+  cmd->add_option("--liveness-timeout", a.liveness_timeout_s,
+                  "Seconds a rank may be silent on the liveness channel (killed, stopped, "
+                  "frozen) before it is named and the job ends")
       ->check(CLI::Range(0.1, 3600.0));
   cmd->add_option("--latency-iters", a.latency_iters, "Ping-pong round trips per rank pair")
       ->check(CLI::Range(1, 1000000));
@@ -110,12 +143,13 @@ void RegisterPreflight(CLI::App& app, Action* action) {
       ->check(CLI::Range(1, 100000));
   cmd->add_option("--copy-bytes", a.copy, "Memory-copy buffer per rank")
       ->check(ByteSizeCheck(false));
+  // At most 4 GiB of weights, and every product of two dimensions below 2^31.
   cmd->add_option("--matmul-k", a.matmul_k, "Weight columns of the timed multiply (bf16)")
-      ->check(CLI::Range(1, 1 << 16));
+      ->check(CLI::Range(1, 1 << 15));
   cmd->add_option("--matmul-n", a.matmul_n, "Weight rows of the timed multiply")
-      ->check(CLI::Range(1, 1 << 17));
+      ->check(CLI::Range(1, 1 << 16));
   cmd->add_option("--prefill-rows", a.prefill_rows, "Rows of the prefill-shaped multiply")
-      ->check(CLI::Range(1, 1 << 14));
+      ->check(CLI::Range(1, 1 << 12));
   cmd->add_option("--outlier-factor", a.outlier_factor,
                   "A figure this many times off the median of its class is a finding")
       ->check(CLI::Range(1.01, 1000.0));

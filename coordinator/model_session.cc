@@ -50,25 +50,6 @@ void LogShard(const ModelSession& s, const ShardSpec& spec, uint64_t kv_bytes) {
                ByteProgress::FormatBytes(kv_bytes));
 }
 
-// A Slurm step of several tasks in which MPI was not wired up (srun without --mpi=pmix, or a
-// Slurm without PMIx): every task sees a world of one, and the world-size message would blame
-// the --ep/--pp flags. Say what is wrong instead.
-absl::Status CheckSlurmWireUp(int world_size) {
-  // Only tasks of an srun step carry these (a batch script's own shell does not), so a
-  // single-process run inside an allocation is left alone.
-  const char* ntasks = std::getenv("SLURM_STEP_NUM_TASKS");
-  if (world_size != 1 || ntasks == nullptr || std::getenv("SLURM_STEP_ID") == nullptr ||
-      std::getenv("SLURM_PROCID") == nullptr) {
-    return absl::OkStatus();
-  }
-  const int n = std::atoi(ntasks);
-  if (n <= 1) return absl::OkStatus();
-  return absl::FailedPreconditionError(absl::StrCat(
-      "this is task ", std::getenv("SLURM_PROCID"), " of a Slurm step of ", n,
-      " tasks, but MPI was not wired up, so every task runs alone: launch with srun --mpi=pmix "
-      "(launch/srun.sh does; `srun --mpi=list` shows what this Slurm offers)"));
-}
-
 using Clock = std::chrono::steady_clock;
 
 double SecondsSince(Clock::time_point t) {
@@ -120,6 +101,23 @@ absl::Status RunCoordinatorCheck(const std::function<absl::Status()>& check,
 }
 
 }  // namespace
+
+absl::Status CheckSlurmWireUp(int world_size) {
+  // Only tasks of an srun step carry these (a batch script's own shell does not), so a
+  // single-process run inside an allocation is left alone.
+  const char* ntasks = std::getenv("SLURM_STEP_NUM_TASKS");
+  if (world_size != 1 || ntasks == nullptr || std::getenv("SLURM_STEP_ID") == nullptr ||
+      std::getenv("SLURM_PROCID") == nullptr) {
+    return absl::OkStatus();
+  }
+  const int n = std::atoi(ntasks);
+  if (n <= 1) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "this is task ", std::getenv("SLURM_PROCID"), " of a Slurm step of ", n,
+      " tasks, but MPI was not wired up, so every task runs alone: launch with srun --mpi=pmix "
+      "(launch/srun.sh does; `srun --mpi=list` shows what this Slurm offers)"));
+}
+
 
 absl::Status ConfigureThreads(MpiCommunicator* world) {
   struct Record {

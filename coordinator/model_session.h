@@ -135,6 +135,11 @@ absl::StatusOr<int> KvPoolBlocks(const SessionOptions& options, const ModelConfi
 // `world` (null in a single-process job). OMP_NUM_THREADS, when set, wins.
 absl::Status ConfigureThreads(MpiCommunicator* world);
 
+// A Slurm step of several tasks in which MPI was not wired up (srun without --mpi=pmix, or a
+// Slurm without PMIx): every task sees a world of one, and would go on alone. Given this
+// process's world size, kFailedPrecondition saying what is wrong and how to launch, else OK.
+absl::Status CheckSlurmWireUp(int world_size);
+
 // True when this process was started by mpirun/srun (Open MPI, PMI or PMIx variables set).
 bool LaunchedUnderMpi();
 

@@ -6,6 +6,8 @@
 #include <chrono>
 #include <cstring>
 #include <map>
+#include <set>
+#include <utility>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -179,8 +181,8 @@ absl::StatusOr<PreflightReport> RunPreflight(
     if (peer < 0) continue;
     RETURN_IF_ERROR(MeasurePair(world, peer, o, buf, back, &latency[peer], &bandwidth[peer]));
   }
-  buf = {};
-  back = {};
+  std::vector<char>().swap(buf);  // the bandwidth buffers go before the copy's
+  std::vector<char>().swap(back);
   RETURN_IF_ERROR(world.Barrier());
   RankFigures mine{.host = Host()};
   MeasureRank(o, &mine);
@@ -244,10 +246,17 @@ std::vector<PreflightFinding> FindOutliers(const PreflightReport& rep) {
       }
     }
     const std::string where = cls == LinkClass::kWithinNode ? "within a node" : "between nodes";
-    // The slow pairs first, then one rank's share of them: a rank in most slow pairs of its
-    // class is the one to look at.
+    // The slow pairs first, then each rank's share of them: a rank with slow links to most
+    // of the partners in them is the one to look at. Links are counted once whichever
+    // direction (or latency) was slow, so one bad cable, slow both ways, blames no NIC.
     std::vector<PreflightFinding> slow;
-    std::map<int, int> involved;
+    std::map<int, std::set<int>> partners;  // rank -> the ranks it has a slow link with
+    std::set<std::pair<int, int>> links;     // the slow links, (low, high)
+    auto note = [&](int a, int b) {
+      partners[a].insert(b);
+      partners[b].insert(a);
+      links.insert({std::min(a, b), std::max(a, b)});
+    };
     const double bw_median = Median(bw), lat_median = Median(lat);
     for (int s = 0; bw.size() >= kMinSamples && s < n; ++s) {
       for (int d = 0; d < n; ++d) {
@@ -258,8 +267,7 @@ std::vector<PreflightFinding> FindOutliers(const PreflightReport& rep) {
         slow.back().message = absl::StrFormat(
             "rank %d -> rank %d: %s, %.1fx below the median of its link class (%s, %s)", s, d,
             Gbps(v), bw_median / std::max(v, 1e-12), where, Gbps(bw_median));
-        ++involved[s];
-        ++involved[d];
+        note(s, d);
       }
     }
     for (int s = 0; lat.size() >= kMinSamples && s < n; ++s) {
@@ -271,28 +279,25 @@ std::vector<PreflightFinding> FindOutliers(const PreflightReport& rep) {
         slow.back().message = absl::StrFormat(
             "rank %d <-> rank %d: latency %s, %.1fx above the median of its link class (%s, %s)",
             s, d, Micros(v), v / std::max(lat_median, 1e-12), where, Micros(lat_median));
-        ++involved[s];
-        ++involved[d];
+        note(s, d);
       }
     }
+    const int n_links = static_cast<int>(links.size());
     for (PreflightFinding& finding : slow) {
-      // The endpoint that is in more of the slow pairs (at least two, and at least half).
-      int blame = -1;
-      for (int r : {finding.src, finding.dst}) {
-        const int k = involved[r];
-        if (k >= 2 && 2 * k >= static_cast<int>(slow.size()) &&
-            (blame < 0 || k > involved[blame])) {
-          blame = r;
-        }
-      }
-      if (blame >= 0 && cls == LinkClass::kBetweenNodes) {
+      // The endpoint on more of the slow links: at least two, at least half of them, and more
+      // than the other endpoint.
+      const int ks = static_cast<int>(partners[finding.src].size());
+      const int kd = static_cast<int>(partners[finding.dst].size());
+      const int blame = ks == kd ? -1 : (ks > kd ? finding.src : finding.dst);
+      const int k = std::max(ks, kd);
+      const bool named = blame >= 0 && k >= 2 && 2 * k >= n_links;
+      if (named && cls == LinkClass::kBetweenNodes) {
         absl::StrAppend(&finding.message, "; check the NIC of ", rep.ranks[blame].host,
-                        " (rank ", blame, " is in ", involved[blame], " of the ", slow.size(),
-                        " slow pairs)");
-      } else if (blame >= 0) {
+                        " (rank ", blame, " is on ", k, " of the ", n_links, " slow links)");
+      } else if (named) {
         absl::StrAppend(&finding.message, "; check rank ", blame, " on ",
-                        rep.ranks[blame].host, ": its CPU binding and what else runs there (in ",
-                        involved[blame], " of the ", slow.size(), " slow pairs)");
+                        rep.ranks[blame].host, ": its CPU binding and what else runs there (on ",
+                        k, " of the ", n_links, " slow links)");
       } else if (cls == LinkClass::kBetweenNodes) {
         absl::StrAppend(&finding.message, "; check the link between ",
                         rep.ranks[finding.src].host, " and ", rep.ranks[finding.dst].host);
@@ -350,7 +355,7 @@ nlohmann::json LinkMedians(const PreflightReport& rep) {
       }
     }
     if (bw.empty()) continue;
-    links[LinkClassName(cls)] = {{"pairs", bw.size()},
+    links[LinkClassName(cls)] = {{"ordered_pairs", bw.size()},
                                  {"latency_s", Median(lat)},
                                  {"bandwidth_bytes_per_s", Median(bw)}};
   }
@@ -391,8 +396,8 @@ std::string FormatReport(const PreflightReport& rep) {
   }
   const nlohmann::json links = LinkMedians(rep);
   for (const auto& [cls, v] : links.items()) {
-    absl::StrAppend(&out, absl::StrFormat("link class %s: %d pairs, median %s, %s\n", cls,
-                                          v["pairs"].get<int>(),
+    absl::StrAppend(&out, absl::StrFormat("link class %s: %d ordered pairs, median %s, %s\n",
+                                          cls, v["ordered_pairs"].get<int>(),
                                           Gbps(v["bandwidth_bytes_per_s"].get<double>()),
                                           Micros(v["latency_s"].get<double>())));
   }
@@ -459,7 +464,8 @@ absl::StatusOr<PreflightReport> ParseCalibration(const nlohmann::json& j) {
     return absl::InvalidArgumentError(absl::StrCat("calibration: ", field, ": ", why));
   };
   if (!j.is_object()) return bad("(top level)", "not a JSON object");
-  if (j.value("kind", "") != "switchyard-calibration") {
+  if (!j.contains("kind") || !j["kind"].is_string() ||
+      j["kind"].get<std::string>() != "switchyard-calibration") {
     return bad("kind", "not \"switchyard-calibration\"");
   }
   if (!j.contains("version") || !j["version"].is_number_integer() || j["version"] != 1) {
@@ -470,6 +476,10 @@ absl::StatusOr<PreflightReport> ParseCalibration(const nlohmann::json& j) {
     return bad("world", "must be a positive integer");
   }
   rep.world = j["world"].get<int>();
+  for (const char* name : {"transport", "device"}) {
+    if (j.contains(name) && !j[name].is_string()) return bad(name, "must be a string");
+  }
+  if (j.contains("seconds") && !j["seconds"].is_number()) return bad("seconds", "must be a number");
   rep.transport = j.value("transport", "");
   rep.device = j.value("device", "");
   rep.seconds = j.value("seconds", 0.0);
@@ -514,8 +524,15 @@ absl::StatusOr<PreflightReport> ParseCalibration(const nlohmann::json& j) {
       m->push_back(std::move(v));
     }
   }
-  if (j.contains("options") && j["options"].is_object()) {
-    rep.options.outlier_factor = j["options"].value("outlier_factor", rep.options.outlier_factor);
+  if (j.contains("options")) {
+    const nlohmann::json& o = j["options"];
+    if (!o.is_object()) return bad("options", "must be an object");
+    if (o.contains("outlier_factor")) {
+      if (!o["outlier_factor"].is_number() || !(o["outlier_factor"].get<double>() > 1)) {
+        return bad("options.outlier_factor", "must be a number above 1");
+      }
+      rep.options.outlier_factor = o["outlier_factor"].get<double>();
+    }
   }
   rep.findings = FindOutliers(rep);
   return rep;

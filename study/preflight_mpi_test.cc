@@ -66,7 +66,7 @@ TEST(PreflightMpi, RankZeroGetsTheWholeReport) {
   const nlohmann::json j = CalibrationJson(*report);
   EXPECT_EQ(j["world"], n);
   if (n > 1) {
-    EXPECT_EQ(j["links"]["within_node"]["pairs"], n * (n - 1));
+    EXPECT_EQ(j["links"]["within_node"]["ordered_pairs"], n * (n - 1));
   }
   EXPECT_FALSE(j["links"].contains("between_nodes"));
   EXPECT_TRUE(ParseCalibration(j).ok());

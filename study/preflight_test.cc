@@ -11,6 +11,7 @@ namespace {
 
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
+using ::testing::Not;
 using ::testing::SizeIs;
 
 TEST(PreflightScheduleTest, EveryPairMeetsOnceAndPartnersAgree) {
@@ -78,7 +79,7 @@ TEST(PreflightOutliersTest, ASlowNicIsNamedByItsHost) {
   for (const PreflightFinding& x : f) {
     EXPECT_EQ(x.kind, "bandwidth");
     EXPECT_TRUE(x.src == 9 || x.dst == 9);
-    EXPECT_THAT(x.message, HasSubstr("check the NIC of node07 (rank 9 is in 16 of the 16"));
+    EXPECT_THAT(x.message, HasSubstr("check the NIC of node07 (rank 9 is on 8 of the 8 slow links)"));
   }
   EXPECT_THAT(f[0].message,
               HasSubstr("rank 0 -> rank 9: 0.60 GB/s, 8.3x below the median of its link class "
@@ -93,6 +94,20 @@ TEST(PreflightOutliersTest, OneSlowLinkNamesBothHosts) {
   EXPECT_EQ(f[0].src, 5);
   EXPECT_EQ(f[0].dst, 10);
   EXPECT_THAT(f[0].message, HasSubstr("check the link between node02 and node07"));
+}
+
+TEST(PreflightOutliersTest, OneLinkSlowBothWaysBlamesNoNic) {
+  PreflightReport r = Uniform(ThreeNodes());
+  r.bandwidth_bytes_per_s[5][10] = r.bandwidth_bytes_per_s[10][5] = 1e9;
+  r.latency_s[5][10] = r.latency_s[10][5] = 100e-6;
+  const std::vector<PreflightFinding> f = FindOutliers(r);
+  ASSERT_THAT(f, SizeIs(3));
+  EXPECT_THAT(f[0].message, HasSubstr("rank 5 -> rank 10: 1.00 GB/s"));
+  EXPECT_THAT(f[1].message, HasSubstr("rank 10 -> rank 5: 1.00 GB/s"));
+  EXPECT_THAT(f[2].message, HasSubstr("rank 5 <-> rank 10: latency 100.0 us"));
+  EXPECT_THAT(f[0].message, HasSubstr("check the link between node02 and node07"));
+  EXPECT_THAT(f[1].message, HasSubstr("check the link between node07 and node02"));
+  for (const PreflightFinding& x : f) EXPECT_THAT(x.message, Not(HasSubstr("NIC")));
 }
 
 TEST(PreflightOutliersTest, LatencyWithinANodeAndSlowRanks) {
@@ -127,7 +142,7 @@ TEST(PreflightCalibrationTest, JsonRoundTripsAndFormats) {
   r.findings = FindOutliers(r);
   const nlohmann::json j = CalibrationJson(r);
   EXPECT_EQ(j["kind"], "switchyard-calibration");
-  EXPECT_EQ(j["links"]["within_node"]["pairs"], 36);
+  EXPECT_EQ(j["links"]["within_node"]["ordered_pairs"], 36);
   EXPECT_DOUBLE_EQ(j["links"]["within_node"]["bandwidth_bytes_per_s"].get<double>(), 20e9);
   EXPECT_DOUBLE_EQ(j["links"]["between_nodes"]["latency_s"].get<double>(), 10e-6);
   ASSERT_THAT(j["findings"], SizeIs(1));
@@ -142,7 +157,7 @@ TEST(PreflightCalibrationTest, JsonRoundTripsAndFormats) {
 
   const std::string text = FormatReport(r);
   EXPECT_THAT(text, HasSubstr("preflight: 12 rank(s) on 3 host(s), mpi transport, cpu, 1.5 s"));
-  EXPECT_THAT(text, HasSubstr("link class between_nodes: 96 pairs, median 5.00 GB/s, 10.0 us"));
+  EXPECT_THAT(text, HasSubstr("link class between_nodes: 96 ordered pairs, median 5.00 GB/s, 10.0 us"));
   EXPECT_THAT(text, HasSubstr("\n     5    5.00    5.00    5.00    5.00   20.00       -   20.00"
                               "   20.00    5.00    5.00    1.00    5.00\n"));
   EXPECT_THAT(text, HasSubstr("findings:\n  rank 5 -> rank 10: 1.00 GB/s"));
@@ -159,6 +174,12 @@ TEST(PreflightCalibrationTest, ParseNamesTheBadField) {
     EXPECT_THAT(std::string(r.status().message()), HasSubstr(msg));
   };
   expect([](nlohmann::json& j) { j["kind"] = "placement"; }, "calibration: kind");
+  expect([](nlohmann::json& j) { j["kind"] = 5; }, "calibration: kind");
+  expect([](nlohmann::json& j) { j["device"] = 5; }, "calibration: device: must be a string");
+  expect([](nlohmann::json& j) { j["seconds"] = "x"; }, "calibration: seconds: must be a number");
+  expect([](nlohmann::json& j) { j["options"]["outlier_factor"] = 0.5; },
+         "calibration: options.outlier_factor: must be a number above 1");
+  expect([](nlohmann::json& j) { j["options"] = 3; }, "calibration: options: must be an object");
   expect([](nlohmann::json& j) { j["version"] = 2; }, "calibration: version");
   expect([](nlohmann::json& j) { j["world"] = 0; }, "calibration: world");
   expect([](nlohmann::json& j) { j["ranks"].erase(0); }, "calibration: ranks: must list 3");
