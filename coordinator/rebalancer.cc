@@ -57,10 +57,15 @@ absl::Status Rebalancer::AfterStep() {
       maxima.push_back(*std::max_element(in_order.begin() + i, in_order.begin() + i + k));
     }
     std::sort(maxima.begin(), maxima.end());
-    watch_.window_longest_before_s = maxima.empty() ? 0 : maxima[maxima.size() / 2];
+    // A move longer than the history: the longest of all of it.
+    watch_.window_longest_before_s = !maxima.empty()  ? maxima[maxima.size() / 2]
+                                     : in_order.empty() ? 0
+                                                        : *std::max_element(in_order.begin(),
+                                                                            in_order.end());
     last_move_timing_ = watch_;
     std::vector<std::string> each;
     for (double x : watch_.intervals_s) each.push_back(absl::StrFormat("%.1f", 1e3 * x));
+    if (static_cast<int64_t>(watch_.intervals_s.size()) < watch_.steps) each.push_back("...");
     spdlog::info(
         "rebalance: placement {}: longest step interval {:.1f} ms from the plan through the "
         "first step after the switch ({} intervals), {:.1f}x the median of the {} before the "

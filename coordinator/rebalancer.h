@@ -68,11 +68,12 @@ class Rebalancer {
     double median_interval_s = 0;
     double longest_before_s = 0;  // the longest of the intervals the median is of
     // The same comparison without a move: over every run of `steps` consecutive intervals
-    // before the plan, the longest one; the median of those (0 with too few intervals).
+    // before the plan, the longest one; the median of those (with fewer intervals than
+    // `steps`, the longest of them).
     double window_longest_before_s = 0;
     double own_seconds = 0;
     int64_t steps = 0;  // intervals watched
-    std::vector<double> intervals_s;  // each of them, in order
+    std::vector<double> intervals_s;  // the first 64 of them, in order (the log adds "...")
   };
   const MoveTiming& last_move_timing() const { return last_move_timing_; }
 

@@ -42,11 +42,16 @@ stop)
   if [ -z "$rank0" ]; then
     # The job ended (or lost its coordinator) before the stop: say how, with its log, and
     # leave nothing running.
+    for _ in $(seq 1 10); do  # mpirun may be ending right now: its exit code comes shortly
+      [ -s "$dir/exit" ] || kill -0 "$mpirun_pid" 2>/dev/null || sleep 0.2
+    done
     if [ -s "$dir/exit" ]; then
       echo "rank 0 of mpirun $mpirun_pid not found; mpirun had exited: $(cat "$dir/exit")"
-    else
+    elif kill -0 "$mpirun_pid" 2>/dev/null; then
       echo "rank 0 of mpirun $mpirun_pid not found; mpirun still running: terminated"
       kill -TERM "$mpirun_pid" 2>/dev/null
+    else
+      echo "rank 0 of mpirun $mpirun_pid not found; mpirun is gone"
     fi
     cat "$dir/log"
     exit 1

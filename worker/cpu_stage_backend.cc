@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -22,10 +23,12 @@
 namespace switchyard {
 namespace {
 
-// One thread at the lowest priority (nice 19) that runs one job at a time: the page reads of
-// an expert move. Started with the backend, so a move does not pay for creating a thread in
-// the step's time; it sleeps until then. Its jobs use the CPU time the steps leave (ranks
-// waiting on peers, idle cores) instead of taking it from them.
+// One thread at the lowest priority (nice 19) that runs queued jobs in order: the page reads
+// of an expert move, and the release of the experts a move left. Started with the backend,
+// so a move does not pay for creating a thread in the step's time; it sleeps until then. Its
+// jobs use the CPU time the steps leave (ranks waiting on peers, idle cores) instead of
+// taking it from them. Post never waits (the step thread must not wait on a thread at the
+// lowest priority).
 class BackgroundReader {
  public:
   BackgroundReader() : thread_([this] { Run(); }) {}
@@ -35,21 +38,19 @@ class BackgroundReader {
       stopping_ = true;
     }
     cv_.notify_all();
-    thread_.join();
+    thread_.join();  // after the jobs queued
   }
-  // Runs `job` on the thread after the one before it.
   void Post(std::function<void()> job) {
-    Wait();
     {
       std::lock_guard<std::mutex> lock(mu_);
-      job_ = std::move(job);
+      jobs_.push_back(std::move(job));
     }
     cv_.notify_all();
   }
-  // Returns once no job is queued or running.
+  // Returns once every job posted so far has run.
   void Wait() {
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [this] { return !job_ && !running_; });
+    cv_.wait(lock, [this] { return jobs_.empty() && !running_; });
   }
 
  private:
@@ -57,10 +58,10 @@ class BackgroundReader {
     (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 19);
     std::unique_lock<std::mutex> lock(mu_);
     while (true) {
-      cv_.wait(lock, [this] { return job_ || stopping_; });
-      if (!job_) return;  // stopping with nothing left
-      std::function<void()> job = std::move(job_);
-      job_ = nullptr;
+      cv_.wait(lock, [this] { return !jobs_.empty() || stopping_; });
+      if (jobs_.empty()) return;  // stopping with nothing left
+      std::function<void()> job = std::move(jobs_.front());
+      jobs_.pop_front();
       running_ = true;
       lock.unlock();
       job();
@@ -72,7 +73,7 @@ class BackgroundReader {
 
   std::mutex mu_;
   std::condition_variable cv_;
-  std::function<void()> job_;
+  std::deque<std::function<void()>> jobs_;
   bool running_ = false;
   bool stopping_ = false;
   std::thread thread_;  // last: started once the members above exist
@@ -132,8 +133,7 @@ class CpuStageBackend final : public StageBackend {
                                                      " layers for a model of ",
                                                      cfg.num_hidden_layers));
     }
-    // A preparation not switched to is superseded.
-    reader_.Wait();
+    // A preparation not switched to is superseded (its reads, queued before, still run).
     pending_.reset();
     Pending p{.generation = generation, .routing = routing, .weights = weights, .ckpt = ckpt};
     std::vector<TensorView> fetch;
@@ -173,7 +173,9 @@ class CpuStageBackend final : public StageBackend {
       return absl::FailedPreconditionError(
           absl::StrCat("no expert placement ", generation, " was prepared on this rank"));
     }
-    reader_.Wait();
+    // Rank 0 switches once every rank reported its reads done (prepared_, stored as the
+    // job's last action); waiting here is only a safety net.
+    if (prepared_.load(std::memory_order_acquire) < generation) reader_.Wait();
     Pending p = std::move(*pending_);
     pending_.reset();
     RETURN_IF_ERROR(moe_.SetRouting(std::move(p.routing)));
