@@ -22,6 +22,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "comm/job_failure.h"
+#include "common/host_port.h"
 #include "common/log.h"
 #include "common/progress.h"
 #include "common/status_macros.h"
@@ -76,12 +77,6 @@ std::string ClusterAddress() {
   }
   freeifaddrs(list);
   return found;
-}
-
-std::string HostName() {
-  char name[256] = {};
-  if (gethostname(name, sizeof(name) - 1) != 0) return "unknown-host";
-  return name;
 }
 
 std::string RandomToken() {

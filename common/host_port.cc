@@ -1,5 +1,7 @@
 #include "common/host_port.h"
 
+#include <unistd.h>
+
 #include "absl/strings/str_cat.h"
 
 namespace switchyard {
@@ -30,6 +32,12 @@ absl::StatusOr<HostPort> SplitHostPort(const std::string& listen, const std::str
 
 bool IsLoopbackHost(const std::string& host) {
   return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+std::string HostName() {
+  char name[256] = {};
+  if (gethostname(name, sizeof(name) - 1) != 0) return "unknown-host";
+  return name;
 }
 
 }  // namespace switchyard

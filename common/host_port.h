@@ -23,4 +23,7 @@ absl::StatusOr<HostPort> SplitHostPort(const std::string& listen, const std::str
 // Whether `host` names the loopback interface only (localhost, ::1, 127.x.y.z).
 bool IsLoopbackHost(const std::string& host);
 
+// This machine's host name (gethostname), or "unknown-host" when it cannot be had.
+std::string HostName();
+
 }  // namespace switchyard

@@ -37,46 +37,15 @@ absl::Status Rebalancer::AfterStep() {
       watch_.longest_interval_s = std::max(watch_.longest_interval_s, interval);
       ++watch_.steps;
       if (watch_.intervals_s.size() < 64) watch_.intervals_s.push_back(interval);
-    } else if (recent_.size() < kRecent) {
-      recent_.push_back(interval);
     } else {
-      recent_[recent_next_++ % kRecent] = interval;
+      recent_.push_back(interval);
+      if (recent_.size() > kRecent) recent_.pop_front();
     }
   }
   last_step_ = now;
   if (watching_ && steps_ == watch_until_) {
     watching_ = false;
-    // The baseline: how long the longest of `steps` consecutive intervals is without a move.
-    std::vector<double> in_order(recent_.begin() + (recent_next_ % std::max<size_t>(recent_.size(), 1)),
-                                 recent_.end());
-    in_order.insert(in_order.end(), recent_.begin(),
-                    recent_.begin() + (recent_next_ % std::max<size_t>(recent_.size(), 1)));
-    const size_t k = static_cast<size_t>(watch_.steps);
-    std::vector<double> maxima;
-    for (size_t i = 0; k > 0 && i + k <= in_order.size(); ++i) {
-      maxima.push_back(*std::max_element(in_order.begin() + i, in_order.begin() + i + k));
-    }
-    std::sort(maxima.begin(), maxima.end());
-    // A move longer than the history: the longest of all of it.
-    watch_.window_longest_before_s = !maxima.empty()  ? maxima[maxima.size() / 2]
-                                     : in_order.empty() ? 0
-                                                        : *std::max_element(in_order.begin(),
-                                                                            in_order.end());
-    last_move_timing_ = watch_;
-    std::vector<std::string> each;
-    for (double x : watch_.intervals_s) each.push_back(absl::StrFormat("%.1f", 1e3 * x));
-    if (static_cast<int64_t>(watch_.intervals_s.size()) < watch_.steps) each.push_back("...");
-    spdlog::info(
-        "rebalance: placement {}: longest step interval {:.1f} ms from the plan through the "
-        "first step after the switch ({} intervals), {:.1f}x the median of the {} before the "
-        "plan ({:.2f} ms; the longest of them {:.1f} ms; of {} consecutive ones, the longest "
-        "is {:.1f} ms at the median); the rebalancer's own work on the step thread {:.1f} ms; "
-        "intervals {} ms",
-        watch_.placement, 1e3 * watch_.longest_interval_s, watch_.steps,
-        watch_.median_interval_s > 0 ? watch_.longest_interval_s / watch_.median_interval_s : 0,
-        recent_.size(), 1e3 * watch_.median_interval_s, 1e3 * watch_.longest_before_s,
-        watch_.steps, 1e3 * watch_.window_longest_before_s, 1e3 * watch_.own_seconds,
-        absl::StrJoin(each, ", "));
+    EndWatch();
   }
   // Each call does at most one round with the ranks (a status round or one command), so no
   // interval between two steps holds more than one: the plan's status round, the preparation
@@ -94,7 +63,7 @@ absl::Status Rebalancer::AfterStep() {
   } else if (steps_ - window_start_step_ >= options_.interval_steps) {
     st = Plan();
     if (pending_ > 0) {  // a move starts: watch the steps until it is done
-      std::vector<double> sorted = recent_;
+      std::vector<double> sorted(recent_.begin(), recent_.end());
       std::sort(sorted.begin(), sorted.end());
       watch_ = {.placement = pending_,
                 .median_interval_s = sorted.empty() ? 0 : sorted[sorted.size() / 2],
@@ -112,6 +81,34 @@ absl::Status Rebalancer::AfterStep() {
     if (pending_ == 0 && watch_until_ < 0) watch_until_ = steps_ + 1;
   }
   return st;
+}
+
+void Rebalancer::EndWatch() {
+  // The baseline: how long the longest of `steps` consecutive intervals is without a move.
+  const size_t k = static_cast<size_t>(watch_.steps);
+  std::vector<double> maxima;
+  for (size_t i = 0; k > 0 && i + k <= recent_.size(); ++i) {
+    maxima.push_back(*std::max_element(recent_.begin() + i, recent_.begin() + i + k));
+  }
+  std::sort(maxima.begin(), maxima.end());
+  // A move longer than the history: the longest of all of it.
+  watch_.window_longest_before_s = !maxima.empty() ? maxima[maxima.size() / 2]
+                                                   : watch_.longest_before_s;
+  last_move_timing_ = watch_;
+  std::vector<std::string> each;
+  for (double x : watch_.intervals_s) each.push_back(absl::StrFormat("%.1f", 1e3 * x));
+  if (static_cast<int64_t>(watch_.intervals_s.size()) < watch_.steps) each.push_back("...");
+  spdlog::info(
+      "rebalance: placement {}: longest step interval {:.1f} ms from the plan through the "
+      "first step after the switch ({} intervals), {:.1f}x the median of the {} before the "
+      "plan ({:.2f} ms; the longest of them {:.1f} ms; of {} consecutive ones, the longest "
+      "is {:.1f} ms at the median); the rebalancer's own work on the step thread {:.1f} ms; "
+      "intervals {} ms",
+      watch_.placement, 1e3 * watch_.longest_interval_s, watch_.steps,
+      watch_.median_interval_s > 0 ? watch_.longest_interval_s / watch_.median_interval_s : 0,
+      recent_.size(), 1e3 * watch_.median_interval_s, 1e3 * watch_.longest_before_s,
+      watch_.steps, 1e3 * watch_.window_longest_before_s, 1e3 * watch_.own_seconds,
+      absl::StrJoin(each, ", "));
 }
 
 absl::Status Rebalancer::Plan() {

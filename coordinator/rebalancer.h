@@ -1,15 +1,17 @@
 // Online expert rebalancing (serve --rebalance-interval): every `interval_steps` steps, rank 0
 // plans a placement from the tokens each expert was routed in that window and, fading, the
-// windows before (the ranks' own counters, collected through the status round that serving
-// already runs), and when it
-// lowers the most loaded rank's share enough, moves the job to it without stopping:
+// windows before (the ranks' own counters, collected in a status round between two steps),
+// and when it lowers the most loaded rank's share enough, moves the job to it without
+// stopping:
 //
-//   1. PrepareExperts: every rank looks up the experts the new placement gives it and reads
-//      them in beside the running ones, in the background, while steps go on;
+//   1. PrepareExperts (after the next step): every rank looks up the experts the new
+//      placement gives it and reads them in beside the running ones, in the background,
+//      while steps go on;
 //   2. once every rank reports the preparation done (RankStatus::experts_prepared, polled
-//      every few steps), SwitchExperts: every rank binds its new experts, moves its
-//      dispatcher to the new routing and releases the experts it no longer holds, before
-//      the same next step.
+//      every few steps), SwitchExperts (after the next step): every rank binds its new
+//      experts, moves its dispatcher to the new routing and releases the experts it no
+//      longer holds, before the same next step.
+// Each exchange with the ranks goes between its own pair of steps.
 // Replicas compute the same function, so outputs do not change (up to rounding where a
 // token's partial sums are added in another order: identical for top-2).
 //
@@ -21,6 +23,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -83,6 +86,8 @@ class Rebalancer {
   absl::Status Plan();
   absl::Status PollPending();
   absl::Status Switch();
+  // The move's figures against the intervals before it: last_move_timing() and the log line.
+  void EndWatch();
 
   DistributedExecutor* executor_;
   PlacementPlan placement_;
@@ -106,8 +111,7 @@ class Rebalancer {
   // Step intervals (AfterStep to AfterStep): the last kRecent before a move, and the move's.
   static constexpr size_t kRecent = 64;
   std::chrono::steady_clock::time_point last_step_{};
-  std::vector<double> recent_;
-  size_t recent_next_ = 0;
+  std::deque<double> recent_;  // oldest first
   bool watching_ = false;        // from the plan through the first step after the switch
   int64_t watch_until_ = -1;     // the step whose interval ends the watch
   MoveTiming watch_, last_move_timing_;

@@ -71,6 +71,16 @@ class RecordingObserver : public SchedulerObserver {
   std::vector<RequestTimings> ends;
 };
 
+// What the scheduler reads of a model: a small vocabulary and context.
+ModelConfig TinyConfig() {
+  ModelConfig cfg;
+  cfg.vocab_size = 32;
+  cfg.max_position_embeddings = 64;
+  cfg.num_hidden_layers = 1;
+  cfg.num_experts_per_tok = 1;
+  return cfg;
+}
+
 GenerateRequest Request(int prompt, int max_tokens) {
   GenerateRequest r;
   r.prompt_ids.assign(prompt, 5);
@@ -80,11 +90,7 @@ GenerateRequest Request(int prompt, int max_tokens) {
 }
 
 TEST(VirtualTimeTest, TheSchedulerRunsInVirtualTimeAsWorkedOutByHand) {
-  ModelConfig cfg;
-  cfg.vocab_size = 32;
-  cfg.max_position_embeddings = 64;
-  cfg.num_hidden_layers = 1;
-  cfg.num_experts_per_tok = 1;
+  const ModelConfig cfg = TinyConfig();
   BlockAllocator blocks(16, 4);
   VirtualClock clock;
   CostedExecutor exec(&clock);
@@ -133,11 +139,7 @@ TEST(VirtualTimeTest, TheSchedulerRunsInVirtualTimeAsWorkedOutByHand) {
 TEST(VirtualTimeTest, AdmissionWaitsForKvBlocksInVirtualTime) {
   // Room for one request at a time (each needs 2 blocks of 4 tokens; the pool has 3): the
   // second waits until the first is done, and its queue time says so.
-  ModelConfig cfg;
-  cfg.vocab_size = 32;
-  cfg.max_position_embeddings = 64;
-  cfg.num_hidden_layers = 1;
-  cfg.num_experts_per_tok = 1;
+  const ModelConfig cfg = TinyConfig();
   BlockAllocator blocks(3, 4);
   VirtualClock clock;
   CostedExecutor exec(&clock);

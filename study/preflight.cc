@@ -1,7 +1,5 @@
 #include "study/preflight.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -13,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/bf16.h"
+#include "common/host_port.h"
 #include "common/memory_bandwidth.h"
 #include "common/status_macros.h"
 #include "kernels/cpu/ops.h"
@@ -35,10 +34,20 @@ double Median(std::vector<double> v) {
   return v.size() % 2 == 1 ? v[m] : 0.5 * (v[m - 1] + v[m]);
 }
 
-std::string Host() {
-  char name[kHostBytes] = {};
-  if (gethostname(name, sizeof(name) - 1) != 0) return "unknown-host";
-  return name;
+// The figures of one link class: every ordered pair's bandwidth, every pair's latency once.
+struct ClassFigures {
+  std::vector<double> bandwidth, latency;
+};
+ClassFigures CollectClass(const PreflightReport& rep, LinkClass cls) {
+  ClassFigures c;
+  for (int s = 0; s < rep.world; ++s) {
+    for (int d = 0; d < rep.world; ++d) {
+      if (rep.ClassOf(s, d) != cls) continue;
+      c.bandwidth.push_back(rep.bandwidth_bytes_per_s[s][d]);
+      if (s < d) c.latency.push_back(rep.latency_s[s][d]);
+    }
+  }
+  return c;
 }
 
 std::string Gbps(double bytes_per_s) { return absl::StrFormat("%.2f GB/s", bytes_per_s / 1e9); }
@@ -184,7 +193,7 @@ absl::StatusOr<PreflightReport> RunPreflight(
   std::vector<char>().swap(buf);  // the bandwidth buffers go before the copy's
   std::vector<char>().swap(back);
   RETURN_IF_ERROR(world.Barrier());
-  RankFigures mine{.host = Host()};
+  RankFigures mine{.host = HostName()};
   MeasureRank(o, &mine);
   RETURN_IF_ERROR(world.Barrier());
 
@@ -237,14 +246,9 @@ std::vector<PreflightFinding> FindOutliers(const PreflightReport& rep) {
   const double f = rep.options.outlier_factor;
   constexpr size_t kMinSamples = 3;  // a median of fewer says nothing about one of them
   for (LinkClass cls : {LinkClass::kWithinNode, LinkClass::kBetweenNodes}) {
-    std::vector<double> bw, lat;
-    for (int s = 0; s < n; ++s) {
-      for (int d = 0; d < n; ++d) {
-        if (rep.ClassOf(s, d) != cls) continue;
-        bw.push_back(rep.bandwidth_bytes_per_s[s][d]);
-        if (s < d) lat.push_back(rep.latency_s[s][d]);
-      }
-    }
+    const ClassFigures figures = CollectClass(rep, cls);
+    const std::vector<double>& bw = figures.bandwidth;
+    const std::vector<double>& lat = figures.latency;
     const std::string where = cls == LinkClass::kWithinNode ? "within a node" : "between nodes";
     // The slow pairs first, then each rank's share of them: a rank with slow links to most
     // of the partners in them is the one to look at. Links are counted once whichever
@@ -346,18 +350,11 @@ namespace {
 nlohmann::json LinkMedians(const PreflightReport& rep) {
   nlohmann::json links = nlohmann::json::object();
   for (LinkClass cls : {LinkClass::kWithinNode, LinkClass::kBetweenNodes}) {
-    std::vector<double> bw, lat;
-    for (int s = 0; s < rep.world; ++s) {
-      for (int d = 0; d < rep.world; ++d) {
-        if (rep.ClassOf(s, d) != cls) continue;
-        bw.push_back(rep.bandwidth_bytes_per_s[s][d]);
-        if (s < d) lat.push_back(rep.latency_s[s][d]);
-      }
-    }
-    if (bw.empty()) continue;
-    links[LinkClassName(cls)] = {{"ordered_pairs", bw.size()},
-                                 {"latency_s", Median(lat)},
-                                 {"bandwidth_bytes_per_s", Median(bw)}};
+    const ClassFigures c = CollectClass(rep, cls);
+    if (c.bandwidth.empty()) continue;
+    links[LinkClassName(cls)] = {{"ordered_pairs", c.bandwidth.size()},
+                                 {"latency_s", Median(c.latency)},
+                                 {"bandwidth_bytes_per_s", Median(c.bandwidth)}};
   }
   return links;
 }
