@@ -25,6 +25,8 @@ void RegisterBench(CLI::App& app, Action* action);
 void RegisterBenchDispatch(CLI::App& bench, Action* action);
 void RegisterPlan(CLI::App& app, Action* action);
 void RegisterPreflight(CLI::App& app, Action* action);
+// `study simulate`.
+void RegisterStudy(CLI::App& app, Action* action);
 void RegisterServe(CLI::App& app, Action* action);
 void RegisterLoadgen(CLI::App& app, Action* action);
 void RegisterClient(CLI::App& app, Action* action);

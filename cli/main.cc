@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
   switchyard::cli::RegisterBench(app, &action);
   switchyard::cli::RegisterPlan(app, &action);
   switchyard::cli::RegisterPreflight(app, &action);
+  switchyard::cli::RegisterStudy(app, &action);
   switchyard::cli::RegisterServe(app, &action);
   switchyard::cli::RegisterLoadgen(app, &action);
   switchyard::cli::RegisterClient(app, &action);

@@ -1,0 +1,650 @@
+#include "study/cost_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "worker/distributed_executor.h"
+
+namespace switchyard {
+namespace {
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+double Mean(const std::vector<double>& v) {
+  return v.empty() ? 0 : std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
+}
+
+double Max(const std::vector<double>& v) {
+  return v.empty() ? 0 : *std::max_element(v.begin(), v.end());
+}
+
+double Transfer(const LinkModel& l, double bytes) {
+  return bytes <= 0 ? 0 : l.latency_s + bytes / l.bandwidth_bytes_per_s;
+}
+
+// A rank's expert time in one layer: the sum over its experts of their cost when a token
+// picks them (with that chance, each independently), as a distribution of (time,
+// probability) sorted by time, at most kMaxSupport points (neighbours merged).
+using Distribution = std::vector<std::pair<double, double>>;
+constexpr size_t kMaxSupport = 64;
+
+Distribution SumOfChances(const std::vector<std::pair<double, double>>& chances) {
+  Distribution d{{0.0, 1.0}};
+  for (const auto& [p, cost] : chances) {
+    Distribution next;
+    next.reserve(d.size() * 2);
+    for (const auto& [v, q] : d) {
+      if (p < 1) next.push_back({v, q * (1 - p)});
+      if (p > 0) next.push_back({v + cost, q * p});
+    }
+    std::sort(next.begin(), next.end());
+    d.clear();
+    for (const auto& point : next) {  // equal times merge
+      if (!d.empty() && point.first <= d.back().first * (1 + 1e-12)) {
+        d.back().second += point.second;
+      } else {
+        d.push_back(point);
+      }
+    }
+    while (d.size() > kMaxSupport) {  // merge neighbours pairwise at their mean
+      Distribution merged;
+      for (size_t i = 0; i < d.size(); i += 2) {
+        if (i + 1 == d.size()) {
+          merged.push_back(d[i]);
+          break;
+        }
+        const double q = d[i].second + d[i + 1].second;
+        const double v = q > 0 ? (d[i].first * d[i].second + d[i + 1].first * d[i + 1].second) / q
+                               : d[i].first;
+        merged.push_back({v, q});
+      }
+      d = std::move(merged);
+    }
+  }
+  return d;
+}
+
+// E[max over ranks], the ranks' times taken as independent.
+double ExpectedMax(const std::vector<Distribution>& ranks) {
+  std::vector<double> values;
+  for (const Distribution& d : ranks) {
+    for (const auto& point : d) values.push_back(point.first);
+  }
+  std::sort(values.begin(), values.end());
+  values.erase(std::unique(values.begin(), values.end()), values.end());
+  std::vector<size_t> at(ranks.size(), 0);
+  std::vector<double> cdf(ranks.size(), 0);
+  double expected = 0, below = 0;
+  for (double v : values) {
+    double p = 1;
+    for (size_t j = 0; j < ranks.size(); ++j) {
+      while (at[j] < ranks[j].size() && ranks[j][at[j]].first <= v) cdf[j] += ranks[j][at[j]++].second;
+      p *= std::min(1.0, cdf[j]);
+    }
+    expected += v * (p - below);
+    below = p;
+  }
+  return expected;
+}
+
+}  // namespace
+
+const DeviceModel& ClusterModel::Device(int rank) const {
+  if (rank >= 0 && rank < static_cast<int>(rank_devices.size())) return rank_devices[rank];
+  return device;
+}
+
+LinkModel ClusterModel::Link(int src, int dst) const {
+  if (src >= 0 && dst >= 0 && src < static_cast<int>(pair_links.size()) &&
+      dst < static_cast<int>(pair_links[src].size()) && src != dst) {
+    return pair_links[src][dst];
+  }
+  const int per = std::max(1, ranks_per_node);
+  return src / per == dst / per ? within_node : between_nodes;
+}
+
+void ClusterModel::FitTo(int world) {
+  if (static_cast<int>(rank_devices.size()) != world) rank_devices.clear();
+  if (static_cast<int>(pair_links.size()) != world) pair_links.clear();
+}
+
+absl::StatusOr<ClusterModel> HardwarePreset(std::string_view name, int ranks_per_node) {
+  if (ranks_per_node < 1) return absl::InvalidArgumentError("ranks per node must be at least 1");
+  ClusterModel c;
+  c.source = absl::StrCat("preset ", std::string(name));
+  c.ranks_per_node = ranks_per_node;
+  DeviceModel& d = c.device;
+  d.weight_bytes = 2;
+  d.kv_bytes = 2;
+  d.wire_bytes = 2;
+  d.peak_flops = 989e12;  // bf16 dense tensor cores
+  d.launch_s = 2e-6;      // a kernel within a CUDA graph, with its gaps
+  d.step_overhead_s = 150e-6;
+  if (name == "h100") {
+    d.name = "H100 SXM 80GB";
+    d.peak_bytes_per_s = 3.35e12;
+    d.memory_bytes_per_s = 3.0e12;  // measured device-to-device copy
+    d.memory_bytes = static_cast<uint64_t>(0.9 * 80.0 * (1ull << 30));
+  } else if (name == "h200") {
+    d.name = "H200 141GB";
+    d.peak_bytes_per_s = 4.8e12;
+    d.memory_bytes_per_s = 4.3e12;
+    d.memory_bytes = static_cast<uint64_t>(0.9 * 141e9);
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--hardware: ", std::string(name), " is not a known device (h100, h200), nor a file"));
+  }
+  // The bars the kernels are held to: weight streaming at 0.85 of the copy bandwidth, grouped
+  // expert GEMMs at 0.75 of a dense cuBLAS GEMM (about 790 TFLOP/s measured).
+  d.weight_read_bytes_per_s = 0.85 * d.memory_bytes_per_s;
+  d.matmul_flops = 0.75 * 790e12;
+  c.within_node = {.latency_s = 10e-6, .bandwidth_bytes_per_s = 370e9};  // NVLink 4, NCCL
+  c.between_nodes = {.latency_s = 20e-6, .bandwidth_bytes_per_s = 46e9};  // NDR 400 Gbit/s
+  return c;
+}
+
+absl::StatusOr<ClusterModel> ClusterFromCalibration(const PreflightReport& cal,
+                                                    const std::string& source) {
+  const int n = cal.world;
+  if (n < 1 || static_cast<int>(cal.ranks.size()) != n) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": ranks: ", cal.ranks.size(),
+                                                   " entries for a world of ", n));
+  }
+  ClusterModel c;
+  c.source = absl::StrCat("calibration ", source);
+  std::map<std::string, int> per_host;
+  for (const RankFigures& r : cal.ranks) ++per_host[r.host];
+  c.ranks_per_node = per_host[cal.ranks[0].host];
+  std::vector<double> copy, read, flops;
+  for (int r = 0; r < n; ++r) {
+    const RankFigures& f = cal.ranks[r];
+    if (f.copy_bytes_per_s <= 0 || f.decode_weight_bytes_per_s <= 0 || f.prefill_flops <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": ranks[", r, "]: copy, decode and prefill rates must be > 0"));
+    }
+    DeviceModel d;
+    d.name = absl::StrCat(cal.device, " (measured)");
+    d.weight_read_bytes_per_s = f.decode_weight_bytes_per_s;
+    d.matmul_flops = f.prefill_flops;
+    d.memory_bytes_per_s = f.copy_bytes_per_s;
+    d.peak_bytes_per_s = f.copy_bytes_per_s;
+    d.peak_flops = f.prefill_flops;
+    d.weight_bytes = 2;
+    const bool gpu = cal.device != "cpu";
+    d.kv_bytes = gpu ? 2 : 4;
+    d.wire_bytes = gpu ? 2 : 4;
+    d.launch_s = gpu ? 2e-6 : 1e-6;
+    d.step_overhead_s = gpu ? 150e-6 : 50e-6;
+    c.rank_devices.push_back(d);
+    copy.push_back(f.copy_bytes_per_s);
+    read.push_back(f.decode_weight_bytes_per_s);
+    flops.push_back(f.prefill_flops);
+  }
+  c.device = c.rank_devices[0];
+  c.device.memory_bytes_per_s = c.device.peak_bytes_per_s = Median(copy);
+  c.device.weight_read_bytes_per_s = Median(read);
+  c.device.matmul_flops = c.device.peak_flops = Median(flops);
+  std::vector<double> lat[3], bw[3];
+  c.pair_links.assign(n, std::vector<LinkModel>(n));
+  for (int i = 0; i < n; ++i) {
+    for (int j = 0; j < n; ++j) {
+      if (i == j) continue;
+      const double l = cal.latency_s.at(i).at(j), b = cal.bandwidth_bytes_per_s.at(i).at(j);
+      if (l <= 0 || b <= 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            source, ": matrix: rank ", i, " -> rank ", j, " has no latency or bandwidth"));
+      }
+      c.pair_links[i][j] = {.latency_s = l, .bandwidth_bytes_per_s = b};
+      const int cls = static_cast<int>(cal.ClassOf(i, j));
+      lat[cls].push_back(l);
+      bw[cls].push_back(b);
+    }
+  }
+  auto link = [&](LinkClass k) {
+    const int i = static_cast<int>(k);
+    return LinkModel{.latency_s = Median(lat[i]), .bandwidth_bytes_per_s = Median(bw[i])};
+  };
+  c.within_node = link(LinkClass::kWithinNode);
+  c.between_nodes = link(LinkClass::kBetweenNodes);
+  // A calibration of one host (or of one rank per host) lacks a class: the other stands in,
+  // and a single rank has neither (nothing travels then but a projection's traffic).
+  if (c.between_nodes.bandwidth_bytes_per_s <= 0) c.between_nodes = c.within_node;
+  if (c.within_node.bandwidth_bytes_per_s <= 0) c.within_node = c.between_nodes;
+  if (c.within_node.bandwidth_bytes_per_s <= 0) {
+    c.within_node = c.between_nodes = {.latency_s = 1e-6, .bandwidth_bytes_per_s = Median(copy)};
+  }
+  return c;
+}
+
+absl::StatusOr<ModelConfig> ModelPreset(std::string_view name) {
+  ModelConfig c;
+  c.num_local_experts = 8;
+  c.num_experts_per_tok = 2;
+  c.num_key_value_heads = 8;
+  c.head_dim = 128;
+  if (name == "mixtral-8x7b") {
+    c.hidden_size = 4096;
+    c.intermediate_size = 14336;
+    c.num_hidden_layers = 32;
+    c.num_attention_heads = 32;
+    c.vocab_size = 32000;
+    c.max_position_embeddings = 32768;
+  } else if (name == "mixtral-8x22b") {
+    c.hidden_size = 6144;
+    c.intermediate_size = 16384;
+    c.num_hidden_layers = 56;
+    c.num_attention_heads = 48;
+    c.vocab_size = 32768;
+    c.max_position_embeddings = 65536;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--preset: ", std::string(name), " is not a known model (mixtral-8x7b, mixtral-8x22b)"));
+  }
+  return c;
+}
+
+RoutingModel RoutingModel::Uniform(const ModelConfig& cfg) {
+  return Skewed(cfg, 0);
+}
+
+RoutingModel RoutingModel::Skewed(const ModelConfig& cfg, double skew) {
+  const int E = cfg.num_local_experts;
+  RoutingModel m;
+  m.share.assign(cfg.num_hidden_layers, std::vector<double>(E));
+  for (int l = 0; l < cfg.num_hidden_layers; ++l) {
+    double sum = 0;
+    for (int e = 0; e < E; ++e) sum += m.share[l][e] = std::pow(1.0 + (e + l) % E, -skew);
+    for (double& s : m.share[l]) s /= sum;
+  }
+  return m;
+}
+
+absl::StatusOr<RoutingModel> RoutingModel::FromCounts(
+    const ModelConfig& cfg, const std::vector<std::vector<double>>& counts) {
+  if (static_cast<int>(counts.size()) != cfg.num_hidden_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("expert load: ", counts.size(),
+                                                   " layers, the model has ",
+                                                   cfg.num_hidden_layers));
+  }
+  RoutingModel m;
+  for (size_t l = 0; l < counts.size(); ++l) {
+    if (static_cast<int>(counts[l].size()) != cfg.num_local_experts) {
+      return absl::InvalidArgumentError(absl::StrCat("expert load: layer ", l, ": ",
+                                                     counts[l].size(), " experts, the model has ",
+                                                     cfg.num_local_experts));
+    }
+    double sum = 0;
+    for (double c : counts[l]) {
+      if (!(c >= 0)) return absl::InvalidArgumentError(absl::StrCat("expert load: layer ", l, ": a negative count"));
+      sum += c;
+    }
+    if (sum <= 0) return absl::InvalidArgumentError(absl::StrCat("expert load: layer ", l, " routed no token"));
+    std::vector<double> share;
+    for (double c : counts[l]) share.push_back(c / sum);
+    m.share.push_back(std::move(share));
+  }
+  return m;
+}
+
+StepShape DecodeStep(int batch, int context, int dp) {
+  StepShape s;
+  for (int i = 0; i < batch; ++i) {
+    s.seqs.push_back({.dp_rank = i % std::max(1, dp), .tokens = 1,
+                      .start_pos = std::max(0, context - 1), .head_rows = 1});
+  }
+  return s;
+}
+
+std::vector<StepShape> PrefillSteps(int tokens, int chunk) {
+  std::vector<StepShape> steps;
+  chunk = std::max(1, chunk);
+  for (int at = 0; at < tokens; at += chunk) {
+    const int n = std::min(chunk, tokens - at);
+    StepShape s;
+    s.seqs.push_back({.dp_rank = 0, .tokens = n, .start_pos = at,
+                      .head_rows = at + n == tokens ? 1 : 0});
+    steps.push_back(std::move(s));
+  }
+  return steps;
+}
+
+double StepBreakdown::Sum() const {
+  return weights_s + attention_s + dispatch_s + combine_s + head_s + control_s + bubble_s;
+}
+
+CostModel::CostModel(const ModelConfig& cfg, const PlacementPlan& plan, ClusterModel cluster,
+                     RoutingModel routing, int max_step_tokens)
+    : cfg_(cfg),
+      plan_(plan),
+      cluster_(std::move(cluster)),
+      routing_(std::move(routing)),
+      max_step_tokens_(max_step_tokens) {
+  cluster_.FitTo(plan_.world_size());
+}
+
+double CostModel::MatMul(const DeviceModel& d, double rows, double k, double n,
+                         double p_used) const {
+  if (rows <= 0 || p_used <= 0) return 0;
+  const double read = p_used * n * k * d.weight_bytes / d.weight_read_bytes_per_s;
+  const double math = 2.0 * rows * n * k / d.matmul_flops;
+  return p_used * d.launch_s + std::max(read, math);
+}
+
+StepCost CostModel::Step(const StepShape& step) const {
+  const int ep = plan_.ep, pp = plan_.pp, W = world();
+  const double H = cfg_.hidden_size, I = cfg_.intermediate_size, E = cfg_.num_local_experts;
+  const double K = cfg_.num_experts_per_tok, V = cfg_.vocab_size;
+  const double q = cfg_.q_dim(), kv = cfg_.kv_dim();
+  StepCost c;
+  c.ranks.assign(W, {});
+  c.pair_bytes.assign(W, std::vector<double>(W, 0));
+
+  // Each data-parallel index's local plan, split into pp micro-batches (the runtime's split).
+  std::vector<std::vector<SeqWork>> local(ep);
+  for (const SeqWork& s : step.seqs) {
+    local[std::clamp(s.dp_rank, 0, ep - 1)].push_back(s);
+    c.tokens += s.tokens;
+  }
+  // mb[r][m]: the sequences of micro-batch m on ep rank r.
+  std::vector<std::vector<std::vector<SeqWork>>> mb(ep, std::vector<std::vector<SeqWork>>(pp));
+  std::vector<int> head_rows(ep, 0);
+  for (int r = 0; r < ep; ++r) {
+    std::vector<SeqEntry> entries;
+    int offset = 0;
+    for (const SeqWork& s : local[r]) {
+      SeqEntry e;
+      e.num_tokens = s.tokens;
+      e.token_offset = offset;
+      offset += s.tokens;
+      entries.push_back(e);
+      head_rows[r] += s.head_rows;
+    }
+    std::vector<MicroBatch> split;
+    SplitMicroBatches(entries, pp, &split);
+    for (int m = 0; m < pp; ++m) {
+      for (int i = split[m].seq_begin; i < split[m].seq_end; ++i) mb[r][m].push_back(local[r][i]);
+    }
+  }
+
+  // Control: the plan's broadcast down a tree from rank 0.
+  double plan_bytes = 0;
+  for (const SeqWork& s : step.seqs) plan_bytes += sizeof(SeqEntry) + 4.0 * s.tokens + 4.0 * (1 + (s.start_pos + s.tokens) / 16);
+  double bcast = 0;
+  if (W > 1) {
+    double worst = 0;
+    for (int w = 1; w < W; ++w) worst = std::max(worst, Transfer(cluster_.Link(0, w), plan_bytes + 64));
+    bcast = std::ceil(std::log2(static_cast<double>(W))) * worst;
+  }
+  const double overhead = cluster_.Device(0).step_overhead_s;
+
+  // Per stage and micro-batch: the stage's time, and its parts along the critical path (the
+  // slowest rank of each phase; its excess over the group's mean is the imbalance).
+  std::vector<std::vector<double>> T(pp, std::vector<double>(pp, 0));
+  std::vector<StepBreakdown> stage_parts(pp);
+  const size_t wire_row = static_cast<size_t>(H) * cluster_.device.wire_bytes;
+  for (int s = 0; s < pp; ++s) {
+    const auto [lb, le] = plan_.stage_layers[s];
+    for (int m = 0; m < pp; ++m) {
+      std::vector<double> rows(ep, 0);
+      for (int r = 0; r < ep; ++r) {
+        for (const SeqWork& x : mb[r][m]) rows[r] += x.tokens;
+      }
+      const double group_rows = std::accumulate(rows.begin(), rows.end(), 0.0);
+      double t = 0;
+      for (int l = lb; l < le; ++l) {
+        // Attention block on each rank: norms, q/k/v, scores, o, router.
+        std::vector<double> attn_w(ep), attn_kv(ep), attn(ep);
+        for (int r = 0; r < ep; ++r) {
+          const int w = s * ep + r;
+          const DeviceModel& d = cluster_.Device(w);
+          const double n = rows[r];
+          double tw = MatMul(d, n, H, q + 2 * kv) + MatMul(d, n, q, H) + MatMul(d, n, H, E);
+          tw += n > 0 ? 2 * (n * H * 4 * 2) / d.memory_bytes_per_s : 0;  // two RMS norms
+          double bytes = 0, flops = 0;
+          for (const SeqWork& x : mb[r][m]) {
+            const double positions = x.tokens * static_cast<double>(x.start_pos) +
+                                     0.5 * x.tokens * (x.tokens + 1.0);
+            bytes += (x.start_pos + 2.0 * x.tokens) * kv * 2 * d.kv_bytes;  // read all, write new
+            flops += 4.0 * q * positions;
+          }
+          const double tkv = n > 0 ? d.launch_s + std::max(bytes / d.memory_bytes_per_s,
+                                                           flops / d.matmul_flops)
+                                   : 0;
+          attn_w[r] = tw;
+          attn_kv[r] = tkv;
+          attn[r] = tw + tkv;
+          RankCost& rc = c.ranks[w];
+          rc.busy_s += attn[r];
+          if (n > 0) rc.weight_bytes_read += (H * (q + 2 * kv) + q * H + H * E) * d.weight_bytes;
+          rc.kv_bytes_read += bytes;
+          rc.flops += 2 * n * (H * (q + 2 * kv) + q * H + H * E) + flops;
+        }
+        // Routing: expected rows per (source, destination) and per (expert, holder).
+        const std::vector<double>& share = routing_.share[l];
+        const auto& holders = plan_.expert_ranks[l];
+        std::vector<double> dest_share(ep, 0);  // share of a choice landing on each rank
+        for (int e = 0; e < E; ++e) {
+          for (int j : holders[e]) dest_share[j] += share[e] / holders[e].size();
+        }
+        std::vector<std::vector<double>> rows_to(ep, std::vector<double>(ep, 0));
+        for (int r = 0; r < ep; ++r) {
+          for (int j = 0; j < ep; ++j) {
+            // A token travels once to each rank holding any of its choices.
+            rows_to[r][j] = rows[r] * (1 - std::pow(1 - std::min(1.0, dest_share[j]), K));
+          }
+        }
+        // Dispatch and combine, when the group has peers.
+        double t_dispatch = 0, t_combine = 0;
+        if (ep > 1) {
+          const double row_out = wire_row + 2 * K * 4, row_back = static_cast<double>(wire_row);
+          std::vector<double> counts(ep), out(ep), back(ep);
+          for (int r = 0; r < ep; ++r) {
+            const int w = s * ep + r;
+            const DeviceModel& d = cluster_.Device(w);
+            double lat = 0, send_t = 0, recv_t = 0, send_back_t = 0, recv_back_t = 0, packed = 0,
+                   summed = 0;
+            for (int j = 0; j < ep; ++j) {
+              if (j == r) continue;
+              const int v = s * ep + j;
+              const LinkModel to = cluster_.Link(w, v), from = cluster_.Link(v, w);
+              lat = std::max(lat, std::max(to.latency_s, from.latency_s));
+              send_t += rows_to[r][j] * row_out / to.bandwidth_bytes_per_s;
+              recv_t += rows_to[j][r] * row_out / from.bandwidth_bytes_per_s;
+              send_back_t += rows_to[j][r] * row_back / to.bandwidth_bytes_per_s;
+              recv_back_t += rows_to[r][j] * row_back / from.bandwidth_bytes_per_s;
+              packed += rows_to[r][j] * row_back;
+              summed += rows_to[r][j] * H * 4;
+              c.pair_bytes[w][v] += rows_to[r][j] * row_out + rows_to[j][r] * row_back;
+            }
+            counts[r] = lat;
+            out[r] = lat + packed / d.memory_bytes_per_s + std::max(send_t, recv_t);
+            back[r] = lat + std::max(send_back_t, recv_back_t) + summed / d.memory_bytes_per_s;
+          }
+          t_dispatch = Max(counts) + Max(out);
+          t_combine = Max(back);
+        }
+        // The experts each rank holds, over the rows routed to them. A step runs an expert
+        // only when a token picks it: a rank's time is a sum of such chances, and the phase
+        // lasts as long as its slowest rank (the expected maximum).
+        std::vector<std::vector<std::pair<double, double>>> chances(ep);
+        std::vector<double> expert_mean(ep, 0);
+        for (int e = 0; e < E; ++e) {
+          const double reps = static_cast<double>(holders[e].size());
+          // Chance a given token picks this expert (at most once among its K choices); the
+          // replicas split the tokens (by source rank and position), group_rows / reps each.
+          const double pick = std::min(1.0, K * share[e]);
+          const double rows_e = group_rows * pick / reps;
+          const double p_used = 1 - std::pow(1 - pick, group_rows / reps);
+          if (p_used <= 0) continue;
+          const double rows_if_used = rows_e / p_used;
+          for (int j : holders[e]) {
+            const int w = s * ep + j;
+            const DeviceModel& d = cluster_.Device(w);
+            const double cost = 2 * MatMul(d, rows_if_used, H, I) + MatMul(d, rows_if_used, I, H) +
+                                rows_if_used * I * 4 * 3 / d.memory_bytes_per_s;
+            chances[j].push_back({p_used, cost});
+            expert_mean[j] += p_used * cost;
+            RankCost& rc = c.ranks[w];
+            rc.busy_s += p_used * cost;
+            rc.weight_bytes_read += p_used * 3 * H * I * d.weight_bytes;
+            rc.flops += 2 * rows_e * 3 * H * I;
+          }
+        }
+        std::vector<Distribution> dists;
+        for (int j = 0; j < ep; ++j) dists.push_back(SumOfChances(chances[j]));
+        const double experts = ep == 1 ? expert_mean[0] : ExpectedMax(dists);
+        const int slow = static_cast<int>(std::max_element(attn.begin(), attn.end()) - attn.begin());
+        const double layer = attn[slow] + t_dispatch + experts + t_combine;
+        t += layer;
+        StepBreakdown& b = stage_parts[s];
+        b.weights_s += attn_w[slow] + experts;
+        b.attention_s += attn_kv[slow];
+        b.imbalance_s += (attn[slow] - Mean(attn)) + std::max(0.0, experts - Mean(expert_mean));
+        b.dispatch_s += t_dispatch;
+        b.combine_s += t_combine;
+      }
+      if (s == 0) {  // the embedding rows
+        double emb = 0;
+        for (int r = 0; r < ep; ++r) emb = std::max(emb, rows[r] * H * 2 * 2 / cluster_.Device(r).memory_bytes_per_s);
+        t += emb;
+        stage_parts[s].weights_s += emb;
+      }
+      T[s][m] = t;
+    }
+  }
+
+  // Stage links: micro-batch m's activations from stage s - 1 to s (each EP rank to the same
+  // EP rank of the next stage); the stage starts when its slowest rank has them.
+  auto link_time = [&](int s, int m) {
+    double worst = 0;
+    for (int r = 0; r < ep; ++r) {
+      double rows = 0;
+      for (const SeqWork& x : mb[r][m]) rows += x.tokens;
+      worst = std::max(worst, Transfer(cluster_.Link((s - 1) * ep + r, s * ep + r),
+                                       rows * static_cast<double>(wire_row)));
+    }
+    return worst;
+  };
+  // The pipeline: stage s starts micro-batch m when it has finished m - 1 and m has arrived.
+  std::vector<std::vector<double>> finish(pp, std::vector<double>(pp, 0));
+  std::vector<double> links_in(pp, 0);
+  for (int s = 0; s < pp; ++s) {
+    for (int m = 0; m < pp; ++m) {
+      const double free_at = m > 0 ? finish[s][m - 1] : bcast;
+      double start = free_at;
+      if (s > 0) {
+        // The stage waits for the activations: the transfer's share of that wait is the
+        // stage link's (control), the rest is the bubble.
+        const double lt = link_time(s, m);
+        start = std::max(free_at, finish[s - 1][m] + lt);
+        links_in[s] += std::min(lt, start - free_at);
+      }
+      finish[s][m] = start + T[s][m];
+    }
+  }
+  // The head on the last stage (over each rank's whole local plan), then results to rank 0.
+  double head = 0, results = 0;
+  for (int r = 0; r < ep; ++r) {
+    const int w = (pp - 1) * ep + r;
+    const DeviceModel& d = cluster_.Device(w);
+    const double n = head_rows[r];
+    const double th = MatMul(d, n, H, V) + (n > 0 ? n * V * 4 * 3 / d.memory_bytes_per_s : 0);
+    head = std::max(head, th);
+    c.ranks[w].busy_s += th;
+    if (n > 0) c.ranks[w].weight_bytes_read += H * V * d.weight_bytes;
+    c.ranks[w].flops += 2 * n * H * V;
+    if (w != 0 && !local[r].empty()) {
+      results = std::max(results, Transfer(cluster_.Link(w, 0), 4.0 * local[r].size()));
+    }
+  }
+  c.seconds = finish[pp - 1][pp - 1] + head + results + overhead;
+
+  // The breakdown on the mean stage's clock: each stage's own parts, its control, and the
+  // rest of the step it sat idle (the pipeline bubble).
+  StepBreakdown& b = c.breakdown;
+  for (int s = 0; s < pp; ++s) {
+    StepBreakdown p = stage_parts[s];
+    p.control_s = bcast + overhead + results + links_in[s];
+    if (s == pp - 1) p.head_s = head;
+    p.bubble_s = std::max(0.0, c.seconds - p.Sum());  // Sum leaves imbalance out
+    b.weights_s += p.weights_s / pp;
+    b.attention_s += p.attention_s / pp;
+    b.dispatch_s += p.dispatch_s / pp;
+    b.combine_s += p.combine_s / pp;
+    b.imbalance_s += p.imbalance_s / pp;
+    b.head_s += p.head_s / pp;
+    b.control_s += p.control_s / pp;
+    b.bubble_s += p.bubble_s / pp;
+  }
+  for (const RankCost& r : c.ranks) {
+    c.weight_bytes_read += r.weight_bytes_read;
+    c.kv_bytes_read += r.kv_bytes_read;
+    c.flops += r.flops;
+  }
+  return c;
+}
+
+std::vector<RankMemory> CostModel::Memory(int64_t kv_tokens) const {
+  const std::vector<RankStatus> f =
+      Footprints(plan_, cfg_, static_cast<uint64_t>(cluster_.device.weight_bytes));
+  const DispatchLayout layout{.hidden = cfg_.hidden_size, .top_k = cfg_.num_experts_per_tok,
+                              .num_experts = cfg_.num_local_experts, .ep = plan_.ep,
+                              .max_tokens = max_step_tokens_};
+  std::vector<RankMemory> out;
+  for (int w = 0; w < world(); ++w) {
+    const DeviceModel& d = cluster_.Device(w);
+    RankMemory m;
+    m.weight_bytes = f[w].weight_bytes;
+    const uint64_t layers = static_cast<uint64_t>(f[w].layer_end - f[w].layer_begin);
+    m.kv_bytes = layers * static_cast<uint64_t>(cfg_.kv_dim()) * 2 * d.kv_bytes *
+                 static_cast<uint64_t>(std::max<int64_t>(0, kv_tokens));
+    // Dispatch buffers (4-byte words, comm/expert_dispatcher.h), the hidden rows and their
+    // scratch (four rows of hidden, two of intermediate per token).
+    const uint64_t T = static_cast<uint64_t>(max_step_tokens_);
+    m.buffer_bytes = (plan_.ep > 1 ? layout.send_bytes() + layout.recv_bytes() +
+                                         layout.combine_send_bytes() + layout.combine_recv_bytes()
+                                   : 0) +
+                     T * (4 * static_cast<uint64_t>(cfg_.hidden_size) +
+                          2 * static_cast<uint64_t>(cfg_.intermediate_size)) *
+                         4;
+    m.capacity = d.memory_bytes;
+    out.push_back(m);
+  }
+  return out;
+}
+
+int64_t CostModel::KvTokensThatFit() const {
+  const std::vector<RankMemory> mem = Memory(1);
+  int64_t best = -1;
+  for (const RankMemory& m : mem) {
+    if (m.capacity == 0) return 0;
+    const uint64_t used = m.weight_bytes + m.buffer_bytes;
+    if (used >= m.capacity || m.kv_bytes == 0) return 0;
+    const int64_t fit = static_cast<int64_t>((m.capacity - used) / m.kv_bytes);
+    best = best < 0 ? fit : std::min(best, fit);
+  }
+  return std::max<int64_t>(best, 0);
+}
+
+double CostModel::SparseMbu(const StepCost& c) const {
+  double peak = 0;
+  for (int w = 0; w < world(); ++w) peak += cluster_.Device(w).peak_bytes_per_s;
+  return c.seconds > 0 && peak > 0 ? (c.weight_bytes_read + c.kv_bytes_read) / c.seconds / peak
+                                   : 0;
+}
+
+double CostModel::SparseMfu(const StepCost& c) const {
+  double peak = 0;
+  for (int w = 0; w < world(); ++w) peak += cluster_.Device(w).peak_flops;
+  return c.seconds > 0 && peak > 0 ? c.flops / c.seconds / peak : 0;
+}
+
+}  // namespace switchyard

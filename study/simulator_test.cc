@@ -1,0 +1,168 @@
+// The serving simulator: the real Scheduler over the cost model in virtual time, its timings
+// checked against the cost model's step times for the schedule worked out by hand, and its
+// determinism and accounting.
+#include "study/simulator.h"
+
+#include <gtest/gtest.h>
+
+#include "coordinator/placement.h"
+
+namespace switchyard {
+namespace {
+
+ModelConfig Tiny() {
+  ModelConfig c;
+  c.hidden_size = 4;
+  c.intermediate_size = 8;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 1;
+  c.num_key_value_heads = 1;
+  c.head_dim = 4;
+  c.num_local_experts = 2;
+  c.num_experts_per_tok = 1;
+  c.vocab_size = 16;
+  c.max_position_embeddings = 256;
+  return c;
+}
+
+// A cluster whose steps take microseconds: weights at 1 GB/s, math at 1 GFLOP/s.
+ClusterModel Slow() {
+  ClusterModel c;
+  c.ranks_per_node = 8;
+  DeviceModel& d = c.device;
+  d.name = "test";
+  d.weight_read_bytes_per_s = 1e9;
+  d.matmul_flops = 1e9;
+  d.memory_bytes_per_s = 1e10;
+  d.peak_bytes_per_s = 1e9;
+  d.peak_flops = 1e9;
+  d.launch_s = 1e-6;
+  d.step_overhead_s = 10e-6;
+  c.within_node = c.between_nodes = {.latency_s = 2e-6, .bandwidth_bytes_per_s = 1e9};
+  return c;
+}
+
+CostModel Model(int ep, int pp) {
+  const ModelConfig cfg = Tiny();
+  auto plan = PlanPlacement(cfg, ep, pp);
+  EXPECT_TRUE(plan.ok());
+  return CostModel(cfg, *plan, Slow(), RoutingModel::Uniform(cfg), 8);
+}
+
+SchedulerOptions Options() {
+  SchedulerOptions o;
+  o.max_running = 4;
+  o.step_token_budget = 8;
+  o.prefill_chunk = 8;
+  return o;
+}
+
+// The virtual clock counts whole nanoseconds: each step's time is rounded down to one.
+constexpr double kTick = 1e-9;
+
+double Cost(const CostModel& m, std::vector<SeqWork> seqs) {
+  return m.Step(StepShape{.seqs = std::move(seqs)}).seconds;
+}
+
+TEST(SimulatorTest, OneRequestTakesTheStepsWorkedOutByHand) {
+  const CostModel m = Model(2, 2);
+  // Prompt 12, 3 tokens: a prefill chunk of 8, the last 4 (sampling the first token), then
+  // two decode steps at positions 12 and 13; all on data-parallel index 0 (the most free).
+  const Workload w{.requests = 1, .concurrency = 1, .prompt = {12, 12}, .output = {3, 3}};
+  auto r = SimulateServing(m, Options(), {.blocks_per_dp = 16, .block_size = 4}, w);
+  ASSERT_TRUE(r.ok()) << r.status();
+  const double s1 = Cost(m, {{.dp_rank = 0, .tokens = 8, .start_pos = 0, .head_rows = 0}});
+  const double s2 = Cost(m, {{.dp_rank = 0, .tokens = 4, .start_pos = 8, .head_rows = 1}});
+  const double s3 = Cost(m, {{.dp_rank = 0, .tokens = 1, .start_pos = 12, .head_rows = 1}});
+  const double s4 = Cost(m, {{.dp_rank = 0, .tokens = 1, .start_pos = 13, .head_rows = 1}});
+  EXPECT_EQ(r->requests, 1);
+  EXPECT_EQ(r->steps, 4);
+  EXPECT_NEAR(r->ttft.p50, s1 + s2, 4 * kTick);
+  EXPECT_NEAR(r->itl.p50, std::min(s3, s4), 4 * kTick);
+  EXPECT_NEAR(r->itl.p99, std::max(s3, s4), 4 * kTick);
+  EXPECT_NEAR(r->e2e.p50, s1 + s2 + s3 + s4, 4 * kTick);
+  EXPECT_NEAR(r->seconds, s1 + s2 + s3 + s4, 4 * kTick);
+  EXPECT_EQ(r->output_tokens, 3);
+  EXPECT_NEAR(r->output_tokens_per_s, 3 / r->seconds, 1e-9);
+  EXPECT_NEAR(r->queue.p50, 0, 4 * kTick);
+  EXPECT_NEAR(r->mean_step_s, (s1 + s2 + s3 + s4) / 4, 1e-15);  // summed unrounded
+  EXPECT_NEAR(r->mean_breakdown.Sum(), r->mean_step_s, 1e-15);
+}
+
+TEST(SimulatorTest, TwoClientsShareDecodeStepsAcrossDataParallelIndices) {
+  const CostModel m = Model(2, 1);
+  // Two clients, prompts of 4 and 2 tokens out each: the two requests go to different
+  // data-parallel indices (the most free blocks), prefill together, and decode together.
+  const Workload w{.requests = 2, .concurrency = 2, .prompt = {4, 4}, .output = {2, 2}};
+  auto r = SimulateServing(m, Options(), {.blocks_per_dp = 16, .block_size = 4}, w);
+  ASSERT_TRUE(r.ok()) << r.status();
+  const double s1 = Cost(m, {{.dp_rank = 0, .tokens = 4, .start_pos = 0, .head_rows = 1},
+                             {.dp_rank = 1, .tokens = 4, .start_pos = 0, .head_rows = 1}});
+  const double s2 = Cost(m, {{.dp_rank = 0, .tokens = 1, .start_pos = 4, .head_rows = 1},
+                             {.dp_rank = 1, .tokens = 1, .start_pos = 4, .head_rows = 1}});
+  EXPECT_EQ(r->steps, 2);
+  EXPECT_NEAR(r->seconds, s1 + s2, 4 * kTick);
+  EXPECT_NEAR(r->ttft.p50, s1, 4 * kTick);
+  EXPECT_NEAR(r->itl.p50, s2, 4 * kTick);
+  EXPECT_EQ(r->output_tokens, 4);
+  ASSERT_EQ(r->rank_utilisation.size(), 2u);
+  EXPECT_GT(r->rank_utilisation[0], 0);
+  EXPECT_LE(r->rank_utilisation[0], 1);
+}
+
+TEST(SimulatorTest, AFullKvPoolQueuesTheNextRequest) {
+  const CostModel m = Model(1, 1);
+  // Each request needs 2 blocks of 4 (4 prompt + 4 out - 1 positions); the pool has 3: the
+  // second of two concurrent requests waits for the first to end.
+  const Workload w{.requests = 2, .concurrency = 2, .prompt = {4, 4}, .output = {4, 4}};
+  auto r = SimulateServing(m, Options(), {.blocks_per_dp = 3, .block_size = 4}, w);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->requests, 2);
+  EXPECT_EQ(r->queue.p50, 0);
+  EXPECT_NEAR(r->queue.p99, r->e2e.p50, 1e-12);  // waited exactly the first one's life
+  EXPECT_EQ(r->steps, 8);
+}
+
+TEST(SimulatorTest, OpenLoopIsDeterministicAndCountsEveryRequest) {
+  const CostModel m = Model(2, 2);
+  const Workload w{.requests = 200, .concurrency = 0, .rate = 2000, .prompt = {4, 40},
+                   .output = {1, 30}, .seed = 7};
+  const KvPool kv{.blocks_per_dp = 64, .block_size = 16};
+  auto a = SimulateServing(m, Options(), kv, w);
+  auto b = SimulateServing(m, Options(), kv, w);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->requests, 200);
+  EXPECT_EQ(a->seconds, b->seconds);
+  EXPECT_EQ(a->ttft.p99, b->ttft.p99);
+  EXPECT_EQ(a->output_tokens, b->output_tokens);
+  EXPECT_GE(a->output_tokens, 200);
+  EXPECT_LE(a->output_tokens, 200 * 30);
+  Workload other = w;
+  other.seed = 8;
+  auto c = SimulateServing(m, Options(), kv, other);
+  ASSERT_TRUE(c.ok());
+  EXPECT_NE(c->output_tokens, a->output_tokens);
+}
+
+TEST(SimulatorTest, RefusesWhatCanNeverRun) {
+  const CostModel m = Model(1, 1);
+  // 300 + 10 positions exceed the model's context of 256: the scheduler's own message.
+  auto r = SimulateServing(m, Options(), {.blocks_per_dp = 100, .block_size = 4},
+                           {.requests = 1, .prompt = {300, 300}, .output = {10, 10}});
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("context"), std::string::npos) << r.status();
+  EXPECT_FALSE(SimulateServing(m, Options(), {.blocks_per_dp = 0}, {}).ok());
+  EXPECT_FALSE(SimulateServing(m, Options(), {.blocks_per_dp = 4}, {.requests = 0}).ok());
+}
+
+TEST(SimulatorTest, Percentiles) {
+  const Percentiles p = PercentilesOf({5, 1, 4, 2, 3, 6, 7, 8, 9, 10});
+  EXPECT_DOUBLE_EQ(p.mean, 5.5);
+  EXPECT_DOUBLE_EQ(p.p50, 5);
+  EXPECT_DOUBLE_EQ(p.p90, 9);
+  EXPECT_DOUBLE_EQ(p.p99, 10);
+  EXPECT_DOUBLE_EQ(PercentilesOf({}).p99, 0);
+}
+
+}  // namespace
+}  // namespace switchyard
