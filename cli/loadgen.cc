@@ -56,6 +56,7 @@
 #include "cli/commands.h"
 #include "coordinator/server/grpc_status.h"
 #include "cli/run_flags.h"
+#include "common/stats.h"
 #include "nlohmann/json.hpp"
 #include "httplib.h"
 #include "switchyard/v1/switchyard.grpc.pb.h"
@@ -278,10 +279,7 @@ RequestResult RunOneHttp(httplib::Client& client, const LoadgenArgs& a, const st
 // Nearest-rank percentile of sorted samples; nullopt when there are none.
 std::optional<double> Percentile(const std::vector<double>& sorted, double p) {
   if (sorted.empty()) return std::nullopt;
-  const size_t n = sorted.size();
-  size_t rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(n)));
-  rank = std::clamp<size_t>(rank, 1, n);
-  return sorted[rank - 1];
+  return NearestRank(sorted, p / 100.0);
 }
 
 struct Distribution {

@@ -15,17 +15,16 @@
 // Exit codes: 0 simulated; 1 an input that cannot be used (a file, a configuration that does
 // not fit with --require-fit); 2 usage.
 #include <algorithm>
-#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "cli/commands.h"
 #include "cli/run_flags.h"
+#include "common/files.h"
 #include "common/progress.h"
 #include "coordinator/expert_balance.h"
 #include "coordinator/placement.h"
@@ -134,11 +133,9 @@ absl::StatusOr<ModelConfig> ModelOf(const SimulateArgs& a) {
 absl::StatusOr<ClusterModel> ClusterOf(const SimulateArgs& a) {
   ClusterModel c;
   if (!a.calibration.empty()) {
-    std::ifstream in(a.calibration);
-    if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", a.calibration));
-    std::stringstream text;
-    text << in.rdbuf();
-    json j = json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+    auto text = ReadFileToString(a.calibration, "--calibration");
+    if (!text.ok()) return text.status();
+    json j = json::parse(*text, nullptr, /*allow_exceptions=*/false);
     if (j.is_discarded()) {
       return absl::InvalidArgumentError(absl::StrCat(a.calibration, ": not valid JSON"));
     }
@@ -155,14 +152,12 @@ absl::StatusOr<ClusterModel> ClusterOf(const SimulateArgs& a) {
     if (!preset.ok()) return preset.status();
     c = *preset;
   }
-  for (DeviceModel* d : {&c.device}) {
-    if (a.launch_us >= 0) d->launch_s = a.launch_us * 1e-6;
-    if (a.step_overhead_us >= 0) d->step_overhead_s = a.step_overhead_us * 1e-6;
-  }
-  for (DeviceModel& d : c.rank_devices) {
+  auto override = [&](DeviceModel& d) {
     if (a.launch_us >= 0) d.launch_s = a.launch_us * 1e-6;
     if (a.step_overhead_us >= 0) d.step_overhead_s = a.step_overhead_us * 1e-6;
-  }
+  };
+  override(c.device);
+  for (DeviceModel& d : c.rank_devices) override(d);
   return c;
 }
 
@@ -200,13 +195,7 @@ int RunSimulate(const SimulateArgs& a) {
   if (!a.kv_memory.empty() || model.cluster().device.memory_bytes == 0) {
     auto bytes = ParseByteSizeFlag(a.kv_memory.empty() ? "1GiB" : a.kv_memory, false);
     if (!bytes.ok()) return Fail(bytes.status());
-    // The tightest rank's stage decides (every stage holds the KV of its own layers).
-    int64_t tokens = -1;
-    for (const RankMemory& m : model.Memory(1)) {
-      const int64_t t = static_cast<int64_t>(*bytes / std::max<uint64_t>(1, m.kv_bytes));
-      tokens = tokens < 0 ? t : std::min(tokens, t);
-    }
-    kv_tokens = tokens;
+    kv_tokens = model.KvTokensIn(*bytes);  // the tightest rank decides
   } else {
     kv_tokens = model.KvTokensThatFit();
   }

@@ -42,6 +42,7 @@
 #include "common/bf16.h"
 #include "common/progress.h"
 #include "common/status_macros.h"
+#include "model/config.h"
 #include "nlohmann/json.hpp"
 
 namespace switchyard::cli {
@@ -55,15 +56,21 @@ struct Preset {
   double rope_theta = 1e6, rms_norm_eps = 1e-5;
 };
 
-const Preset kMixtral8x7b{.hidden = 4096,
-                          .intermediate = 14336,
-                          .heads = 32,
-                          .kv_heads = 8,
-                          .experts = 8,
-                          .top_k = 2,
-                          .vocab = 32000,
-                          .layers = 32,
-                          .max_positions = 32768};
+// A shape of model/config.h's presets (ModelPreset).
+Preset FromConfig(const ModelConfig& c) {
+  return {.hidden = c.hidden_size,
+          .intermediate = c.intermediate_size,
+          .heads = c.num_attention_heads,
+          .kv_heads = c.num_key_value_heads,
+          .experts = c.num_local_experts,
+          .top_k = c.num_experts_per_tok,
+          .vocab = c.vocab_size,
+          .layers = c.num_hidden_layers,
+          .max_positions = c.max_position_embeddings,
+          .rope_theta = c.rope_theta,
+          .rms_norm_eps = c.rms_norm_eps};
+}
+
 const Preset kTiny{.hidden = 64,
                    .intermediate = 128,
                    .heads = 4,
@@ -244,7 +251,7 @@ struct Args {
 };
 
 int Run(const Args& a) {
-  Preset p = a.preset == "tiny" ? kTiny : kMixtral8x7b;
+  Preset p = a.preset == "tiny" ? kTiny : FromConfig(*ModelPreset(a.preset));
   if (a.layers > 0) p.layers = a.layers;
   namespace fs = std::filesystem;
   std::error_code ec;

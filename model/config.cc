@@ -176,4 +176,31 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path) {
   return ParseModelConfig(ss.str(), path);
 }
 
+absl::StatusOr<ModelConfig> ModelPreset(std::string_view name) {
+  ModelConfig c;
+  c.num_local_experts = 8;
+  c.num_experts_per_tok = 2;
+  c.num_key_value_heads = 8;
+  c.head_dim = 128;
+  if (name == "mixtral-8x7b") {
+    c.hidden_size = 4096;
+    c.intermediate_size = 14336;
+    c.num_hidden_layers = 32;
+    c.num_attention_heads = 32;
+    c.vocab_size = 32000;
+    c.max_position_embeddings = 32768;
+  } else if (name == "mixtral-8x22b") {
+    c.hidden_size = 6144;
+    c.intermediate_size = 16384;
+    c.num_hidden_layers = 56;
+    c.num_attention_heads = 48;
+    c.vocab_size = 32768;
+    c.max_position_embeddings = 65536;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--preset: ", std::string(name), " is not a known model (mixtral-8x7b, mixtral-8x22b)"));
+  }
+  return c;
+}
+
 }  // namespace switchyard

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "absl/status/statusor.h"
 
@@ -49,5 +50,9 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
 
 // Reads `path` and parses it. kNotFound when the file cannot be read.
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path);
+
+// Mixtral-family shapes by name, all layers: "mixtral-8x7b", "mixtral-8x22b" (the other fields
+// at ModelConfig's defaults). kInvalidArgument naming --preset otherwise.
+absl::StatusOr<ModelConfig> ModelPreset(std::string_view name);
 
 }  // namespace switchyard

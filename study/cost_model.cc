@@ -6,17 +6,11 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "common/stats.h"
 #include "worker/distributed_executor.h"
 
 namespace switchyard {
 namespace {
-
-double Median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 double Mean(const std::vector<double>& v) {
   return v.empty() ? 0 : std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
@@ -123,7 +117,7 @@ absl::StatusOr<ClusterModel> HardwarePreset(std::string_view name, int ranks_per
   c.ranks_per_node = ranks_per_node;
   DeviceModel& d = c.device;
   d.weight_bytes = 2;
-  d.kv_bytes = 2;
+  d.kv_dtype = kCudaKvDType;
   d.wire_bytes = 2;
   d.peak_flops = 989e12;  // bf16 dense tensor cores
   d.launch_s = 2e-6;      // a kernel within a CUDA graph, with its gaps
@@ -179,7 +173,7 @@ absl::StatusOr<ClusterModel> ClusterFromCalibration(const PreflightReport& cal,
     d.peak_flops = f.prefill_flops;
     d.weight_bytes = 2;
     const bool gpu = cal.device != "cpu";
-    d.kv_bytes = gpu ? 2 : 4;
+    d.kv_dtype = gpu ? kCudaKvDType : kCpuKvDType;
     d.wire_bytes = gpu ? 2 : 4;
     d.launch_s = gpu ? 2e-6 : 1e-6;
     d.step_overhead_s = gpu ? 150e-6 : 50e-6;
@@ -220,33 +214,6 @@ absl::StatusOr<ClusterModel> ClusterFromCalibration(const PreflightReport& cal,
   if (c.within_node.bandwidth_bytes_per_s <= 0) c.within_node = c.between_nodes;
   if (c.within_node.bandwidth_bytes_per_s <= 0) {
     c.within_node = c.between_nodes = {.latency_s = 1e-6, .bandwidth_bytes_per_s = Median(copy)};
-  }
-  return c;
-}
-
-absl::StatusOr<ModelConfig> ModelPreset(std::string_view name) {
-  ModelConfig c;
-  c.num_local_experts = 8;
-  c.num_experts_per_tok = 2;
-  c.num_key_value_heads = 8;
-  c.head_dim = 128;
-  if (name == "mixtral-8x7b") {
-    c.hidden_size = 4096;
-    c.intermediate_size = 14336;
-    c.num_hidden_layers = 32;
-    c.num_attention_heads = 32;
-    c.vocab_size = 32000;
-    c.max_position_embeddings = 32768;
-  } else if (name == "mixtral-8x22b") {
-    c.hidden_size = 6144;
-    c.intermediate_size = 16384;
-    c.num_hidden_layers = 56;
-    c.num_attention_heads = 48;
-    c.vocab_size = 32768;
-    c.max_position_embeddings = 65536;
-  } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--preset: ", std::string(name), " is not a known model (mixtral-8x7b, mixtral-8x22b)"));
   }
   return c;
 }
@@ -353,8 +320,9 @@ StepCost CostModel::Step(const StepShape& step) const {
     local[std::clamp(s.dp_rank, 0, ep - 1)].push_back(s);
     c.tokens += s.tokens;
   }
-  // mb[r][m]: the sequences of micro-batch m on ep rank r.
+  // mb[r][m]: the sequences of micro-batch m on ep rank r; mb_rows[m][r] their rows.
   std::vector<std::vector<std::vector<SeqWork>>> mb(ep, std::vector<std::vector<SeqWork>>(pp));
+  std::vector<std::vector<double>> mb_rows(pp, std::vector<double>(ep, 0));
   std::vector<int> head_rows(ep, 0);
   for (int r = 0; r < ep; ++r) {
     std::vector<SeqEntry> entries;
@@ -371,6 +339,7 @@ StepCost CostModel::Step(const StepShape& step) const {
     SplitMicroBatches(entries, pp, &split);
     for (int m = 0; m < pp; ++m) {
       for (int i = split[m].seq_begin; i < split[m].seq_end; ++i) mb[r][m].push_back(local[r][i]);
+      mb_rows[m][r] = split[m].rows;
     }
   }
 
@@ -393,10 +362,7 @@ StepCost CostModel::Step(const StepShape& step) const {
   for (int s = 0; s < pp; ++s) {
     const auto [lb, le] = plan_.stage_layers[s];
     for (int m = 0; m < pp; ++m) {
-      std::vector<double> rows(ep, 0);
-      for (int r = 0; r < ep; ++r) {
-        for (const SeqWork& x : mb[r][m]) rows[r] += x.tokens;
-      }
+      const std::vector<double>& rows = mb_rows[m];
       const double group_rows = std::accumulate(rows.begin(), rows.end(), 0.0);
       double t = 0;
       for (int l = lb; l < le; ++l) {
@@ -412,7 +378,8 @@ StepCost CostModel::Step(const StepShape& step) const {
           for (const SeqWork& x : mb[r][m]) {
             const double positions = x.tokens * static_cast<double>(x.start_pos) +
                                      0.5 * x.tokens * (x.tokens + 1.0);
-            bytes += (x.start_pos + 2.0 * x.tokens) * kv * 2 * d.kv_bytes;  // read all, write new
+            // Read every position, write the new ones.
+            bytes += (x.start_pos + 2.0 * x.tokens) * KvBytesPerToken(1, cfg_.kv_dim(), d.kv_dtype);
             flops += 4.0 * q * positions;
           }
           const double tkv = n > 0 ? d.launch_s + std::max(bytes / d.memory_bytes_per_s,
@@ -526,10 +493,8 @@ StepCost CostModel::Step(const StepShape& step) const {
   auto link_time = [&](int s, int m) {
     double worst = 0;
     for (int r = 0; r < ep; ++r) {
-      double rows = 0;
-      for (const SeqWork& x : mb[r][m]) rows += x.tokens;
       worst = std::max(worst, Transfer(cluster_.Link((s - 1) * ep + r, s * ep + r),
-                                       rows * static_cast<double>(wire_row)));
+                                       mb_rows[m][r] * static_cast<double>(wire_row)));
     }
     return worst;
   };
@@ -603,8 +568,7 @@ std::vector<RankMemory> CostModel::Memory(int64_t kv_tokens) const {
     const DeviceModel& d = cluster_.Device(w);
     RankMemory m;
     m.weight_bytes = f[w].weight_bytes;
-    const uint64_t layers = static_cast<uint64_t>(f[w].layer_end - f[w].layer_begin);
-    m.kv_bytes = layers * static_cast<uint64_t>(cfg_.kv_dim()) * 2 * d.kv_bytes *
+    m.kv_bytes = KvBytesPerToken(f[w].layer_end - f[w].layer_begin, cfg_.kv_dim(), d.kv_dtype) *
                  static_cast<uint64_t>(std::max<int64_t>(0, kv_tokens));
     // Dispatch buffers (4-byte words, comm/expert_dispatcher.h), the hidden rows and their
     // scratch (four rows of hidden, two of intermediate per token).
@@ -621,17 +585,27 @@ std::vector<RankMemory> CostModel::Memory(int64_t kv_tokens) const {
   return out;
 }
 
-int64_t CostModel::KvTokensThatFit() const {
-  const std::vector<RankMemory> mem = Memory(1);
-  int64_t best = -1;
-  for (const RankMemory& m : mem) {
-    if (m.capacity == 0) return 0;
-    const uint64_t used = m.weight_bytes + m.buffer_bytes;
-    if (used >= m.capacity || m.kv_bytes == 0) return 0;
-    const int64_t fit = static_cast<int64_t>((m.capacity - used) / m.kv_bytes);
-    best = best < 0 ? fit : std::min(best, fit);
+int64_t CostModel::FewestKvTokens(
+    const std::function<int64_t(const RankMemory&)>& positions) const {
+  int64_t fewest = -1;
+  for (const RankMemory& m : Memory(1)) {
+    const int64_t n = m.kv_bytes == 0 ? 0 : std::max<int64_t>(0, positions(m));
+    fewest = fewest < 0 ? n : std::min(fewest, n);
   }
-  return std::max<int64_t>(best, 0);
+  return std::max<int64_t>(fewest, 0);
+}
+
+int64_t CostModel::KvTokensThatFit() const {
+  return FewestKvTokens([](const RankMemory& m) -> int64_t {
+    const uint64_t used = m.weight_bytes + m.buffer_bytes;
+    if (m.capacity == 0 || used >= m.capacity) return 0;
+    return static_cast<int64_t>((m.capacity - used) / m.kv_bytes);
+  });
+}
+
+int64_t CostModel::KvTokensIn(uint64_t bytes) const {
+  return FewestKvTokens(
+      [bytes](const RankMemory& m) { return static_cast<int64_t>(bytes / m.kv_bytes); });
 }
 
 double CostModel::SparseMbu(const StepCost& c) const {

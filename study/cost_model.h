@@ -37,6 +37,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -45,6 +46,7 @@
 #include "coordinator/placement.h"
 #include "model/config.h"
 #include "study/preflight.h"
+#include "worker/kv_cache.h"
 
 namespace switchyard {
 
@@ -59,7 +61,7 @@ struct DeviceModel {
   double peak_bytes_per_s = 0;
   double peak_flops = 0;
   int weight_bytes = 2;  // per parameter (bf16)
-  int kv_bytes = 4;      // per KV element (fp32 on CPU, bf16 on GPU)
+  KvDType kv_dtype = kCpuKvDType;  // as the backend's cache holds it (worker/kv_cache.h)
   int wire_bytes = 4;    // per activation element on the wire and in hidden buffers
   double launch_s = 0;   // fixed cost of one operation (a kernel launch, a parallel region)
   double step_overhead_s = 0;  // fixed cost of one step on rank 0 (scheduling, sampling setup)
@@ -99,9 +101,6 @@ absl::StatusOr<ClusterModel> HardwarePreset(std::string_view name, int ranks_per
 // kInvalidArgument when a rank lacks its figures.
 absl::StatusOr<ClusterModel> ClusterFromCalibration(const PreflightReport& calibration,
                                                     const std::string& source);
-
-// Mixtral-family shapes by name: "mixtral-8x7b", "mixtral-8x22b". kInvalidArgument otherwise.
-absl::StatusOr<ModelConfig> ModelPreset(std::string_view name);
 
 // The share of each layer's routed choices that goes to each expert: share[layer][expert],
 // every layer summing to 1.
@@ -194,6 +193,8 @@ class CostModel {
   // KV positions a data-parallel index can hold in what its tightest rank has left after
   // weights and buffers (0 when unknown capacity or nothing is left).
   int64_t KvTokensThatFit() const;
+  // KV positions a data-parallel index can hold in `bytes` of KV on each rank.
+  int64_t KvTokensIn(uint64_t bytes) const;
 
   // MoE-CAP's sparsity-aware utilisation of a step: bytes (weights read + KV read) and FLOPs
   // per second over the GPUs' peaks (ranks x device peak).
@@ -207,6 +208,9 @@ class CostModel {
 
  private:
   double MatMul(const DeviceModel& d, double rows, double k, double n, double p_used = 1) const;
+  // The fewest KV positions any rank holds in budget(its memory for one position), or 0 when
+  // a rank has none.
+  int64_t FewestKvTokens(const std::function<int64_t(const RankMemory&)>& positions) const;
 
   ModelConfig cfg_;
   PlacementPlan plan_;

@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "coordinator/placement.h"
+#include "study/testing.h"
 #include "worker/step.h"
 
 namespace switchyard {
@@ -15,21 +16,7 @@ namespace {
 
 constexpr double kHuge = 1e30;
 
-// hidden 4, intermediate 8, one head of 4 (q 4, kv 4), 2 experts, top-1, vocab 16.
-ModelConfig Tiny(int layers = 1) {
-  ModelConfig c;
-  c.hidden_size = 4;
-  c.intermediate_size = 8;
-  c.num_hidden_layers = layers;
-  c.num_attention_heads = 1;
-  c.num_key_value_heads = 1;
-  c.head_dim = 4;
-  c.num_local_experts = 2;
-  c.num_experts_per_tok = 1;
-  c.vocab_size = 16;
-  c.max_position_embeddings = 64;
-  return c;
-}
+ModelConfig Tiny(int layers = 1) { return TinyMoeConfig(layers, 64); }
 
 // Everything free except what the test sets.
 ClusterModel Free() {
@@ -45,7 +32,7 @@ ClusterModel Free() {
   d.launch_s = 0;
   d.step_overhead_s = 0;
   d.weight_bytes = 2;
-  d.kv_bytes = 4;
+  d.kv_dtype = KvDType::kF32;
   d.wire_bytes = 4;
   c.within_node = c.between_nodes = {.latency_s = 0, .bandwidth_bytes_per_s = kHuge};
   return c;
@@ -57,8 +44,8 @@ PlacementPlan Plan(const ModelConfig& cfg, int ep, int pp) {
   return *p;
 }
 
-// Per layer: attention q/k/v (4 x 12), o (4 x 4), router (4 x 2) = 72 parameters; an expert
-// 3 x 4 x 8 = 96; lm_head 4 x 16 = 64. Two bytes each.
+// TinyMoeConfig's weights at two bytes a parameter: a layer's attention and router, an
+// expert, lm_head.
 constexpr double kAttnBytes = 144, kExpertBytes = 192, kHeadBytes = 128;
 
 TEST(CostModelTest, BatchOneDecodeIsTheWeightsItReadsOverTheReadRate) {
@@ -286,7 +273,7 @@ TEST(CostModelTest, CalibrationGivesPerRankFiguresAndLinkClasses) {
   EXPECT_EQ(c->between_nodes.bandwidth_bytes_per_s, 1e9);
   EXPECT_EQ(c->Link(2, 3).bandwidth_bytes_per_s, 4e9);  // the pair's own figure
   EXPECT_EQ(c->Device(3).memory_bytes_per_s, 10e9 + 3);
-  EXPECT_EQ(c->device.kv_bytes, 4);
+  EXPECT_EQ(c->device.kv_dtype, KvDType::kF32);
   // Projected to 8 ranks: the class medians, per node of 2.
   ClusterModel p = *c;
   p.FitTo(8);

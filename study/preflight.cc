@@ -13,6 +13,7 @@
 #include "common/bf16.h"
 #include "common/host_port.h"
 #include "common/memory_bandwidth.h"
+#include "common/stats.h"
 #include "common/status_macros.h"
 #include "kernels/cpu/ops.h"
 
@@ -25,13 +26,6 @@ constexpr size_t kHostBytes = 64;
 
 double Since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
-double Median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t m = v.size() / 2;
-  return v.size() % 2 == 1 ? v[m] : 0.5 * (v[m - 1] + v[m]);
 }
 
 // The figures of one link class: every ordered pair's bandwidth, every pair's latency once.

@@ -1,30 +1,26 @@
 #include "study/simulator.h"
 
 #include <algorithm>
-#include <cmath>
 #include <memory>
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "common/stats.h"
 #include "common/status_macros.h"
 #include "coordinator/block_allocator.h"
 
 namespace switchyard {
 
 SimulatedExecutor::SimulatedExecutor(const CostModel* model, VirtualClock* clock,
-                                     int max_step_tokens, int32_t token)
+                                     const PlanLimits& limits, int32_t token)
     : model_(model),
       clock_(clock),
-      max_step_tokens_(max_step_tokens),
+      limits_(limits),
       token_(token),
       busy_(model->world(), 0.0) {}
 
 absl::Status SimulatedExecutor::Execute(const StepPlan& plan, StepResult* result) {
-  if (plan.total_tokens() > max_step_tokens_ * model_->plan().ep) {
-    return absl::InvalidArgumentError(absl::StrCat("the plan has ", plan.total_tokens(),
-                                                   " tokens, over the step's ", max_step_tokens_,
-                                                   " per data-parallel index"));
-  }
+  RETURN_IF_ERROR(ValidatePlan(plan, limits_));
   StepShape shape;
   const size_t n = plan.seqs.size();
   result->next_tokens.assign(n, -1);
@@ -76,14 +72,9 @@ Percentiles PercentilesOf(std::vector<double> v) {
   double sum = 0;
   for (double x : v) sum += x;
   p.mean = sum / static_cast<double>(v.size());
-  // Nearest rank: the smallest value with at least q of the values at or below it.
-  auto at = [&](double q) {
-    const size_t rank = static_cast<size_t>(std::ceil(q * static_cast<double>(v.size())));
-    return v[std::clamp<size_t>(rank, 1, v.size()) - 1];
-  };
-  p.p50 = at(0.50);
-  p.p90 = at(0.90);
-  p.p99 = at(0.99);
+  p.p50 = NearestRank(v, 0.50);
+  p.p90 = NearestRank(v, 0.90);
+  p.p99 = NearestRank(v, 0.99);
   return p;
 }
 
@@ -144,8 +135,13 @@ absl::StatusOr<ServingReport> SimulateServing(const CostModel& model, SchedulerO
   Recorder rec;
   options.clock = &clock;
   options.observer = &rec;
-  const int max_tokens = std::max(options.step_token_budget, 1);
-  SimulatedExecutor exec(&model, &clock, max_tokens, (cfg.eos_token_id + 1) % cfg.vocab_size);
+  const PlanLimits limits{.vocab_size = cfg.vocab_size,
+                          .dp_size = model.plan().ep,
+                          .max_step_tokens = std::max(options.step_token_budget, 1),
+                          .max_context = cfg.max_position_embeddings,
+                          .num_blocks = kv.blocks_per_dp,
+                          .block_size = kv.block_size};
+  SimulatedExecutor exec(&model, &clock, limits, (cfg.eos_token_id + 1) % cfg.vocab_size);
   std::vector<std::unique_ptr<BlockAllocator>> pools;
   std::vector<BlockAllocator*> allocators;
   for (int d = 0; d < model.plan().ep; ++d) {

@@ -22,17 +22,18 @@
 
 namespace switchyard {
 
-// A StepExecutor whose steps take no real time: each advances `clock` by the cost model's
-// time for the plan (its sequences' data-parallel indices, chunk lengths, positions and head
-// rows), and samples token `token` for every sampled entry. Keeps what it ran.
+// A StepExecutor whose steps take no real time: each checks the plan against `limits`
+// (ValidatePlan, as every executor does), advances `clock` by the cost model's time for it
+// (its sequences' data-parallel indices, chunk lengths, positions and head rows), and samples
+// token `token` for every sampled entry. Keeps what it ran.
 class SimulatedExecutor final : public StepExecutor {
  public:
   // `model` and `clock` must outlive the executor.
-  SimulatedExecutor(const CostModel* model, VirtualClock* clock, int max_step_tokens,
+  SimulatedExecutor(const CostModel* model, VirtualClock* clock, const PlanLimits& limits,
                     int32_t token);
 
   absl::Status Execute(const StepPlan& plan, StepResult* result) override;
-  int max_step_tokens() const override { return max_step_tokens_; }
+  int max_step_tokens() const override { return limits_.max_step_tokens; }
   bool records_routing() const override { return false; }
   absl::StatusOr<std::vector<RankStatus>> CollectStatus() override;
 
@@ -47,7 +48,7 @@ class SimulatedExecutor final : public StepExecutor {
  private:
   const CostModel* model_;
   VirtualClock* clock_;
-  int max_step_tokens_;
+  PlanLimits limits_;
   int32_t token_;
   int64_t steps_ = 0;
   double seconds_ = 0, weight_bytes_ = 0, kv_bytes_ = 0, flops_ = 0;

@@ -6,24 +6,12 @@
 #include <gtest/gtest.h>
 
 #include "coordinator/placement.h"
+#include "study/testing.h"
 
 namespace switchyard {
 namespace {
 
-ModelConfig Tiny() {
-  ModelConfig c;
-  c.hidden_size = 4;
-  c.intermediate_size = 8;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 1;
-  c.num_key_value_heads = 1;
-  c.head_dim = 4;
-  c.num_local_experts = 2;
-  c.num_experts_per_tok = 1;
-  c.vocab_size = 16;
-  c.max_position_embeddings = 256;
-  return c;
-}
+ModelConfig Tiny() { return TinyMoeConfig(/*layers=*/2, /*context=*/256); }
 
 // A cluster whose steps take microseconds: weights at 1 GB/s, math at 1 GFLOP/s.
 ClusterModel Slow() {
