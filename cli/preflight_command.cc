@@ -2,6 +2,11 @@
 // (study/preflight.h), under mpirun or srun with the same ranks the job will have:
 //
 //   mpirun -np 16 switchyard preflight --out calibration.json
+//   mpirun -np 4 switchyard preflight --model models/brown-moe --out calibration.json
+//
+// With --model, every rank also times the runtime's own operations at that model's shapes
+// (dense layer work, attention, one expert, the head: study/operation_costs.h), which the
+// simulator then uses for a model of the same shapes instead of the multiply rates.
 //
 // Rank 0 prints the rank x rank bandwidth and latency matrices, each rank's copy bandwidth
 // and multiply rates, and the outliers it found with what to check; --out writes the
@@ -38,6 +43,8 @@ struct PreflightArgs {
   std::string copy = "256MiB";
   int matmul_k = 4096, matmul_n = 14336, prefill_rows = 64;
   double outlier_factor = 3;
+  std::string model;
+  int max_step_tokens = 512;
 };
 
 int RunPreflightCommand(const PreflightArgs& a) {
@@ -80,6 +87,18 @@ int RunPreflightCommand(const PreflightArgs& a) {
     live = std::move(started).value();
   }
   const bool root = world->rank() == 0;
+  OperationModel model;
+  if (!a.model.empty()) {
+    o.operations.max_rows = a.max_step_tokens;
+    auto loaded = LoadForOperations(a.model, o.operations);
+    if (!loaded.ok()) {
+      if (live != nullptr) live->End(loaded.status());
+      return Fail(loaded.status());
+    }
+    model = *std::move(loaded);
+    o.operations.max_context = model.weights->config().max_position_embeddings;
+    o.operations_model = model.weights.get();
+  }
   auto report = RunPreflight(*world, o, [&](int round, int rounds) {
     if (!a.json) std::fprintf(stderr, "preflight: pairs, round %d of %d\n", round + 1, rounds);
   });
@@ -150,6 +169,13 @@ void RegisterPreflight(CLI::App& app, Action* action) {
       ->check(CLI::Range(1, 1 << 16));
   cmd->add_option("--prefill-rows", a.prefill_rows, "Rows of the prefill-shaped multiply")
       ->check(CLI::Range(1, 1 << 12));
+  cmd->add_option("--model", a.model,
+                  "Also time the runtime's operations at this checkpoint's shapes (every rank, "
+                  "its layers cycled): the simulator's per-operation costs")
+      ->check(CLI::ExistingDirectory);
+  cmd->add_option("--max-step-tokens", a.max_step_tokens,
+                  "With --model: the largest step (rows) the operations are timed at")
+      ->check(CLI::Range(1, 1 << 16));
   cmd->add_option("--outlier-factor", a.outlier_factor,
                   "A figure this many times off the median of its class is a finding")
       ->check(CLI::Range(1.01, 1000.0));

@@ -207,6 +207,9 @@ int RunSimulate(const SimulateArgs& a) {
             {"layers", cfg->num_hidden_layers},
             {"cluster", model.cluster().source},
             {"device", model.cluster().device.name},
+            // Where the compute costs come from: the runtime's operations timed at this
+            // model's shapes (preflight --model), or the device's multiply rates.
+            {"costs", model.measured_operations() ? "operations" : "rates"},
             {"nodes", nodes},
             {"ranks_per_node", model.cluster().ranks_per_node},
             {"ep", a.ep},
@@ -312,6 +315,10 @@ int RunSimulate(const SimulateArgs& a) {
   std::printf("study simulate: %s, %d layers, on %s (%s)\n", j["model"].get<std::string>().c_str(),
               cfg->num_hidden_layers, model.cluster().device.name.c_str(),
               model.cluster().source.c_str());
+  std::printf("  compute costs: %s\n",
+              model.measured_operations()
+                  ? "the runtime's operations, measured at this model's shapes"
+                  : "multiply rates (no operations measured at this model's shapes)");
   std::printf("  %d node(s) x %d ranks, ep %d x pp %d, routing %s\n", nodes,
               model.cluster().ranks_per_node, a.ep, a.pp,
               !a.expert_load.empty() ? ("from " + a.expert_load).c_str()

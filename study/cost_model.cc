@@ -177,6 +177,7 @@ absl::StatusOr<ClusterModel> ClusterFromCalibration(const PreflightReport& cal,
     d.wire_bytes = gpu ? 2 : 4;
     d.launch_s = gpu ? 2e-6 : 1e-6;
     d.step_overhead_s = gpu ? 150e-6 : 50e-6;
+    d.operations = f.operations;
     c.rank_devices.push_back(d);
     copy.push_back(f.copy_bytes_per_s);
     read.push_back(f.decode_weight_bytes_per_s);
@@ -295,6 +296,13 @@ CostModel::CostModel(const ModelConfig& cfg, const PlacementPlan& plan, ClusterM
       routing_(std::move(routing)),
       max_step_tokens_(max_step_tokens) {
   cluster_.FitTo(plan_.world_size());
+  // Operation costs describe the model they were measured at only.
+  auto keep = [&](DeviceModel& d) {
+    if (d.operations && !d.operations->Matches(cfg_)) d.operations.reset();
+    return d.operations.has_value();
+  };
+  measured_operations_ = keep(cluster_.device);
+  for (DeviceModel& d : cluster_.rank_devices) measured_operations_ &= keep(d);
 }
 
 double CostModel::MatMul(const DeviceModel& d, double rows, double k, double n,
@@ -372,19 +380,27 @@ StepCost CostModel::Step(const StepShape& step) const {
           const int w = s * ep + r;
           const DeviceModel& d = cluster_.Device(w);
           const double n = rows[r];
-          double tw = MatMul(d, n, H, q + 2 * kv) + MatMul(d, n, q, H) + MatMul(d, n, H, E);
-          tw += n > 0 ? 2 * (n * H * 4 * 2) / d.memory_bytes_per_s : 0;  // two RMS norms
-          double bytes = 0, flops = 0;
+          const OperationCosts* ops = d.operations ? &*d.operations : nullptr;
+          double tw = 0;
+          if (ops != nullptr) {
+            tw = ops->Dense(n);
+          } else {
+            tw = MatMul(d, n, H, q + 2 * kv) + MatMul(d, n, q, H) + MatMul(d, n, H, E);
+            tw += n > 0 ? 2 * (n * H * 4 * 2) / d.memory_bytes_per_s : 0;  // two RMS norms
+          }
+          double bytes = 0, flops = 0, measured_kv = 0;
           for (const SeqWork& x : mb[r][m]) {
             const double positions = x.tokens * static_cast<double>(x.start_pos) +
                                      0.5 * x.tokens * (x.tokens + 1.0);
             // Read every position, write the new ones.
             bytes += (x.start_pos + 2.0 * x.tokens) * KvBytesPerToken(1, cfg_.kv_dim(), d.kv_dtype);
             flops += 4.0 * q * positions;
+            if (ops != nullptr) measured_kv += ops->Attention(x.tokens, x.start_pos);
           }
-          const double tkv = n > 0 ? d.launch_s + std::max(bytes / d.memory_bytes_per_s,
-                                                           flops / d.matmul_flops)
-                                   : 0;
+          const double tkv = n <= 0         ? 0
+                             : ops != nullptr ? measured_kv
+                                              : d.launch_s + std::max(bytes / d.memory_bytes_per_s,
+                                                                      flops / d.matmul_flops);
           attn_w[r] = tw;
           attn_kv[r] = tkv;
           attn[r] = tw + tkv;
@@ -455,8 +471,10 @@ StepCost CostModel::Step(const StepShape& step) const {
           for (int j : holders[e]) {
             const int w = s * ep + j;
             const DeviceModel& d = cluster_.Device(w);
-            const double cost = 2 * MatMul(d, rows_if_used, H, I) + MatMul(d, rows_if_used, I, H) +
-                                rows_if_used * I * 4 * 3 / d.memory_bytes_per_s;
+            const double cost =
+                d.operations ? d.operations->Expert(rows_if_used)
+                             : 2 * MatMul(d, rows_if_used, H, I) + MatMul(d, rows_if_used, I, H) +
+                                   rows_if_used * I * 4 * 3 / d.memory_bytes_per_s;
             chances[j].push_back({p_used, cost});
             expert_mean[j] += p_used * cost;
             RankCost& rc = c.ranks[w];
@@ -521,7 +539,9 @@ StepCost CostModel::Step(const StepShape& step) const {
     const int w = (pp - 1) * ep + r;
     const DeviceModel& d = cluster_.Device(w);
     const double n = head_rows[r];
-    const double th = MatMul(d, n, H, V) + (n > 0 ? n * V * 4 * 3 / d.memory_bytes_per_s : 0);
+    const double th = d.operations ? d.operations->Head(n)
+                                   : MatMul(d, n, H, V) +
+                                         (n > 0 ? n * V * 4 * 3 / d.memory_bytes_per_s : 0);
     head = std::max(head, th);
     c.ranks[w].busy_s += th;
     if (n > 0) c.ranks[w].weight_bytes_read += H * V * d.weight_bytes;

@@ -24,6 +24,10 @@
 // A matrix multiply of m rows over an n x k weight costs
 //   launch + max(n k weight_bytes / weight_read_rate, 2 m n k / matmul_flops),
 // where the two rates are what preflight measures (the one-row and the many-row multiply).
+// With operation costs measured at the model's own shapes (preflight --model: DeviceModel::
+// operations), a layer's dense work, each sequence's attention, an expert over its rows and
+// the head are read from them instead: the runtime's own code, its small-shape kernels,
+// thread start-ups and sampling included.
 // A transfer of b bytes over a link costs latency + b / bandwidth; a rank's all-to-all costs
 // its largest latency plus the sum of its bytes over each peer's bandwidth (one rank's sends
 // share its memory bus or NIC), the larger of its send and receive sides, and the exchange
@@ -38,6 +42,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -65,6 +70,10 @@ struct DeviceModel {
   int wire_bytes = 4;    // per activation element on the wire and in hidden buffers
   double launch_s = 0;   // fixed cost of one operation (a kernel launch, a parallel region)
   double step_overhead_s = 0;  // fixed cost of one step on rank 0 (scheduling, sampling setup)
+  // The runtime's own operations timed at one model's shapes (preflight --model). When they
+  // match the model, the cost model reads the dense layer work, attention, experts and head
+  // from them instead of the multiply rates above.
+  std::optional<OperationCosts> operations;
 };
 
 struct LinkModel {
@@ -205,6 +214,9 @@ class CostModel {
   const PlacementPlan& plan() const { return plan_; }
   const ClusterModel& cluster() const { return cluster_; }
   int world() const { return plan_.world_size(); }
+  // Whether every rank's costs come from measured operations at this model's shapes (others
+  // were dropped at construction: measured at another shape).
+  bool measured_operations() const { return measured_operations_; }
 
  private:
   double MatMul(const DeviceModel& d, double rows, double k, double n, double p_used = 1) const;
@@ -217,6 +229,7 @@ class CostModel {
   ClusterModel cluster_;
   RoutingModel routing_;
   int max_step_tokens_;
+  bool measured_operations_ = false;
 };
 
 }  // namespace switchyard

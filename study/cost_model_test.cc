@@ -285,6 +285,71 @@ TEST(CostModelTest, CalibrationGivesPerRankFiguresAndLinkClasses) {
   EXPECT_NE(bad.status().message().find("ranks[1]"), std::string::npos);
 }
 
+// Operation costs measured at the model's shapes replace the rates: a layer is its dense work,
+// each sequence's attention and the experts used, the step ends with the head.
+OperationCosts TinyOperations(const ModelConfig& cfg) {
+  OperationCosts o;
+  o.hidden = cfg.hidden_size;
+  o.intermediate = cfg.intermediate_size;
+  o.heads = cfg.num_attention_heads;
+  o.kv_heads = cfg.num_key_value_heads;
+  o.head_dim = cfg.head_dim;
+  o.experts = cfg.num_local_experts;
+  o.top_k = cfg.num_experts_per_tok;
+  o.vocab = cfg.vocab_size;
+  o.layers = 1;
+  o.rows = {1, 4};
+  o.dense_s = {1e-6, 4e-6};
+  o.expert_s = {2e-6, 5e-6};
+  o.head_s = {3e-6, 9e-6};
+  o.attention_call_s = 1e-7;
+  o.attention_pair_s = 1e-9;
+  return o;
+}
+
+TEST(CostModelTest, MeasuredOperationsAsWorkedOutByHand) {
+  const ModelConfig cfg = Tiny(/*layers=*/2);
+  ClusterModel cl = Free();
+  cl.device.operations = TinyOperations(cfg);
+  const CostModel m(cfg, Plan(cfg, 1, 1), cl, RoutingModel::Uniform(cfg));
+  EXPECT_TRUE(m.measured_operations());
+  // Batch 1 at context 10: the token attends to 10 positions; top-1 of 2 equal experts: each
+  // runs its one row with probability 1/2.
+  const double attn = 1e-7 + 10 * 1e-9;
+  const StepCost one = m.Step(DecodeStep(1, 10, 1));
+  EXPECT_NEAR(one.seconds, 2 * (1e-6 + attn + 2 * 0.5 * 2e-6) + 3e-6, 1e-15);
+  EXPECT_NEAR(one.breakdown.attention_s, 2 * attn, 1e-15);
+  EXPECT_NEAR(one.breakdown.head_s, 3e-6, 1e-15);
+  // Batch 4: an expert is used unless all four rows pick the other (1 - 1/16), and then runs
+  // the 2 rows it expects over that chance, read between the samples at 1 and 4 rows.
+  const double used = 1 - 1.0 / 16, rows = 2 / used;
+  const double expert = 2e-6 + (rows - 1) / 3 * 3e-6;
+  const StepCost four = m.Step(DecodeStep(4, 10, 1));
+  EXPECT_NEAR(four.seconds, 2 * (4e-6 + 4 * attn + 2 * used * expert) + 9e-6, 1e-15);
+
+  // Measured at another shape: dropped, the rates (all free here) apply.
+  cl.device.operations->intermediate = 16;
+  const CostModel other(cfg, Plan(cfg, 1, 1), cl, RoutingModel::Uniform(cfg));
+  EXPECT_FALSE(other.measured_operations());
+  EXPECT_NEAR(other.Step(DecodeStep(1, 10, 1)).seconds, 0, 1e-15);
+}
+
+TEST(CostModelTest, CalibrationCarriesEachRanksOperations) {
+  const ModelConfig cfg = Tiny();
+  PreflightReport r;
+  r.device = "cpu";
+  r.world = 1;
+  r.ranks.push_back({.host = "a", .copy_bytes_per_s = 1e9, .decode_weight_bytes_per_s = 1e9,
+                     .prefill_flops = 1e9, .operations = TinyOperations(cfg)});
+  r.latency_s = {{0}};
+  r.bandwidth_bytes_per_s = {{0}};
+  auto c = ClusterFromCalibration(r, "cal.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE(c->Device(0).operations.has_value());
+  EXPECT_EQ(c->Device(0).operations->head_s, (std::vector<double>{3e-6, 9e-6}));
+  EXPECT_TRUE(CostModel(cfg, Plan(cfg, 1, 1), *c, RoutingModel::Uniform(cfg)).measured_operations());
+}
+
 TEST(CostModelTest, Presets) {
   EXPECT_FALSE(HardwarePreset("a100", 8).ok());
   EXPECT_FALSE(ModelPreset("llama").ok());

@@ -190,6 +190,15 @@ absl::StatusOr<PreflightReport> RunPreflight(
   RankFigures mine{.host = HostName()};
   MeasureRank(o, &mine);
   RETURN_IF_ERROR(world.Barrier());
+  if (o.operations_model != nullptr) {
+    auto ops = MeasureOperations(*o.operations_model, o.operations);
+    if (!ops.ok()) {
+      return absl::Status(ops.status().code(),
+                          absl::StrCat("rank ", me, ": ", ops.status().message()));
+    }
+    mine.operations = *std::move(ops);
+    RETURN_IF_ERROR(world.Barrier());
+  }
 
   // Rank 0 collects every rank's row and figures.
   const size_t width = 3 + 2 * static_cast<size_t>(n);
@@ -204,6 +213,23 @@ absl::StatusOr<PreflightReport> RunPreflight(
   std::vector<char> hosts(me == 0 ? kHostBytes * n : 0);
   RETURN_IF_ERROR(world.Gather(row.data(), width * sizeof(double), rows.data(), 0));
   RETURN_IF_ERROR(world.Gather(host, kHostBytes, hosts.data(), 0));
+  // Operation costs travel as JSON text: each rank its length, then the text.
+  std::vector<std::string> ops_text(me == 0 ? n : 0);
+  if (o.operations_model != nullptr) {
+    const std::string text = OperationCostsJson(*mine.operations).dump();
+    const uint64_t len = text.size();
+    std::vector<uint64_t> lens(me == 0 ? n : 0);
+    RETURN_IF_ERROR(world.Gather(&len, sizeof(len), lens.data(), 0));
+    if (me != 0) {
+      RETURN_IF_ERROR(world.Send(text.data(), text.size(), 0, kTag + 1));
+    } else {
+      ops_text[0] = text;
+      for (int r = 1; r < n; ++r) {
+        ops_text[r].resize(lens[r]);
+        RETURN_IF_ERROR(world.Recv(ops_text[r].data(), lens[r], r, kTag + 1));
+      }
+    }
+  }
 
   PreflightReport report;
   report.transport = "mpi";
@@ -224,6 +250,11 @@ absl::StatusOr<PreflightReport> RunPreflight(
                        .copy_bytes_per_s = x[0],
                        .decode_weight_bytes_per_s = x[1],
                        .prefill_flops = x[2]};
+    if (o.operations_model != nullptr) {
+      const nlohmann::json j = nlohmann::json::parse(ops_text[r], nullptr, false);
+      ASSIGN_OR_RETURN(report.ranks[r].operations,
+                       ParseOperationCosts(j, absl::StrCat("rank ", r, " operations")));
+    }
     for (int p = 0; p < n; ++p) {
       report.bandwidth_bytes_per_s[r][p] = x[3 + n + p];
       if (r < p) report.latency_s[r][p] = report.latency_s[p][r] = x[3 + p];
@@ -420,6 +451,7 @@ nlohmann::json CalibrationJson(const PreflightReport& rep) {
                      {"copy_bytes_per_s", f.copy_bytes_per_s},
                      {"decode_weight_bytes_per_s", f.decode_weight_bytes_per_s},
                      {"prefill_flops", f.prefill_flops}});
+    if (f.operations) ranks.back()["operations"] = OperationCostsJson(*f.operations);
     hosts.push_back(f.host);
   }
   nlohmann::json findings = nlohmann::json::array();
@@ -493,6 +525,10 @@ absl::StatusOr<PreflightReport> ParseCalibration(const nlohmann::json& j) {
         return bad(absl::StrCat(at, ".", name), "must be a non-negative number");
       }
       f.*field = x[name].get<double>();
+    }
+    if (x.contains("operations")) {
+      ASSIGN_OR_RETURN(f.operations,
+                       ParseOperationCosts(x["operations"], "calibration: " + at + ".operations"));
     }
     rep.ranks.push_back(std::move(f));
   }

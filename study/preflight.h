@@ -27,12 +27,14 @@
 
 #include <cstddef>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "comm/communicator.h"
 #include "nlohmann/json.hpp"
+#include "study/operation_costs.h"
 
 namespace switchyard {
 
@@ -45,6 +47,10 @@ struct PreflightOptions {
   int matmul_k = 4096, matmul_n = 14336;  // the weight matrix, N x K in bf16 (a Mixtral w1)
   int prefill_rows = 64;                 // rows of the prefill-shaped multiply
   double outlier_factor = 3.0;
+  // When set (preflight --model), every rank also times the runtime's operations at this
+  // model's shapes (study/operation_costs.h), all ranks at once. Borrowed.
+  const ModelWeights* operations_model = nullptr;
+  OperationBenchOptions operations;
 };
 
 // Per rank figures (rates in bytes or operations per second).
@@ -53,6 +59,7 @@ struct RankFigures {
   double copy_bytes_per_s = 0;    // STREAM-style: read + written
   double decode_weight_bytes_per_s = 0;  // one-row multiply: weight bytes read per second
   double prefill_flops = 0;              // prefill_rows-row multiply: 2*rows*N*K per second
+  std::optional<OperationCosts> operations;  // with PreflightOptions::operations_model
 };
 
 enum class LinkClass { kSelf, kWithinNode, kBetweenNodes };
@@ -98,8 +105,8 @@ std::string FormatReport(const PreflightReport& report);
 
 // The calibration file: {"kind": "switchyard-calibration", "version": 1, "transport",
 // "device", "world", "hosts", "links": {class: {"pairs", "latency_s", "bandwidth_bytes_per_s"
-// (medians)}}, "ranks": [...], "matrix": {"latency_s", "bandwidth_bytes_per_s"}, "findings",
-// "options", "seconds"}.
+// (medians)}}, "ranks": [...] (each with "operations" when measured: OperationCostsJson),
+// "matrix": {"latency_s", "bandwidth_bytes_per_s"}, "findings", "options", "seconds"}.
 nlohmann::json CalibrationJson(const PreflightReport& report);
 // Reads one back (the figures, not the options). Errors name the field.
 absl::StatusOr<PreflightReport> ParseCalibration(const nlohmann::json& j);

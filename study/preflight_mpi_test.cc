@@ -72,6 +72,34 @@ TEST(PreflightMpi, RankZeroGetsTheWholeReport) {
   EXPECT_TRUE(ParseCalibration(j).ok());
 }
 
+// With a model, every rank times its operations and rank 0 gets them all, in the file too.
+TEST(PreflightMpi, OperationsOfEveryRankReachRankZero) {
+  auto world = MpiCommunicator::World({.timeout = absl::Seconds(60)});
+  const int n = world->size();
+  PreflightOptions o = Small();
+  o.operations = {.max_rows = 4, .max_context = 32, .repeats = 1};
+  auto model = LoadForOperations(std::string(SWITCHYARD_SOURCE_ROOT) + "/models/brown-moe",
+                                 o.operations);
+  ASSERT_TRUE(model.ok()) << model.status();
+  o.operations_model = model->weights.get();
+  auto report = RunPreflight(*world, o);
+  ASSERT_TRUE(report.ok()) << report.status();
+  if (world->rank() != 0) {
+    ASSERT_TRUE(report->ranks[0].operations.has_value());
+    return;
+  }
+  ASSERT_EQ(static_cast<int>(report->ranks.size()), n);
+  for (const RankFigures& f : report->ranks) {
+    ASSERT_TRUE(f.operations.has_value());
+    EXPECT_EQ(f.operations->rows, (std::vector<double>{1, 2, 4}));
+    EXPECT_TRUE(f.operations->Matches(model->weights->config()));
+  }
+  auto back = ParseCalibration(CalibrationJson(*report));
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_TRUE(back->ranks[n - 1].operations.has_value());
+  EXPECT_EQ(back->ranks[n - 1].operations->expert_s, report->ranks[n - 1].operations->expert_s);
+}
+
 // The last rank never starts: rank 0 names it, within the deadline (the others wait on rank 0
 // in the first barrier and time out too).
 TEST(PreflightMpi, AnAbsentRankIsNamedWithinTheDeadline) {

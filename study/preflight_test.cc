@@ -185,6 +185,8 @@ TEST(PreflightCalibrationTest, ParseNamesTheBadField) {
   expect([](nlohmann::json& j) { j["ranks"].erase(0); }, "calibration: ranks: must list 3");
   expect([](nlohmann::json& j) { j["ranks"][1]["copy_bytes_per_s"] = "fast"; },
          "calibration: ranks[1].copy_bytes_per_s: must be a non-negative number");
+  expect([](nlohmann::json& j) { j["ranks"][2]["operations"] = {{"shape", 1}}; },
+         "calibration: ranks[2].operations.shape: missing or not an object");
   expect([](nlohmann::json& j) { j["matrix"]["latency_s"][2] = {1, 2}; },
          "calibration: matrix.latency_s: must be 3 x 3");
   expect([](nlohmann::json& j) { j["matrix"]["bandwidth_bytes_per_s"][0][1] = -1; },

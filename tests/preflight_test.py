@@ -5,10 +5,11 @@ file whose matrices and per-rank figures are complete (every pair measured, late
 symmetric, one link class on one machine); --json prints the same file; one process alone
 measures itself with no pairs. A rank that stops answering (SIGSTOP while the pairs are
 measured) ends the job within --liveness-timeout plus a margin, with an error naming it and
-no other rank. Usage
-errors name the flag. Speed is not tested (figures on 2 shared cores say little).
+no other rank. With --model, every rank's operation costs at that model's shapes are in the
+file, and `study simulate` reads its compute from them. Usage errors name the flag. Speed is
+not tested (figures on 2 shared cores say little).
 
-  preflight_test.py SWITCHYARD WORKDIR
+  preflight_test.py SWITCHYARD WORKDIR MODEL
 """
 import json
 import os
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import time
 
-binary, work = sys.argv[1:3]
+binary, work, model = sys.argv[1:4]
 os.makedirs(work, exist_ok=True)
 root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
 
@@ -74,6 +75,35 @@ assert r.returncode == 0, r.stdout + r.stderr
 j = json.loads(r.stdout)
 assert j["world"] == 2 and j["links"]["within_node"]["ordered_pairs"] == 2, j
 
+# --model: the operations of both ranks at the demo model's shapes, then the simulator on them.
+cal_ops = os.path.join(work, "calibration-ops.json")
+r = subprocess.run([*mpirun(2), binary, "preflight", "--model", model, "--max-step-tokens", "16",
+                    "--out", cal_ops, *SMALL], capture_output=True, text=True, timeout=300)
+assert r.returncode == 0, r.stdout + r.stderr
+with open(cal_ops) as f:
+    c = json.load(f)
+for rank in c["ranks"]:
+    ops = rank["operations"]
+    assert ops["shape"]["hidden"] == 256 and ops["shape"]["vocab"] == 4096, ops["shape"]
+    assert ops["layers"] == 4 and ops["rows"] == [1, 2, 4, 8, 16], ops
+    assert all(x > 0 for x in ops["expert_s"] + ops["head_s"]), ops
+r = subprocess.run([binary, "study", "simulate", "--model", model, "--calibration", cal_ops,
+                    "--ep", "2", "--batch", "1,8", "--json"], capture_output=True, text=True,
+                   timeout=60)
+assert r.returncode == 0, r.stdout + r.stderr
+j = json.loads(r.stdout)
+assert j["costs"] == "operations" and j["decode"][1]["step_s"] > j["decode"][0]["step_s"], j
+# Another model's shapes: the rates, said so.
+r = subprocess.run([binary, "study", "simulate", "--preset", "mixtral-8x7b", "--calibration",
+                    cal_ops, "--ep", "2", "--batch", "1"], capture_output=True, text=True,
+                   timeout=60)
+assert r.returncode == 0, r.stdout + r.stderr
+assert "compute costs: multiply rates (no operations measured at this model's shapes)" in \
+    r.stdout, r.stdout
+r = subprocess.run([binary, "preflight", "--model", work], capture_output=True, text=True,
+                   timeout=60)
+assert r.returncode == 1 and "config.json" in r.stderr, (r.returncode, r.stderr)
+
 # One process, no mpirun: itself only.
 r = subprocess.run([binary, "preflight", *SMALL], capture_output=True, text=True, timeout=300)
 assert r.returncode == 0, r.stdout + r.stderr
@@ -82,6 +112,7 @@ assert "preflight: 1 rank(s) on 1 host(s)" in r.stdout and "bandwidth, GB/s" not
 
 # Usage errors name the flag.
 for bad, flag in ((["--bandwidth-bytes", "0"], "--bandwidth-bytes"),
+                  (["--model", "/nonexistent"], "--model"),
                   (["--copy-bytes", "12parsecs"], "--copy-bytes"),
                   (["--outlier-factor", "1"], "--outlier-factor")):
     r = subprocess.run([binary, "preflight", *bad], capture_output=True, text=True, timeout=60)
