@@ -15,10 +15,14 @@
    - a serving cluster of the demo model (launch/cluster.sh), a warm-up, then
      `switchyard loadgen` at concurrency 1, 8 and 64 (prompt 16 tokens, 64 generated, EOS
      ignored), --runs times each: the output tokens/s, TTFT p50 and ITL p50.
-3. `switchyard study simulate` with the job size's calibration: the decode step at each batch
+3. The serving front end's own costs on this machine (per step, per token, and the client's
+   turnaround per request), measured with a model whose steps cost next to nothing (one
+   layer, hidden 64) served on one rank: the wall time of loadgen runs less the server's
+   time inside steps (its step metric).
+4. `switchyard study simulate` with the job size's calibration: the decode step at each batch
    (context 48, the middle of the decode) and the same serving workload (the real scheduler
-   in virtual time).
-4. The table: per point the measured median, its run-to-run variation ((max - min) / 2 over
+   in virtual time) with the front end's costs.
+5. The table: per point the measured median, its run-to-run variation ((max - min) / 2 over
    the median), the prediction and its error. The bar (issue 12) covers the decode step times
    and the serving throughput: median absolute error <= max(10%, twice the median
    variation), worst <= 25%. TTFT and ITL percentiles are reported beside their measurements
@@ -107,6 +111,68 @@ def measure(ep, pp, runs, work):
     return out
 
 
+def metrics(port):
+    """(steps, seconds inside steps) from the server's /metrics."""
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    got = {}
+    for line in text.splitlines():
+        for name in ("switchyard_step_duration_seconds_count", "switchyard_step_duration_seconds_sum"):
+            if line.startswith(name + " "):
+                got[name] = float(line.split()[-1])
+    return got["switchyard_step_duration_seconds_count"], got["switchyard_step_duration_seconds_sum"]
+
+
+def front_end_costs(runs, work):
+    """(step_s, token_s, turnaround_s): what the serving front end costs on this machine
+    beyond the steps, measured with a model whose steps cost next to nothing (one layer,
+    hidden 64: make-synthetic-model --preset tiny --layers 1) served on one rank. Per loadgen
+    run, the server's step metric gives the time inside steps; the rest of the run's wall time
+    per step is the front end's, fitted as step_s + token_s x tokens per step over concurrency
+    8 and 64 (medians of the runs); at concurrency 1, what is left per request is the
+    client's turnaround."""
+    model = os.path.join(work, "front-end-model")
+    run([BIN, "make-synthetic-model", "--preset", "tiny", "--layers", "1", "--out", model,
+         "--tokenizer", os.path.join(MODEL, "tokenizer.model")])
+    d = os.path.join(work, "front-end")
+    run([os.path.join(ROOT, "launch", "cluster.sh"), "start", d, "1", "1", "1", BIN, model,
+         "--http-listen", "127.0.0.1:0", "--http-port-file", os.path.join(d + "-http")])
+    port = open(os.path.join(d, "port")).read().strip()
+    http = open(d + "-http").read().strip()
+    points = {}
+    try:
+        def one(c):
+            n0, s0 = metrics(http)
+            r = run([BIN, "loadgen", "--target", f"127.0.0.1:{port}", "--concurrency", str(c),
+                     "--requests", str(requests_for(c)), "--prompt-len", str(PROMPT),
+                     "--max-tokens", str(OUTPUT), "--ignore-eos", "--json"])
+            n1, s1 = metrics(http)
+            j = json.loads(r.stdout)
+            steps = n1 - n0
+            return ((j["wall_s"] - (s1 - s0)) / steps, j["output_tokens"] / steps, steps,
+                    j["wall_s"] - (s1 - s0), j["output_tokens"], j["requests_ok"])
+
+        one(8)  # warm-up
+        for c in (1, 8, 64):
+            points[c] = [one(c) for _ in range(runs)]
+    finally:
+        subprocess.run([os.path.join(ROOT, "launch", "cluster.sh"), "stop", d],
+                       capture_output=True)
+    med = {c: (statistics.median(p[0] for p in points[c]),
+               statistics.median(p[1] for p in points[c])) for c in points}
+    (o8, t8), (o64, t64) = med[8], med[64]
+    token_s = max(0.0, (o64 - o8) / (t64 - t8))
+    step_s = max(0.0, o8 - token_s * t8)
+    turn = []
+    for _, _, steps, outside, tokens, requests in points[1]:
+        turn.append(max(0.0, (outside - steps * step_s - tokens * token_s) / requests))
+    costs = (step_s, token_s, statistics.median(turn))
+    print(f"front end (one-layer hidden-64 model): {step_s * 1e6:.1f} us per step, "
+          f"{token_s * 1e6:.1f} us per token, turnaround {costs[2] * 1e6:.0f} us per request",
+          flush=True)
+    return costs
+
+
 def predict_steps(ep, pp, calibration):
     """{batch: predicted decode step seconds}."""
     r = run([BIN, "study", "simulate", "--model", MODEL, "--calibration", calibration,
@@ -115,12 +181,14 @@ def predict_steps(ep, pp, calibration):
     return {d["batch"]: d["step_s"] for d in json.loads(r.stdout)["decode"]}
 
 
-def predict_serving(ep, pp, c, calibration):
+def predict_serving(ep, pp, c, calibration, host):
     """(tokens_per_s, ttft_p50_s, itl_p50_s) predicted for loadgen at concurrency c."""
     r = run([BIN, "study", "simulate", "--model", MODEL, "--calibration", calibration,
              "--ep", str(ep), "--pp", str(pp), "--batch", str(c), "--context",
              str(PROMPT + OUTPUT // 2), "--requests", str(requests_for(c)), "--concurrency",
-             str(c), "--prompt-len", str(PROMPT), "--output-len", str(OUTPUT), "--json"])
+             str(c), "--prompt-len", str(PROMPT), "--output-len", str(OUTPUT),
+             "--host-step-us", str(host[0] * 1e6), "--host-token-us", str(host[1] * 1e6),
+             "--turnaround-us", str(host[2] * 1e6), "--json"])
     s = json.loads(r.stdout)["serving"]
     return s["output_tokens_per_s"], s["ttft_s"]["p50"], s["itl_s"]["p50"]
 
@@ -154,6 +222,7 @@ def main():
             cal[world] = os.path.join(work, f"cal-{world}.json")
             print(f"preflight --model, {world} rank(s)", flush=True)
             preflight(world, cal[world])
+        host = front_end_costs(a.runs, work)
         for ep, pp in CONFIGS:
             steps = bench_steps(ep, pp, a.runs)
             predicted = predict_steps(ep, pp, cal[ep * pp])
@@ -161,7 +230,7 @@ def main():
                 rows.append(row(ep, pp, f"batch {b}", "decode step", steps[b], predicted[b], True))
             measured = measure(ep, pp, a.runs, work)
             for c in CONCURRENCY:
-                pred = predict_serving(ep, pp, c, cal[ep * pp])
+                pred = predict_serving(ep, pp, c, cal[ep * pp], host)
                 for i, figure in enumerate(("tokens/s", "TTFT p50", "ITL p50")):
                     rows.append(row(ep, pp, f"concurrency {c}", figure,
                                     [m[i] for m in measured[c]], pred[i], i == 0))
@@ -181,6 +250,10 @@ def main():
                      f"±{r['variation'] * 100:.1f}% | {unit(r['predicted'])} | "
                      f"{r['error'] * 100:+.1f}% |")
     lines.append("")
+    lines.append(f"Front end (measured with a one-layer hidden-64 model): {host[0] * 1e6:.1f} us "
+                 f"per step, {host[1] * 1e6:.1f} us per token, turnaround "
+                 f"{host[2] * 1e6:.0f} us per request.")
+    lines.append("")
     for figure in ("decode step", "tokens/s"):
         e = sorted(abs(r["error"]) for r in barred if r["figure"] == figure)
         lines.append(f"- {figure}: median absolute error {statistics.median(e) * 100:.1f}%, "
@@ -195,7 +268,9 @@ def main():
     if a.out:
         open(a.out, "w").write(text + "\n")
     if a.json:
-        json.dump({"rows": rows, "median_abs_error": med_err, "worst": worst,
+        json.dump({"rows": rows, "front_end": {"step_s": host[0], "token_s": host[1],
+                                               "turnaround_s": host[2]},
+                   "median_abs_error": med_err, "worst": worst,
                    "median_variation": var, "pass": ok}, open(a.json, "w"), indent=1)
     return 0 if ok else 1
 

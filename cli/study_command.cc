@@ -51,6 +51,7 @@ struct SimulateArgs {
   int requests = 0;
   int concurrency = 0;
   double rate = 0;
+  double host_step_us = 0, host_token_us = 0, turnaround_us = 0;
   std::string prompt_len = "512", output_len = "128";
   int max_running = 64;
   std::string kv_memory;  // per rank; default: what fits (a device with a capacity) or 1GiB
@@ -271,7 +272,8 @@ int RunSimulate(const SimulateArgs& a) {
                      .rate = a.rate,
                      .prompt = *prompt,
                      .output = *output,
-                     .seed = a.seed};
+                     .seed = a.seed,
+                     .turnaround_s = a.turnaround_us * 1e-6};
     SchedulerOptions so;
     so.max_running = a.max_running;
     so.max_queue = std::max(256, a.requests);
@@ -279,7 +281,8 @@ int RunSimulate(const SimulateArgs& a) {
     so.prefill_chunk = std::min(256, a.max_step_tokens);
     const KvPool kv{.blocks_per_dp = static_cast<int>(std::min<int64_t>(kv_tokens / a.block_size, 1 << 30)),
                     .block_size = a.block_size};
-    auto r = SimulateServing(model, so, kv, w);
+    const HostCosts host{.step_s = a.host_step_us * 1e-6, .token_s = a.host_token_us * 1e-6};
+    auto r = SimulateServing(model, so, kv, w, host);
     if (!r.ok()) return Fail(r.status());
     j["serving"] = {{"requests", r->requests},
                     {"refused", r->refused},
@@ -295,6 +298,10 @@ int RunSimulate(const SimulateArgs& a) {
                     {"queue_s", PercentilesJson(r->queue)},
                     {"steps", r->steps},
                     {"mean_step_s", r->mean_step_s},
+                    {"mean_host_s", r->mean_host_s},
+                    {"host", {{"step_s", host.step_s},
+                              {"token_s", host.token_s},
+                              {"turnaround_s", w.turnaround_s}}},
                     {"mean_tokens_per_step", r->mean_tokens_per_step},
                     {"mean_breakdown", BreakdownJson(r->mean_breakdown)},
                     {"s_mbu", r->s_mbu},
@@ -375,6 +382,10 @@ int RunSimulate(const SimulateArgs& a) {
                 s["output_tokens_per_s"].get<double>(), s["output_tokens_per_s_per_gpu"].get<double>(),
                 static_cast<long long>(s["steps"].get<int64_t>()),
                 s["mean_step_s"].get<double>() * 1e3, s["mean_tokens_per_step"].get<double>());
+    if (s["mean_host_s"].get<double>() > 0) {
+      std::printf("  front end         %.3f ms a step besides the step (per step %.1f us, per token %.1f us)\n",
+                  s["mean_host_s"].get<double>() * 1e3, a.host_step_us, a.host_token_us);
+    }
     std::printf("  TTFT              %s\n", pct("ttft_s").c_str());
     std::printf("  ITL               %s\n", pct("itl_s").c_str());
     std::printf("  end to end        %s\n", pct("e2e_s").c_str());
@@ -439,6 +450,16 @@ void RegisterStudy(CLI::App& app, Action* action) {
                                "Closed loop: clients each sending the next request when the "
                                "last ends (default 1)")
                    ->check(CLI::Range(1, 1000000));
+  cmd->add_option("--host-step-us", a.host_step_us,
+                  "Serving: the front end's cost per step on the job's cores (microseconds)")
+      ->check(CLI::Range(0.0, 1e9));
+  cmd->add_option("--host-token-us", a.host_token_us,
+                  "Serving: the front end's cost per token delivered (microseconds)")
+      ->check(CLI::Range(0.0, 1e9));
+  cmd->add_option("--turnaround-us", a.turnaround_us,
+                  "Closed loop: a client's time from a request's end to its next request "
+                  "reaching the scheduler (microseconds)")
+      ->check(CLI::Range(0.0, 1e9));
   cmd->add_option("--rate", a.rate, "Open loop: Poisson arrivals per second")
       ->check(CLI::Range(1e-6, 1e9))
       ->excludes(conc);

@@ -12,11 +12,12 @@
 namespace switchyard {
 
 SimulatedExecutor::SimulatedExecutor(const CostModel* model, VirtualClock* clock,
-                                     const PlanLimits& limits, int32_t token)
+                                     const PlanLimits& limits, int32_t token, HostCosts host)
     : model_(model),
       clock_(clock),
       limits_(limits),
       token_(token),
+      host_(host),
       busy_(model->world(), 0.0) {}
 
 absl::Status SimulatedExecutor::Execute(const StepPlan& plan, StepResult* result) {
@@ -31,8 +32,10 @@ absl::Status SimulatedExecutor::Execute(const StepPlan& plan, StepResult* result
   result->routing_weights.clear();
   result->routing_offset.assign(n, 0);
   result->routing_rows.assign(n, 0);
+  int sampled = 0;
   for (size_t i = 0; i < n; ++i) {
     const SeqEntry& s = plan.seqs[i];
+    sampled += s.sample ? 1 : 0;
     if (s.routing != RoutingMode::kNone || s.logits != LogitsMode::kNone) {
       return absl::InvalidArgumentError(
           "the simulated executor returns neither logits nor routing");
@@ -57,7 +60,9 @@ absl::Status SimulatedExecutor::Execute(const StepPlan& plan, StepResult* result
   sum_.control_s += b.control_s;
   sum_.bubble_s += b.bubble_s;
   for (size_t r = 0; r < busy_.size() && r < c.ranks.size(); ++r) busy_[r] += c.ranks[r].busy_s;
-  clock_->AdvanceSeconds(c.seconds);
+  const double host = host_.step_s + host_.token_s * sampled;
+  host_seconds_ += host;
+  clock_->AdvanceSeconds(c.seconds + host);
   return absl::OkStatus();
 }
 
@@ -82,6 +87,7 @@ namespace {
 
 class Recorder : public SchedulerObserver {
  public:
+  explicit Recorder(const VirtualClock* clock) : clock_(clock) {}
   void OnStep(const StepRecord& s) override {
     tokens += s.prefill_tokens + s.decode_tokens;
   }
@@ -92,6 +98,7 @@ class Recorder : public SchedulerObserver {
       return;
     }
     ++ended;
+    last_end = clock_->Elapsed();
     if (t.first_token_seconds >= 0) ttft.push_back(t.first_token_seconds);
     if (t.queue_seconds >= 0) queue.push_back(t.queue_seconds);
     e2e.push_back(t.total_seconds);
@@ -101,6 +108,10 @@ class Recorder : public SchedulerObserver {
   std::vector<double> ttft, itl, e2e, queue;
   int ended = 0, failed = 0;
   int64_t tokens = 0, prompt_tokens = 0, output_tokens = 0;
+  double last_end = 0;  // virtual seconds at the last request's end
+
+ private:
+  const VirtualClock* clock_;
 };
 
 // Calls `done` when its request's final event comes.
@@ -118,8 +129,12 @@ class EndSink : public RequestSink {
 }  // namespace
 
 absl::StatusOr<ServingReport> SimulateServing(const CostModel& model, SchedulerOptions options,
-                                              const KvPool& kv, const Workload& w) {
+                                              const KvPool& kv, const Workload& w,
+                                              HostCosts host) {
   if (w.requests < 1) return absl::InvalidArgumentError("--requests must be at least 1");
+  if (!(w.turnaround_s >= 0) || !(host.step_s >= 0) || !(host.token_s >= 0)) {
+    return absl::InvalidArgumentError("front-end costs and the turnaround must be >= 0");
+  }
   if (w.concurrency < 0 || (w.concurrency == 0 && !(w.rate > 0))) {
     return absl::InvalidArgumentError("give --concurrency (closed loop) or --rate (open loop)");
   }
@@ -132,7 +147,7 @@ absl::StatusOr<ServingReport> SimulateServing(const CostModel& model, SchedulerO
   }
   const ModelConfig& cfg = model.config();
   VirtualClock clock;
-  Recorder rec;
+  Recorder rec(&clock);
   options.clock = &clock;
   options.observer = &rec;
   const PlanLimits limits{.vocab_size = cfg.vocab_size,
@@ -141,7 +156,9 @@ absl::StatusOr<ServingReport> SimulateServing(const CostModel& model, SchedulerO
                           .max_context = cfg.max_position_embeddings,
                           .num_blocks = kv.blocks_per_dp,
                           .block_size = kv.block_size};
-  SimulatedExecutor exec(&model, &clock, limits, (cfg.eos_token_id + 1) % cfg.vocab_size);
+  SimulatedExecutor exec(&model, &clock, limits, (cfg.eos_token_id + 1) % cfg.vocab_size, host);
+  const auto turnaround = std::chrono::duration_cast<VirtualClock::Duration>(
+      std::chrono::duration<double>(w.turnaround_s));
   std::vector<std::unique_ptr<BlockAllocator>> pools;
   std::vector<BlockAllocator*> allocators;
   for (int d = 0; d < model.plan().ep; ++d) {
@@ -167,7 +184,7 @@ absl::StatusOr<ServingReport> SimulateServing(const CostModel& model, SchedulerO
     req.stop_at_eos = false;
     std::function<void()> next;
     if (w.concurrency > 0) {  // closed loop: this client's next request when this one ends
-      next = [&] { clock.At(clock.Now(), submit); };
+      next = [&] { clock.At(clock.Now() + turnaround, submit); };
     }
     auto r = sched.Submit(std::move(req), std::make_shared<EndSink>(std::move(next)));
     if (r.ok()) return;
@@ -203,7 +220,8 @@ absl::StatusOr<ServingReport> SimulateServing(const CostModel& model, SchedulerO
   ServingReport r;
   r.requests = rec.ended;
   r.refused = refused;
-  r.seconds = clock.Elapsed();
+  // To the last request's end (a client's turnaround after it is not part of the run).
+  r.seconds = rec.ended > 0 ? rec.last_end : clock.Elapsed();
   r.prompt_tokens = rec.prompt_tokens;
   r.output_tokens = rec.output_tokens;
   if (r.seconds > 0) {
@@ -218,6 +236,7 @@ absl::StatusOr<ServingReport> SimulateServing(const CostModel& model, SchedulerO
   if (r.steps > 0) {
     const double n = static_cast<double>(r.steps);
     r.mean_step_s = exec.seconds() / n;
+    r.mean_host_s = exec.host_seconds() / n;
     r.mean_tokens_per_step = static_cast<double>(rec.tokens) / n;
     const StepBreakdown& b = exec.breakdown();
     r.mean_breakdown = {.weights_s = b.weights_s / n, .attention_s = b.attention_s / n,

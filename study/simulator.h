@@ -22,15 +22,26 @@
 
 namespace switchyard {
 
+// What the serving front end costs beyond the ranks' steps, in time the next step waits for:
+// per step (rank 0 scheduling, building the plan, handing the results to the streams) and per
+// token delivered (detokenising and the stream write; and the clients' reads when they run on
+// the job's machine). 0 for a front end on cores of its own. bench/validate_simulator.py
+// measures them with a model whose steps cost next to nothing.
+struct HostCosts {
+  double step_s = 0;
+  double token_s = 0;
+};
+
 // A StepExecutor whose steps take no real time: each checks the plan against `limits`
 // (ValidatePlan, as every executor does), advances `clock` by the cost model's time for it
-// (its sequences' data-parallel indices, chunk lengths, positions and head rows), and samples
-// token `token` for every sampled entry. Keeps what it ran.
+// (its sequences' data-parallel indices, chunk lengths, positions and head rows) and then by
+// the front end's cost for it (`host`: per step and per sampled token), and samples token
+// `token` for every sampled entry. Keeps what it ran.
 class SimulatedExecutor final : public StepExecutor {
  public:
   // `model` and `clock` must outlive the executor.
   SimulatedExecutor(const CostModel* model, VirtualClock* clock, const PlanLimits& limits,
-                    int32_t token);
+                    int32_t token, HostCosts host = {});
 
   absl::Status Execute(const StepPlan& plan, StepResult* result) override;
   int max_step_tokens() const override { return limits_.max_step_tokens; }
@@ -39,6 +50,7 @@ class SimulatedExecutor final : public StepExecutor {
 
   int64_t steps() const { return steps_; }
   double seconds() const { return seconds_; }        // summed step times
+  double host_seconds() const { return host_seconds_; }  // summed front-end costs
   const StepBreakdown& breakdown() const { return sum_; }  // summed over steps
   double weight_bytes_read() const { return weight_bytes_; }
   double kv_bytes_read() const { return kv_bytes_; }
@@ -50,8 +62,9 @@ class SimulatedExecutor final : public StepExecutor {
   VirtualClock* clock_;
   PlanLimits limits_;
   int32_t token_;
+  HostCosts host_;
   int64_t steps_ = 0;
-  double seconds_ = 0, weight_bytes_ = 0, kv_bytes_ = 0, flops_ = 0;
+  double seconds_ = 0, host_seconds_ = 0, weight_bytes_ = 0, kv_bytes_ = 0, flops_ = 0;
   StepBreakdown sum_;
   std::vector<double> busy_;
 };
@@ -71,6 +84,9 @@ struct Workload {
   LengthRange prompt{512, 512};
   LengthRange output{128, 128};
   uint64_t seed = 1;
+  // Closed loop: from a request's last token to the client's next request reaching the
+  // scheduler (the client's turnaround and the stream's set-up).
+  double turnaround_s = 0;
 };
 
 struct Percentiles {
@@ -88,6 +104,7 @@ struct ServingReport {
   Percentiles ttft, itl, e2e, queue;  // seconds
   int64_t steps = 0;
   double mean_step_s = 0;
+  double mean_host_s = 0;  // the front end's cost per step (HostCosts)
   double mean_tokens_per_step = 0;
   StepBreakdown mean_breakdown;  // per step
   double s_mbu = 0, s_mfu = 0;   // over the whole run
@@ -103,6 +120,7 @@ struct KvPool {
 // over a SimulatedExecutor. Errors: kInvalidArgument for an empty workload or pool, or a
 // request the scheduler can never run (its message); a step failure passes through.
 absl::StatusOr<ServingReport> SimulateServing(const CostModel& model, SchedulerOptions options,
-                                              const KvPool& kv, const Workload& workload);
+                                              const KvPool& kv, const Workload& workload,
+                                              HostCosts host = {});
 
 }  // namespace switchyard

@@ -77,6 +77,37 @@ TEST(SimulatorTest, OneRequestTakesTheStepsWorkedOutByHand) {
   EXPECT_NEAR(r->mean_breakdown.Sum(), r->mean_step_s, 1e-15);
 }
 
+TEST(SimulatorTest, FrontEndCostsAndTurnaroundAsWorkedOutByHand) {
+  const CostModel m = Model(2, 2);
+  const double step = 1e-4, token = 2e-5, turnaround = 1e-3;
+  // The same four steps as above, each followed by the front end's cost: per step, and per
+  // token sampled (steps 2, 3 and 4).
+  const Workload one{.requests = 1, .concurrency = 1, .prompt = {12, 12}, .output = {3, 3}};
+  auto r = SimulateServing(m, Options(), {.blocks_per_dp = 16, .block_size = 4}, one,
+                           {.step_s = step, .token_s = token});
+  ASSERT_TRUE(r.ok()) << r.status();
+  const double s1 = Cost(m, {{.dp_rank = 0, .tokens = 8, .start_pos = 0, .head_rows = 0}});
+  const double s2 = Cost(m, {{.dp_rank = 0, .tokens = 4, .start_pos = 8, .head_rows = 1}});
+  const double s3 = Cost(m, {{.dp_rank = 0, .tokens = 1, .start_pos = 12, .head_rows = 1}});
+  const double s4 = Cost(m, {{.dp_rank = 0, .tokens = 1, .start_pos = 13, .head_rows = 1}});
+  const double life = s1 + s2 + s3 + s4 + 4 * step + 3 * token;
+  EXPECT_NEAR(r->ttft.p50, s1 + s2 + 2 * step + token, 4 * kTick);
+  EXPECT_NEAR(r->e2e.p50, life, 4 * kTick);
+  EXPECT_NEAR(r->mean_host_s, step + 0.75 * token, 1e-15);
+  EXPECT_NEAR(r->mean_step_s, (s1 + s2 + s3 + s4) / 4, 1e-15);  // the steps alone
+  // One client, two requests: the second reaches the scheduler a turnaround after the first
+  // ends.
+  Workload two = one;
+  two.requests = 2;
+  two.turnaround_s = turnaround;
+  r = SimulateServing(m, Options(), {.blocks_per_dp = 16, .block_size = 4}, two,
+                      {.step_s = step, .token_s = token});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_NEAR(r->seconds, 2 * life + turnaround, 8 * kTick);
+  two.turnaround_s = -1;
+  EXPECT_FALSE(SimulateServing(m, Options(), {.blocks_per_dp = 16, .block_size = 4}, two).ok());
+}
+
 TEST(SimulatorTest, TwoClientsShareDecodeStepsAcrossDataParallelIndices) {
   const CostModel m = Model(2, 1);
   // Two clients, prompts of 4 and 2 tokens out each: the two requests go to different
