@@ -19,12 +19,15 @@
    turnaround per request), measured with a model whose steps cost next to nothing (one
    layer, hidden 64) served on one rank: the wall time of loadgen runs less the server's
    time inside steps (its step metric).
-4. `switchyard study simulate` with the job size's calibration: the decode step at each batch
+4. On two emulated nodes (launch/netns-cluster.sh, root only: network namespaces joined by a
+   veth link shaped to --netns, 1 Gbit/s by default), one rank each: `preflight --model` there,
+   then `bench decode --ep 2` at each batch, --runs times.
+5. `switchyard study simulate` with the job size's calibration: the decode step at each batch
    (context 48, the middle of the decode) and the same serving workload (the real scheduler
    in virtual time) with the front end's costs.
-5. The table: per point the measured median, its run-to-run variation ((max - min) / 2 over
+6. The table: per point the measured median, its run-to-run variation ((max - min) / 2 over
    the median), the prediction and its error. The bar (issue 12) covers the decode step times
-   and the serving throughput: median absolute error <= max(10%, twice the median
+   (the emulated nodes' too) and the serving throughput: median absolute error <= max(10%, twice the median
    variation), worst <= 25%. TTFT and ITL percentiles are reported beside their measurements
    without a bar.
 
@@ -173,6 +176,41 @@ def front_end_costs(runs, work):
     return costs
 
 
+def netns_steps(runs, rate, work):
+    """The decode step on two emulated nodes (launch/netns-cluster.sh, a link shaped to
+    `rate`), one rank each, EP 2: ({batch: [measured seconds]}, {batch: predicted}), or None
+    (with the reason printed) where the emulation cannot be built."""
+    script = os.path.join(ROOT, "launch", "netns-cluster.sh")
+    if os.geteuid() != 0:
+        print("emulated two-node cluster: skipped (needs root)", flush=True)
+        return None
+    up = subprocess.run([script, "up", "--rate", rate], capture_output=True, text=True)
+    if up.returncode != 0:
+        subprocess.run([script, "down"], capture_output=True)
+        print(f"emulated two-node cluster: skipped ({up.stderr.strip()})", flush=True)
+        return None
+    try:
+        cal = os.path.join(work, "cal-netns.json")
+        run([script, "run", "1", "preflight", "--model", MODEL, "--out", cal])
+        link = json.load(open(cal))["links"]["between_nodes"]
+        print(f"emulated two-node cluster, {rate}: preflight measured "
+              f"{link['bandwidth_bytes_per_s'] / 1e6:.0f} MB/s, {link['latency_s'] * 1e6:.1f} us",
+              flush=True)
+        measured = {}
+        for b in BATCH:
+            measured[b] = []
+            for _ in range(runs):
+                r = run([script, "run", "1", "bench", "decode", "--model", MODEL, "--ep", "2",
+                         "--batch", str(b), "--prompt-len", str(PROMPT), "--tokens",
+                         str(OUTPUT), "--repeats", "1", "--json"])
+                measured[b].append(json.loads(r.stdout)["decode_step_s_median"])
+            print(f"  netns 2x1 bench decode batch {b}: " +
+                  ", ".join(f"{x * 1e3:.3f} ms" for x in measured[b]), flush=True)
+        return measured, predict_steps(2, 1, cal)
+    finally:
+        subprocess.run([script, "down"], capture_output=True)
+
+
 def predict_steps(ep, pp, calibration):
     """{batch: predicted decode step seconds}."""
     r = run([BIN, "study", "simulate", "--model", MODEL, "--calibration", calibration,
@@ -206,6 +244,8 @@ def main():
     ap.add_argument("--configs", default="1x1,2x1,1x2,2x2", help="EPxPP list")
     ap.add_argument("--batch", default="1,8,64", help="bench decode batch list")
     ap.add_argument("--concurrency", default="1,8,64", help="loadgen concurrency list")
+    ap.add_argument("--netns", default="1gbit",
+                    help="link rate of the emulated two-node cluster (root only; 'none': skip)")
     ap.add_argument("--out", help="write the markdown table here")
     ap.add_argument("--json", help="write every figure here")
     a = ap.parse_args()
@@ -234,6 +274,12 @@ def main():
                 for i, figure in enumerate(("tokens/s", "TTFT p50", "ITL p50")):
                     rows.append(row(ep, pp, f"concurrency {c}", figure,
                                     [m[i] for m in measured[c]], pred[i], i == 0))
+        if a.netns != "none":
+            got = netns_steps(a.runs, a.netns, work)
+            if got is not None:
+                for b in BATCH:
+                    rows.append(row(2, 1, f"batch {b}, two nodes ({a.netns})", "decode step",
+                                    got[0][b], got[1][b], True))
     barred = [r for r in rows if r["bar"]]
     errs = sorted(abs(r["error"]) for r in barred)
     var = statistics.median(r["variation"] for r in barred)

@@ -11,7 +11,7 @@ PACKAGES=(
   libcpp-httplib-dev prometheus-cpp-dev prometheus
   libopenmpi-dev openmpi-bin slurm-wlm munge
   python3 python3-grpcio python3-protobuf python3-numpy python3-matplotlib
-  python3-jinja2 python3-sentencepiece curl
+  python3-jinja2 python3-sentencepiece curl iproute2
   clang libclang-rt-14-dev libomp-14-dev llvm-14
 )
 
