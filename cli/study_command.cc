@@ -6,6 +6,7 @@
 //   switchyard study simulate --preset mixtral-8x7b --hardware h100 --nodes 2 --ep 8 --pp 2
 //       --batch 1,8,64 --context 512 --prefill 4096 --requests 500 --concurrency 64
 //   switchyard study simulate --model models/brown-moe --calibration cal.json --ep 2 --pp 2
+//   switchyard study plot --in study.jsonl --out plots/     (lines from simulate --append)
 //
 // Prints, per batch size, the decode step time and where it goes, tokens/s (per GPU too),
 // S-MBU and S-MFU; the prefill time of one prompt; memory per rank and whether it fits; and
@@ -14,10 +15,16 @@
 //
 // Exit codes: 0 simulated; 1 an input that cannot be used (a file, a configuration that does
 // not fit with --require-fit); 2 usage.
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
+
+#include <cerrno>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -37,8 +44,11 @@ namespace {
 
 using nlohmann::json;
 
+// Jobs up to this many ranks get the rank x rank traffic matrix in the JSON.
+constexpr int kPairBytesRanks = 64;
+
 struct SimulateArgs {
-  std::string model, preset, hardware, calibration, placement, expert_load, out;
+  std::string model, preset, hardware, calibration, placement, expert_load, out, append;
   int layers = 0;
   int nodes = 0;           // 0: from --ranks-per-node and ep x pp
   int ranks_per_node = 0;  // 0: the preset's 8, or the calibration's
@@ -242,6 +252,9 @@ int RunSimulate(const SimulateArgs& a) {
                          for (const auto& row : c.pair_bytes) for (double x : row) s += x;
                          return s;
                        }()}});
+    // The rank x rank matrix (dispatch + combine bytes per step, [from][to]) for a job small
+    // enough to draw (study plot's heatmap).
+    if (world <= kPairBytesRanks) decode.back()["pair_bytes"] = c.pair_bytes;
   }
   j["decode"] = decode;
   if (a.prefill > 0) {
@@ -312,6 +325,11 @@ int RunSimulate(const SimulateArgs& a) {
     std::ofstream out(a.out);
     out << j.dump(2) << "\n";
     if (!out) return Fail(absl::PermissionDeniedError(absl::StrCat("cannot write ", a.out)));
+  }
+  if (!a.append.empty()) {
+    std::ofstream out(a.append, std::ios::app);
+    out << j.dump() << "\n";
+    if (!out) return Fail(absl::PermissionDeniedError(absl::StrCat("cannot write ", a.append)));
   }
   const int code = a.require_fit && !fits ? 1 : 0;
   if (a.json) {
@@ -397,9 +415,57 @@ int RunSimulate(const SimulateArgs& a) {
 
 }  // namespace
 
+struct PlotArgs {
+  std::vector<std::string> in;
+  std::string out;
+  int batch = 0;
+};
+
+// study/plot.py, found beside the source tree this binary was built from (or at
+// $SWITCHYARD_PLOT_SCRIPT), run with Debian's Python and matplotlib.
+int RunPlot(const PlotArgs& a) {
+  std::string script = SWITCHYARD_SOURCE_ROOT "/study/plot.py";
+  if (const char* env = std::getenv("SWITCHYARD_PLOT_SCRIPT"); env != nullptr && *env) {
+    script = env;
+  }
+  if (!std::filesystem::exists(script)) {
+    return Fail(absl::NotFoundError(absl::StrCat(
+        "study plot: its script ", script, " is missing (set SWITCHYARD_PLOT_SCRIPT)")));
+  }
+  std::vector<std::string> args = {"/usr/bin/python3", script, "--out", a.out};
+  if (a.batch > 0) {
+    args.push_back("--batch");
+    args.push_back(std::to_string(a.batch));
+  }
+  for (const std::string& f : a.in) args.push_back(f);
+  std::vector<char*> argv;
+  for (std::string& s : args) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  std::cout.flush();
+  execv(argv[0], argv.data());
+  return Fail(absl::UnavailableError(absl::StrCat("study plot: cannot run ", argv[0], ": ",
+                                                  std::strerror(errno))));
+}
+
 void RegisterStudy(CLI::App& app, Action* action) {
-  CLI::App* study = app.add_subcommand("study", "Scaling studies (simulate)");
+  CLI::App* study = app.add_subcommand("study", "Scaling studies (simulate, plot)");
   study->require_subcommand(1);
+  {
+    static PlotArgs p;
+    CLI::App* plot = study->add_subcommand(
+        "plot",
+        "Draw a study (lines of `study simulate --append`) as PNG and SVG: throughput per GPU "
+        "against nodes, ITL against throughput, the step's parts, the rank x rank traffic");
+    plot->add_option("--in", p.in, "Study files (JSON lines of study simulate --json)")
+        ->required()
+        ->check(CLI::ExistingFile);
+    plot->add_option("--out", p.out, "Folder for the pictures (created)")->required();
+    plot->add_option("--batch", p.batch,
+                     "Decode batch the per-configuration pictures use (default: each "
+                     "configuration's largest)")
+        ->check(CLI::Range(1, 1 << 20));
+    plot->callback([action] { *action = [] { return RunPlot(p); }; });
+  }
   static SimulateArgs a;
   CLI::App* cmd = study->add_subcommand(
       "simulate",
@@ -478,6 +544,9 @@ void RegisterStudy(CLI::App& app, Action* action) {
                   "Fixed cost of one step on rank 0, microseconds")
       ->check(CLI::Range(0.0, 1e7));
   cmd->add_option("--out", a.out, "Also write the JSON here");
+  cmd->add_option("--append", a.append,
+                  "Also append the JSON as one line to this file (a study of several "
+                  "configurations for `study plot`)");
   cmd->add_flag("--json", a.json, "Print JSON");
   cmd->add_flag("--require-fit", a.require_fit, "Exit 1 when the configuration does not fit");
   cmd->callback([action, model, preset, hw, cal] {
