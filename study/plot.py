@@ -8,8 +8,9 @@ Input: files of `study simulate --json` objects, one per line (or one object or 
 file). Each is one configuration (model, cluster, nodes, EP x PP, decode at its batches, and
 serving when simulated). Writes PNG and SVG of each picture into --out:
 
-- throughput_vs_nodes: tokens/s per GPU against nodes, one line per model, PP and batch
-  (serving throughput where the configuration was served, else decode at --batch);
+- throughput_vs_nodes: tokens/s per GPU against nodes, one line per model, PP and what was
+  measured (serving throughput where the configuration was served, else decode at --batch,
+  lines joining equal batches per GPU);
 - itl_vs_throughput: the inter-token latency against tokens/s per GPU, one curve per
   configuration over its decode batches (and its serving point, marked);
 - step_breakdown: the decode step at --batch split into its parts (weights, attention,
@@ -112,7 +113,9 @@ def main():
             y, what = r["serving"]["output_tokens_per_s_per_gpu"], "serving"
         else:
             d = at_batch(r, a.batch)
-            y, what = d["tokens_per_s_per_gpu"], f"decode batch {d['batch']}"
+            # Configurations of different sizes compare at the same batch per GPU.
+            per_gpu = d["batch"] / (r["ep"] * r["pp"])
+            y, what = d["tokens_per_s_per_gpu"], f"decode, {per_gpu:g} sequences per GPU"
         key = (os.path.basename(str(r["model"])), r["pp"], what)
         lines.setdefault(key, []).append((r["nodes"], y))
     for (model, pp, what), pts in sorted(lines.items()):
