@@ -7,6 +7,7 @@
 //       --batch 1,8,64 --context 512 --prefill 4096 --requests 500 --concurrency 64
 //   switchyard study simulate --model models/brown-moe --calibration cal.json --ep 2 --pp 2
 //   switchyard study plot --in study.jsonl --out plots/     (lines from simulate --append)
+//   switchyard study sweep --spec sweep.json --out results.jsonl   (measured: study/sweep.py)
 //
 // Prints, per batch size, the decode step time and where it goes, tokens/s (per GPU too),
 // S-MBU and S-MFU; the prefill time of one prompt; memory per rank and whether it fits; and
@@ -421,34 +422,49 @@ struct PlotArgs {
   int batch = 0;
 };
 
-// study/plot.py, found beside the source tree this binary was built from (or at
-// $SWITCHYARD_PLOT_SCRIPT), run with Debian's Python and matplotlib.
-int RunPlot(const PlotArgs& a) {
-  std::string script = SWITCHYARD_SOURCE_ROOT "/study/plot.py";
-  if (const char* env = std::getenv("SWITCHYARD_PLOT_SCRIPT"); env != nullptr && *env) {
-    script = env;
+struct SweepArgs {
+  std::string spec, out;
+};
+
+// Runs study/NAME.py (beside the source tree this binary was built from, or the folder
+// $SWITCHYARD_STUDY_SCRIPTS) with Debian's Python: `study plot` and `study sweep`.
+int RunScript(const std::string& name, std::vector<std::string> args) {
+  std::string dir = SWITCHYARD_SOURCE_ROOT "/study";
+  if (const char* env = std::getenv("SWITCHYARD_STUDY_SCRIPTS"); env != nullptr && *env) {
+    dir = env;
   }
+  const std::string script = dir + "/" + name + ".py";
   if (!std::filesystem::exists(script)) {
-    return Fail(absl::NotFoundError(absl::StrCat(
-        "study plot: its script ", script, " is missing (set SWITCHYARD_PLOT_SCRIPT)")));
+    return Fail(absl::NotFoundError(absl::StrCat("study ", name, ": its script ", script,
+                                                 " is missing (set SWITCHYARD_STUDY_SCRIPTS)")));
   }
-  std::vector<std::string> args = {"/usr/bin/python3", script, "--out", a.out};
-  if (a.batch > 0) {
-    args.push_back("--batch");
-    args.push_back(std::to_string(a.batch));
-  }
-  for (const std::string& f : a.in) args.push_back(f);
+  args.insert(args.begin(), {"/usr/bin/python3", script});
   std::vector<char*> argv;
   for (std::string& s : args) argv.push_back(s.data());
   argv.push_back(nullptr);
   std::cout.flush();
   execv(argv[0], argv.data());
-  return Fail(absl::UnavailableError(absl::StrCat("study plot: cannot run ", argv[0], ": ",
+  return Fail(absl::UnavailableError(absl::StrCat("study ", name, ": cannot run ", argv[0], ": ",
                                                   std::strerror(errno))));
 }
 
+int RunPlot(const PlotArgs& a) {
+  std::vector<std::string> args = {"--out", a.out};
+  if (a.batch > 0) args.insert(args.end(), {"--batch", std::to_string(a.batch)});
+  args.insert(args.end(), a.in.begin(), a.in.end());
+  return RunScript("plot", args);
+}
+
+int RunSweep(const SweepArgs& a) {
+  // The sweep runs this very binary for every point.
+  std::error_code ec;
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe", ec).string();
+  if (ec) return Fail(absl::InternalError("study sweep: cannot find its own binary"));
+  return RunScript("sweep", {"--spec", a.spec, "--out", a.out, "--switchyard", self});
+}
+
 void RegisterStudy(CLI::App& app, Action* action) {
-  CLI::App* study = app.add_subcommand("study", "Scaling studies (simulate, plot)");
+  CLI::App* study = app.add_subcommand("study", "Scaling studies (simulate, plot, sweep)");
   study->require_subcommand(1);
   {
     static PlotArgs p;
@@ -465,6 +481,19 @@ void RegisterStudy(CLI::App& app, Action* action) {
                      "configuration's largest)")
         ->check(CLI::Range(1, 1 << 20));
     plot->callback([action] { *action = [] { return RunPlot(p); }; });
+  }
+  {
+    static SweepArgs w;
+    CLI::App* sweep = study->add_subcommand(
+        "sweep",
+        "Measure a sweep on this machine or a hostfile's nodes (EP x PP, placements, decode "
+        "batches, serving concurrency, lengths) through bench and loadgen: one JSON line per "
+        "point with its environment; resumes where an interrupted sweep stopped");
+    sweep->add_option("--spec", w.spec, "The sweep (JSON; docs/scaling.md)")
+        ->required()
+        ->check(CLI::ExistingFile);
+    sweep->add_option("--out", w.out, "Results, one JSON line per point (appended)")->required();
+    sweep->callback([action] { *action = [] { return RunSweep(w); }; });
   }
   static SimulateArgs a;
   CLI::App* cmd = study->add_subcommand(

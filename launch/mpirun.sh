@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts Switchyard under Open MPI on this machine or a hostfile's nodes.
-# Usage: launch/mpirun.sh NP switchyard-args...      (HOSTFILE=path to use several nodes)
+# Usage: launch/mpirun.sh NP switchyard-args...      (HOSTFILE=path to use several nodes;
+#        SWITCHYARD_BIN=path to run another build than build/cli/switchyard)
 #   launch/mpirun.sh 4 generate --model models/brown-moe --ep 2 --pp 2 --prompt "The jury"
 set -euo pipefail
 np=$1
@@ -18,4 +19,4 @@ else
   args+=(--mca btl self,vader --mca oob_tcp_if_include lo)
 fi
 [ "$(id -u)" -eq 0 ] && args+=(--allow-run-as-root)
-exec mpirun "${args[@]}" "$here/build/cli/switchyard" "$@"
+exec mpirun "${args[@]}" "${SWITCHYARD_BIN:-$here/build/cli/switchyard}" "$@"
