@@ -31,7 +31,7 @@
    variation), worst <= 25%. TTFT and ITL percentiles are reported beside their measurements
    without a bar.
 
-Needs the release build (build/cli/switchyard) and Open MPI. Takes about 8 minutes on 2 cores;
+Needs the release build (build/cli/switchyard) and Open MPI. Takes about 14 minutes on 2 cores;
 run it on a quiet machine.
 """
 import argparse
