@@ -235,7 +235,9 @@ absl::StatusOr<OperationCosts> MeasureOperations(const ModelWeights& weights,
     std::vector<std::vector<double>> times(points.size());
     for (int sweep = 0; sweep < o.sweeps; ++sweep) {
       for (size_t i = 0; i < points.size(); ++i) {
-        const auto [tokens, start] = points[i];
+        // Plain variables: a lambda may not capture structured bindings before C++20 in
+        // every compiler (clang 14).
+        const int tokens = points[i].first, start = points[i].second;
         times[i].push_back(TimeCalls(o.repeats, nullptr, [&] {
           cpu::KvWrite(cache, table.data(), start, k.data(), v.data(), tokens);
           cpu::Attention(q.data(), tokens, start, cache, table.data(), shape, out.data(),
