@@ -48,9 +48,16 @@ void AddRunFlags(CLI::App* cmd, RunFlags* f) {
                   "hung) before the job fails naming it")
       ->check(CLI::Range(0.2, 3600.0));
   cmd->add_option("--device", f->device,
-                  "cpu, cuda, or auto (cuda when built with CUDA and a GPU is present; "
-                  "single-process jobs only)")
+                  "cpu, cuda, or auto (cuda when built with CUDA and every rank of a node has "
+                  "a GPU of its own, or --share-gpu)")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  cmd->add_option("--device-comm", f->device_comm,
+                  "How GPU ranks exchange device buffers: nccl, or staged (through pinned "
+                  "host memory over MPI; lets ranks share one GPU)")
+      ->check(CLI::IsMember({"nccl", "staged"}));
+  cmd->add_flag("--share-gpu", f->share_gpu,
+                "Let several ranks of a node share one GPU (tests and small models; with "
+                "--device-comm staged, or NCCL 2.30+ with NCCL_MULTI_RANK_GPU_ENABLE=1)");
   cmd->add_option("--max-step-tokens", f->max_step_tokens,
                   "Tokens per forward step per data-parallel rank (prefill chunk)")
       ->check(CLI::Range(1, 1 << 20));
@@ -71,7 +78,9 @@ SessionOptions ToSessionOptions(const RunFlags& f, bool show_progress) {
           .placement_file = f.placement,
           .comm_timeout = absl::Seconds(f.comm_timeout_s),
           .liveness_timeout = absl::Seconds(f.liveness_timeout_s),
-          .device = f.device};
+          .device = f.device,
+          .device_comm = f.device_comm,
+          .share_gpu = f.share_gpu};
 }
 
 namespace {

@@ -19,6 +19,8 @@ struct RunFlags {
   double liveness_timeout_s = 5;
   int max_step_tokens = 512;
   std::string device = "auto";
+  std::string device_comm = "nccl";
+  bool share_gpu = false;
 };
 
 // --model (required, an existing directory).

@@ -227,6 +227,11 @@ int RunServe(const ServeArgs& a) {
   sched_opts.step_token_budget = a.run.max_step_tokens;
   sched_opts.prefill_chunk = std::min(a.prefill_chunk, a.run.max_step_tokens);
   std::unique_ptr<Rebalancer> rebalancer;
+  if (a.rebalance_interval > 0 && s.worker() != nullptr && !s.worker()->backend().moves_experts()) {
+    return Finish(s, Fail(absl::UnimplementedError(
+                         "--rebalance-interval: this job's stage backend (the CUDA backend) "
+                         "cannot move experts yet; run on --device cpu")));
+  }
   if (a.rebalance_interval > 0 && s.distributed_executor() != nullptr) {
     rebalancer = std::make_unique<Rebalancer>(
         s.distributed_executor(), s.placement, s.config,

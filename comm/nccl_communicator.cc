@@ -48,33 +48,6 @@ struct IdMessage {
 
 }  // namespace
 
-int LocalRankFromEnv() {
-  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"}) {
-    const char* v = std::getenv(var);
-    int rank = -1;
-    if (v != nullptr && absl::SimpleAtoi(v, &rank) && rank >= 0) return rank;
-  }
-  return 0;
-}
-
-absl::StatusOr<int> SelectCudaDevice() {
-  int count = 0;
-  const cudaError_t err = cudaGetDeviceCount(&count);
-  if (err != cudaSuccess || count == 0) {
-    cudaGetLastError();
-    return absl::UnavailableError(
-        absl::StrCat("no CUDA device (",
-                     err != cudaSuccess ? cudaGetErrorString(err) : "device count is 0", ")"));
-  }
-  const int device = LocalRankFromEnv() % count;
-  const cudaError_t set = cudaSetDevice(device);
-  if (set != cudaSuccess) {
-    return absl::UnavailableError(
-        absl::StrCat("cudaSetDevice(", device, "): ", cudaGetErrorString(set)));
-  }
-  return device;
-}
-
 NcclCommunicator::NcclCommunicator(std::string name, const CommOptions& options,
                                    cudaStream_t external_stream)
     : name_(std::move(name)), options_(options), external_stream_(external_stream) {}

@@ -43,17 +43,9 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "comm/communicator.h"
+#include "comm/cuda_device.h"  // SelectCudaDevice
 
 namespace switchyard {
-
-// This process's rank among the ranks on its node, from the launcher's environment:
-// OMPI_COMM_WORLD_LOCAL_RANK, then SLURM_LOCALID, then MPI_LOCALRANKID (the first that is set
-// to a non-negative integer); 0 when none is.
-int LocalRankFromEnv();
-
-// Makes device LocalRankFromEnv() % cudaGetDeviceCount() current and returns it.
-// kUnavailable when there is no CUDA device.
-absl::StatusOr<int> SelectCudaDevice();
 
 struct NcclOptions {
   std::string name = "nccl";  // the group's name in errors

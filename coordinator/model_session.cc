@@ -56,31 +56,96 @@ double SecondsSince(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-// Device choice (SessionOptions::device): true when this process's executor runs on the GPU.
-// Validates the flag, probes for a GPU once, and refuses a --device cuda the job cannot
-// honour: no usable device, or a distributed job (those run on the CPU executor).
-absl::StatusOr<bool> ChooseCuda(const std::string& device, int world_size, bool coordinator) {
-  if (device != "auto" && device != "cpu" && device != "cuda") {
-    return absl::InvalidArgumentError("--device must be auto, cpu or cuda, got " + device);
+constexpr char kReportedByCoordinator[] = "switchyard/reported-by-rank-0";
+
+// Device choice (SessionOptions::device) on this rank: the GPU it runs on ("" for the CPU).
+// Validates the flags, probes for a GPU once and, in a distributed job, makes the local rank's
+// GPU current; refuses a --device cuda the rank cannot honour (no usable device).
+absl::StatusOr<std::string> ChooseGpuHere(const SessionOptions& o, int world_size) {
+  if (o.device != "auto" && o.device != "cpu" && o.device != "cuda") {
+    return absl::InvalidArgumentError("--device must be auto, cpu or cuda, got " + o.device);
   }
-  const bool gpu = device != "cpu" && CudaDeviceAvailable();
-  if (device == "cuda" && !gpu) {
+  const bool gpu = o.device != "cpu" && CudaDeviceAvailable();
+  if (o.device == "cuda" && !gpu) {
     return absl::FailedPreconditionError(
         "--device cuda: no usable CUDA device (or this build has no CUDA backend)");
   }
-  if (device == "cuda" && world_size > 1) {
-    return absl::UnimplementedError(
-        "--device cuda runs single-process jobs; distributed jobs run with --device cpu");
+  if (!gpu) return std::string();
+  if (world_size == 1) return std::string("the current GPU");
+  if (absl::Status st = CheckDeviceComm(o.device_comm); !st.ok()) {
+    return absl::Status(st.code(), absl::StrCat("--device ", o.device, ": ", st.message(),
+                                                o.device == "auto" ? "; or pass --device cpu" : ""));
   }
-  if (gpu && world_size > 1 && coordinator) {
-    spdlog::info(
-        "a GPU is present, but distributed jobs run on the CPU executor (the CUDA executor "
-        "serves single-process jobs)");
-  }
-  return gpu && world_size == 1;
+  return SelectRankGpu();
 }
 
-constexpr char kReportedByCoordinator[] = "switchyard/reported-by-rank-0";
+// Every rank chooses, and rank 0 makes sure the job is consistent: one device kind for every
+// rank, and (unless --share-gpu) no two ranks of a host on the same GPU.
+absl::StatusOr<bool> ChooseCuda(const SessionOptions& o, MpiCommunicator* world, int world_size) {
+  absl::StatusOr<std::string> mine = ChooseGpuHere(o, world_size);
+  if (world == nullptr) {
+    if (!mine.ok()) return mine.status();
+    return !mine->empty();
+  }
+  struct Choice {
+    int32_t code;
+    int32_t cuda;
+    char host[64];
+    char gpu[64];
+    char message[512];
+  };
+  Choice c{};
+  c.code = static_cast<int32_t>(mine.status().code());
+  c.cuda = mine.ok() && !mine->empty() ? 1 : 0;
+  if (gethostname(c.host, sizeof(c.host) - 1) != 0) c.host[0] = '\0';
+  if (c.cuda) std::snprintf(c.gpu, sizeof(c.gpu), "%s", mine->c_str());
+  std::snprintf(c.message, sizeof(c.message), "%s", std::string(mine.status().message()).c_str());
+  std::vector<Choice> all(world->rank() == 0 ? world_size : 1);
+  RETURN_IF_ERROR(world->Gather(&c, sizeof(c), all.data(), 0));
+  Choice verdict{};
+  auto refuse = [&verdict](absl::StatusCode code, const std::string& message) {
+    verdict.code = static_cast<int32_t>(code);
+    std::snprintf(verdict.message, sizeof(verdict.message), "%s", message.c_str());
+  };
+  if (world->rank() == 0) {
+    verdict.cuda = all[0].cuda;
+    for (int r = 0; r < world_size && verdict.code == 0; ++r) {
+      if (all[r].code != 0) {
+        refuse(static_cast<absl::StatusCode>(all[r].code),
+               absl::StrCat("rank ", r, ": ", all[r].message));
+      } else if (all[r].cuda != verdict.cuda) {
+        refuse(absl::StatusCode::kFailedPrecondition,
+               absl::StrCat("--device ", o.device, ": rank 0 runs on the ",
+                            verdict.cuda ? "GPU" : "CPU", " but rank ", r, " on the ",
+                            all[r].cuda ? "GPU" : "CPU",
+                            "; every rank of a job must use the same device (pass --device "
+                            "cpu or --device cuda)"));
+      }
+      for (int q = 0; q < r && verdict.code == 0 && verdict.cuda && !o.share_gpu; ++q) {
+        if (std::strncmp(all[q].host, all[r].host, sizeof(c.host)) == 0 &&
+            std::strncmp(all[q].gpu, all[r].gpu, sizeof(c.gpu)) == 0) {
+          refuse(absl::StatusCode::kFailedPrecondition,
+                 absl::StrCat("--device ", o.device, ": ranks ", q, " and ", r, " on host ",
+                              all[r].host, " would share GPU ", all[r].gpu,
+                              ": one GPU per rank is needed (launch at most one rank per GPU, "
+                              "or pass --share-gpu to let ranks share one",
+                              o.device == "auto" ? ", or --device cpu)" : ")"));
+        }
+      }
+    }
+  }
+  RETURN_IF_ERROR(world->Broadcast(&verdict, sizeof(verdict), 0));
+  if (verdict.code != 0) {
+    absl::Status err(static_cast<absl::StatusCode>(verdict.code), verdict.message);
+    if (world->rank() != 0) err.SetPayload(kReportedByCoordinator, absl::Cord("1"));
+    return err;
+  }
+  if (verdict.cuda && world->rank() == 0) {
+    spdlog::info("device: a GPU per rank ({} ranks{}; device buffers over {})", world_size,
+                 o.share_gpu ? ", sharing allowed" : "", o.device_comm);
+  }
+  return verdict.cuda != 0;
+}
 
 // Runs `check` on rank 0 and shares its outcome with every rank (a code and the message).
 absl::Status RunCoordinatorCheck(const std::function<absl::Status()>& check,
@@ -180,7 +245,7 @@ absl::StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const SessionOp
   }
   // Before anything is loaded, so that a --device the job cannot honour fails at once.
   ASSIGN_OR_RETURN(const bool use_cuda,
-                   ChooseCuda(options.device, s->world_size, s->world_rank == 0));
+                   ChooseCuda(options, s->world_comm_.get(), s->world_size));
   if (s->world_comm_ != nullptr && s->world_size > 1) {
     // From here on a rank that dies, stops or hangs is named within seconds (loading too).
     s->progress_ = std::make_unique<ProgressMeter>();
@@ -298,8 +363,18 @@ absl::StatusOr<double> ModelSession::BuildExecutor(const SessionOptions& options
   ASSIGN_OR_RETURN(ep_comm_, world_comm_->Split(shape.stage(), shape.ep_rank(),
                                                 absl::StrCat("ep(stage ", shape.stage(), ")")));
   peers_secs += SecondsSince(split_start);
-  worker_ = std::make_unique<DistributedWorker>(*weights, shape, world_comm_.get(),
-                                                ep_comm_.get(), placement.expert_ranks, kv, limits);
+  if (use_cuda) {
+    ASSIGN_OR_RETURN(cuda_worker_,
+                     MakeCudaWorker(*weights, shape, world_comm_.get(), ep_comm_.get(),
+                                    placement.expert_ranks, kv, limits,
+                                    {.device_comm = options.device_comm,
+                                     .deadline = options.comm_timeout}));
+    worker_ = cuda_worker_->worker();
+  } else {
+    owned_worker_ = std::make_unique<DistributedWorker>(
+        *weights, shape, world_comm_.get(), ep_comm_.get(), placement.expert_ranks, kv, limits);
+    worker_ = owned_worker_.get();
+  }
   worker_->set_progress(progress_.get());
   worker_->set_expert_source(weights.get(), checkpoint.get());
   LogShard(*this, spec, worker_->backend().kv_bytes());
@@ -308,7 +383,7 @@ absl::StatusOr<double> ModelSession::BuildExecutor(const SessionOptions& options
   RETURN_IF_ERROR(world_comm_->Barrier());
   peers_secs += SecondsSince(barrier_start);
   if (is_coordinator()) {
-    auto exec = std::make_unique<DistributedExecutor>(worker_.get());
+    auto exec = std::make_unique<DistributedExecutor>(worker_);
     distributed_ = exec.get();
     executor = std::move(exec);
   }
@@ -317,7 +392,7 @@ absl::StatusOr<double> ModelSession::BuildExecutor(const SessionOptions& options
 
 absl::Status ModelSession::RunWorker() {
   if (worker_ == nullptr) return absl::FailedPreconditionError("not a distributed session");
-  absl::Status st = RunWorkerLoop(worker_.get());
+  absl::Status st = RunWorkerLoop(worker_);
   if (liveness_ != nullptr) liveness_->End(st);
   return st;
 }

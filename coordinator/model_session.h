@@ -35,6 +35,7 @@ class MpiCommunicator;
 class Liveness;
 class ProgressMeter;
 class DistributedWorker;
+class CudaWorker;
 class DistributedExecutor;
 
 struct SessionOptions {
@@ -58,8 +59,12 @@ struct SessionOptions {
   // also the floor of its progress check.
   absl::Duration liveness_timeout = absl::Seconds(5);
   // "cpu", "cuda", or "auto" (cuda when this build has CUDA and a GPU is present, else cpu).
-  // The CUDA executor runs single-process jobs; a distributed job runs on CPUs.
+  // A distributed GPU job runs one GPU per rank (the local rank's), or with share_gpu lets
+  // the ranks of a node share its GPUs; "auto" refuses a node with more ranks than GPUs
+  // unless share_gpu. Every rank must choose the same device.
   std::string device = "auto";
+  std::string device_comm = "nccl";  // "nccl" or "staged" (worker/cuda_executor.h)
+  bool share_gpu = false;
   // Runs on rank 0 before any rank loads weights (serve checks its address and TLS files
   // there); its error ends every rank at once. On the other ranks Open returns an error
   // marked ReportedByCoordinator, so only rank 0 prints it.
@@ -87,7 +92,7 @@ struct ModelSession {
   bool is_coordinator() const { return world_rank == 0; }
   BlockAllocator* allocator(int dp = 0) { return allocators[dp].get(); }
   int dp_size() const { return placement.ep; }
-  DistributedWorker* worker() { return worker_.get(); }
+  DistributedWorker* worker() { return worker_; }
   DistributedExecutor* distributed_executor() { return distributed_; }
   // The job's liveness channel; null on one process.
   Liveness* liveness() { return liveness_.get(); }
@@ -119,7 +124,11 @@ struct ModelSession {
   std::unique_ptr<Liveness> liveness_;
   std::unique_ptr<MpiCommunicator> world_comm_;
   std::unique_ptr<MpiCommunicator> ep_comm_;
-  std::unique_ptr<DistributedWorker> worker_;
+  // This rank's worker: the CPU one, or the one inside the CUDA worker (device
+  // communicators, backend), which goes before the MPI groups it uses.
+  std::unique_ptr<DistributedWorker> owned_worker_;
+  std::unique_ptr<CudaWorker> cuda_worker_;
+  DistributedWorker* worker_ = nullptr;
   DistributedExecutor* distributed_ = nullptr;
 };
 

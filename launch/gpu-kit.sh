@@ -16,13 +16,13 @@ B=build-gpukit
 cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release -DSWITCHYARD_NATIVE=OFF \
   -DCMAKE_CXX_FLAGS="-march=x86-64-v3" > /dev/null
 cmake --build $B -j "${JOBS:-2}" --target switchyard kernels_cuda_test cuda_executor_test \
-  nccl_communicator_test serve_e2e_test bench_decode_cuda bench_grouped_gemm_cuda \
+  nccl_communicator_test distributed_cuda_test serve_e2e_test bench_decode_cuda bench_grouped_gemm_cuda \
   bench_dispatch_cuda sy_sentencepiece_module python_protos
 kit=$(mktemp -d /tmp/switchyard-gpukit.XXXXXX)
 trap 'rm -rf "$kit"' EXIT
 mkdir -p "$kit/bin" "$kit/lib" "$kit/python"
 bins=($B/cli/switchyard $B/kernels/cuda/kernels_cuda_test $B/worker/cuda_executor_test
-      $B/comm/nccl_communicator_test $B/tests/serve_e2e_test
+      $B/comm/nccl_communicator_test $B/tests/distributed_cuda_test $B/tests/serve_e2e_test
       $B/bench/cuda/bench_decode_cuda $B/bench/cuda/bench_grouped_gemm_cuda
       $B/bench/cuda/bench_dispatch_cuda)
 cp "${bins[@]}" $B/lib/libsy_sentencepiece_module.so "$kit/bin/"

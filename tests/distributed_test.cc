@@ -144,7 +144,10 @@ TEST_P(DistributedEquality, MatchesSingleRank) {
                                       .ep = layout.ep,
                                       .pp = layout.pp,
                                       .placement_file = placement,
-                                      .comm_timeout = absl::Seconds(60)});
+                                      .comm_timeout = absl::Seconds(60),
+                                      // Routing capture and expert moves: the CPU backend's
+                                      // (tests/distributed_cuda_test.cc covers the GPU's).
+                                      .device = "cpu"});
     ASSERT_TRUE(opened.ok()) << opened.status();
     ModelSession& s = **opened;
     const ShardSpec spec = s.placement.ShardFor(s.world_rank, cfg);

@@ -195,6 +195,7 @@ class CpuStageBackend final : public StageBackend {
     return absl::OkStatus();
   }
 
+  bool moves_experts() const override { return true; }
   int64_t experts_prepared() const override { return prepared_.load(std::memory_order_acquire); }
   int64_t experts_active() const override { return active_; }
 

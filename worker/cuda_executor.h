@@ -1,38 +1,29 @@
-// A StepExecutor that runs the whole model on one GPU (EP = PP = 1): the device twin of
-// LocalExecutor. Compiles without CUDA: then CudaDeviceAvailable() is false and the factory
-// returns kUnimplemented "built without CUDA".
+// The CUDA entry points of the worker, usable from code built without CUDA (then
+// CudaDeviceAvailable() is false and the factories return kUnimplemented "built without
+// CUDA"). Both build on the CUDA stage backend (worker/cuda_stage_backend.h) driven by the
+// DistributedWorker, the one orchestration of every job:
+// - MakeCudaExecutor: a single-process job on one GPU, the one-rank case (EP = PP = 1 over a
+//   group of one rank);
+// - MakeCudaWorker: one rank of a distributed GPU job (mpirun/srun, any EP x PP and placement),
+//   with device communicators for the stage link and the EP group's rows: NCCL, or staged
+//   through pinned host memory over the MPI groups (several ranks may then share one GPU).
 //
 //   if (CudaDeviceAvailable()) {
 //     ASSIGN_OR_RETURN(auto exec, MakeCudaExecutor(*weights, {.num_blocks = 256},
 //                                                  {.max_tokens = 512, .max_context = 4096}));
 //     RETURN_IF_ERROR(exec->Execute(plan, &result));
 //   }
-//
-// What it does:
-// - Weights: the shard's matrices are uploaded once as bf16 (q/k/v fused into one [q+2kv, H]
-//   matrix, each expert's w1/w3 into one [2F, H] matrix); norms as fp32.
-// - KV cache: paged, in device memory, bf16, same block layout and block tables as the CPU
-//   cache (PagedKvCache), so the coordinator's BlockAllocator drives it unchanged.
-// - Forward pass: mirrors ShardForward with the kernels of kernels/cuda/ops.h: bf16 GEMM
-//   inputs and KV cache, fp32 residual stream, q/k/v, accumulation and statistics (see the
-//   numerics note in kernels/cuda/ops.h); final norm, lm_head and
-//   sampling on the device; next tokens (and requested logits) are copied back.
-// - Decode steps (every sequence of the step carries exactly one token) run with static shapes
-//   and are captured as CUDA graphs keyed by the batch size B (the number of sequences):
-//   the first decode step at a given B runs eagerly (warm-up: lazy module loading, cuBLAS
-//   heuristics), the second captures the step into a graph and launches it, later ones replay
-//   it. Per-step inputs (tokens, positions, slots, block tables, sampling parameters) live in a
-//   fixed device buffer whose layout depends only on B, refreshed by one copy before launch.
-//   B above CudaExecutorOptions::max_graph_batch runs eagerly. Other steps (prefill, mixed)
-//   run eagerly with one device-to-host copy of the expert row counts per layer.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "comm/communicator.h"
 #include "model/weights.h"
-#include "worker/local_executor.h"
+#include "worker/distributed_executor.h"
 #include "worker/shard_forward.h"
 #include "worker/step.h"
 
@@ -41,16 +32,21 @@ namespace switchyard {
 // True when this build has the CUDA backend and a CUDA device can be used.
 bool CudaDeviceAvailable();
 
+// Makes this rank's GPU current (the local rank's, modulo the GPUs it sees: SelectCudaDevice
+// in comm/cuda_device.h) and returns its UUID, by which ranks sharing a GPU are found.
+// kUnimplemented without CUDA.
+absl::StatusOr<std::string> SelectRankGpu();
+
 struct CudaExecutorOptions {
   bool use_graphs = true;     // capture decode steps as CUDA graphs
   int max_graph_batch = 128;  // largest decode batch captured (and run with static shapes)
 };
 
 struct CudaExecutorStats {
-  int64_t eager_steps = 0;     // steps enqueued kernel by kernel (incl. graph warm-ups)
+  int64_t eager_steps = 0;     // stage runs enqueued kernel by kernel (incl. graph warm-ups)
   int64_t graph_captures = 0;  // decode graphs instantiated
-  int64_t graph_launches = 0;  // decode steps run from a graph (incl. the capturing step)
-  int64_t graph_failures = 0;  // captures that failed (that batch size then runs eagerly)
+  int64_t graph_launches = 0;  // stage runs from a graph (incl. the capturing one)
+  int64_t graph_failures = 0;  // captures that failed (that shape then runs eagerly)
 };
 
 // The executor's interface beyond StepExecutor (what tests and benchmarks look at).
@@ -71,5 +67,37 @@ absl::StatusOr<std::unique_ptr<StepExecutor>> MakeCudaExecutor(const ModelWeight
 absl::StatusOr<std::unique_ptr<CudaStepExecutor>> MakeCudaExecutor(
     const ModelWeights& weights, const KvPoolOptions& kv, const ForwardLimits& limits,
     const CudaExecutorOptions& options);
+
+struct CudaWorkerOptions {
+  // How device buffers move between ranks: "nccl" (NCCL send/recv and grouped all-to-all-v)
+  // or "staged" (pinned host buffers over the MPI groups).
+  std::string device_comm = "nccl";
+  CudaExecutorOptions graphs;
+  absl::Duration deadline = absl::Seconds(60);  // every wait on the device
+};
+
+// Refuses a device_comm this build cannot provide (kInvalidArgument for an unknown name,
+// kUnimplemented for "nccl" in a build without NCCL).
+absl::Status CheckDeviceComm(const std::string& device_comm);
+
+// One rank of a distributed GPU job: its stream, device communicators, CUDA stage backend and
+// the DistributedWorker that drives them.
+class CudaWorker {
+ public:
+  virtual ~CudaWorker() = default;
+  virtual DistributedWorker* worker() = 0;
+  virtual const CudaExecutorStats& stats() const = 0;
+  virtual uint64_t device_bytes() const = 0;
+};
+
+// Collective over `world` (every rank calls it): on the CUDA device current in the calling
+// thread (SelectCudaDevice, comm/cuda_device.h), builds the device communicators over `world`
+// (the stage link) and `ep_group` (the stage's EP group, host; its rows move on the device
+// twin) and the rank's backend. `routing` covers the stage's layers. All arguments must
+// outlive the result.
+absl::StatusOr<std::unique_ptr<CudaWorker>> MakeCudaWorker(
+    const ModelWeights& weights, const ParallelShape& shape, Communicator* world,
+    Communicator* ep_group, ExpertRanks routing, const KvPoolOptions& kv,
+    const ForwardLimits& limits, const CudaWorkerOptions& options);
 
 }  // namespace switchyard

@@ -410,6 +410,15 @@ absl::Status DistributedExecutor::BroadcastPlan(uint32_t command, const StepPlan
 
 absl::Status DistributedExecutor::Execute(const StepPlan& plan, StepResult* result) {
   RETURN_IF_ERROR(ValidatePlan(plan, worker_->plan_limits()));
+  if (!records_routing()) {
+    for (const SeqEntry& s : plan.seqs) {
+      if (s.routing != RoutingMode::kNone) {
+        return absl::UnimplementedError(absl::StrCat(
+            "sequence ", s.seq_id, ": routing (return_routing, switchyard trace) is not "
+            "recorded by this job's stage backend (the CUDA backend) yet; run on --device cpu"));
+      }
+    }
+  }
   ProgressMeter::Scope operation(worker_->progress());
   RETURN_IF_ERROR(BroadcastPlan(kStep, plan));
   return worker_->RunStep(plan, result);

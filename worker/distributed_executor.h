@@ -148,6 +148,8 @@ class DistributedExecutor : public StepExecutor {
   explicit DistributedExecutor(DistributedWorker* worker) : worker_(worker) {}
   absl::Status Execute(const StepPlan& plan, StepResult* result) override;
   int max_step_tokens() const override { return worker_->limits().max_tokens; }
+  // Every rank runs the same kind of backend: rank 0's answers for the job.
+  bool records_routing() const override { return worker_->backend().records_routing(); }
   absl::StatusOr<std::vector<RankStatus>> CollectStatus() override;
   // A no-op collective round so a hung rank is noticed while the job is idle.
   absl::Status Heartbeat();

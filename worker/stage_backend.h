@@ -50,6 +50,9 @@ class StageBackend {
   virtual size_t row_bytes() const = 0;
 
   virtual const ForwardLimits& limits() const = 0;
+  // Whether RunLayers records routing (a RoutingCapture); a backend that does not refuses
+  // one, and the executor refuses plans that ask for it before any rank starts the step.
+  virtual bool records_routing() const { return true; }
   virtual uint64_t kv_bytes() const = 0;
   // Routed tokens per (layer, expert) this rank's router chose since start.
   virtual const std::vector<std::vector<int64_t>>& expert_token_counts() const = 0;
@@ -72,6 +75,8 @@ class StageBackend {
   virtual absl::Status SwitchExperts(int64_t generation) {
     return absl::FailedPreconditionError("this stage backend cannot move experts");
   }
+  // Whether PrepareExperts/SwitchExperts can move experts at all.
+  virtual bool moves_experts() const { return false; }
   // The generation whose preparation has finished (0: none yet), and the one in use.
   virtual int64_t experts_prepared() const { return 0; }
   virtual int64_t experts_active() const { return 0; }

@@ -1,8 +1,10 @@
-// bench_dispatch_cuda: latency of one expert-parallel dispatch + combine over NCCL at 1, 8, 128
-// and 4096 tokens.
+// bench_dispatch_cuda: latency of one expert-parallel dispatch + combine over a device
+// communicator (NCCL, or staged through pinned host memory over MPI) at 1, 8, 128 and 4096
+// tokens.
 //
 //   bench_dispatch_cuda [--tokens 1,8,128,4096] [--hidden 4096] [--experts 8] [--top-k 2]
-//   mpirun -np 4 bench_dispatch_cuda ...          # one GPU per rank
+//                       [--comm nccl|staged]
+//   mpirun -np 4 bench_dispatch_cuda ...          # one GPU per rank (staged: may share one)
 //
 // One iteration is what ExpertDispatcher::Forward does on the wire, on device buffers:
 //   1. AllToAll of the per-destination row counts (8 bytes per rank);
@@ -20,6 +22,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <set>
@@ -28,41 +31,13 @@
 #include "CLI/CLI.hpp"
 #include "comm/mpi_communicator.h"
 #include "comm/nccl_communicator.h"
+#include "comm/self_communicator.h"
+#include "comm/staged_communicator.h"
 
 namespace switchyard {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// The bootstrap of a run without mpirun: a group of one.
-class SelfCommunicator final : public Communicator {
- public:
-  int rank() const override { return 0; }
-  int size() const override { return 1; }
-  const std::string& name() const override { return name_; }
-  absl::Status AllToAllV(const void* send, std::span<const size_t> sc, std::span<const size_t> so,
-                         void* recv, std::span<const size_t>, std::span<const size_t> ro) override {
-    std::memcpy(static_cast<char*>(recv) + ro[0], static_cast<const char*>(send) + so[0], sc[0]);
-    return absl::OkStatus();
-  }
-  absl::Status AllToAll(const void* send, void* recv, size_t bytes) override {
-    std::memcpy(recv, send, bytes);
-    return absl::OkStatus();
-  }
-  absl::Status Send(const void*, size_t, int, int) override {
-    return absl::UnimplementedError("self");
-  }
-  absl::Status Recv(void*, size_t, int, int) override { return absl::UnimplementedError("self"); }
-  absl::Status Broadcast(void*, size_t, int) override { return absl::OkStatus(); }
-  absl::Status Gather(const void* send, size_t bytes, void* recv, int) override {
-    std::memcpy(recv, send, bytes);
-    return absl::OkStatus();
-  }
-  absl::Status Barrier() override { return absl::OkStatus(); }
-
- private:
-  std::string name_ = "self";
-};
 
 int Die(const absl::Status& st) {
   std::fprintf(stderr, "bench_dispatch_cuda: %s\n", st.ToString().c_str());
@@ -77,14 +52,26 @@ absl::Status CudaOk(cudaError_t err, const char* what) {
 struct Args {
   std::vector<int> tokens = {1, 8, 128, 4096};
   int hidden = 4096, experts = 8, top_k = 2, iters = 50;
+  std::string comm = "nccl";
 };
 
 int Run(const Args& a, Communicator* bootstrap) {
   auto device = SelectCudaDevice();
   if (!device.ok()) return Die(device.status());
-  auto nccl = NcclCommunicator::Create(bootstrap, {.name = "ep", .comm = {}});
-  if (!nccl.ok()) return Die(nccl.status());
-  NcclCommunicator& comm = **nccl;
+  cudaStream_t stream = nullptr;
+  if (auto st = CudaOk(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
+      !st.ok()) {
+    return Die(st);
+  }
+  std::unique_ptr<Communicator> owned;
+  if (a.comm == "staged") {
+    owned = std::make_unique<StagedCommunicator>(bootstrap, stream);
+  } else {
+    auto nccl = NcclCommunicator::Create(bootstrap, {.name = "ep", .comm = {}, .stream = stream});
+    if (!nccl.ok()) return Die(nccl.status());
+    owned = std::move(nccl).value();
+  }
+  Communicator& comm = *owned;
   const int ranks = comm.size(), me = comm.rank();
   const size_t row_bytes = size_t{2} * a.hidden + size_t{8} * a.top_k;
   const size_t back_bytes = size_t{2} * a.hidden;
@@ -104,9 +91,9 @@ int Run(const Args& a, Communicator* bootstrap) {
   }
   if (me == 0) {
     std::printf(
-        "NCCL dispatch + combine over %d rank(s): hidden %d, top-%d of %d experts, "
+        "%s dispatch + combine over %d rank(s): hidden %d, top-%d of %d experts, "
         "row %zu B out / %zu B back\n",
-        ranks, a.hidden, a.top_k, a.experts, row_bytes, back_bytes);
+        a.comm.c_str(), ranks, a.hidden, a.top_k, a.experts, row_bytes, back_bytes);
     std::printf("%8s %12s %14s %12s %12s\n", "tokens", "rows sent", "bytes moved", "median us",
                 "p90 us");
   }
@@ -129,7 +116,7 @@ int Run(const Args& a, Communicator* bootstrap) {
     for (int it = 0; it < a.iters + 5; ++it) {
       const auto t0 = Clock::now();
       cudaMemcpy(d_counts_send, counts.data(), 8 * ranks, cudaMemcpyHostToDevice);
-      cudaDeviceSynchronize();  // pageable H2D may still be in flight; NCCL's stream won't wait
+      cudaDeviceSynchronize();  // pageable H2D may still be in flight; the stream won't wait
       absl::Status st = comm.AllToAll(d_counts_send, d_counts_recv, 8);
       if (st.ok()) {
         cudaMemcpy(recv_counts.data(), d_counts_recv, 8 * ranks, cudaMemcpyDeviceToHost);
@@ -158,9 +145,11 @@ int Run(const Args& a, Communicator* bootstrap) {
                   us[us.size() * 9 / 10]);
     }
   }
+  owned.reset();
   for (void* p : {d_send, d_recv, d_back_send, d_back_recv, d_counts_send, d_counts_recv}) {
     cudaFree(p);
   }
+  cudaStreamDestroy(stream);
   return 0;
 }
 
@@ -168,13 +157,15 @@ int Run(const Args& a, Communicator* bootstrap) {
 }  // namespace switchyard
 
 int main(int argc, char** argv) {
-  CLI::App app{"NCCL dispatch + combine latency (see bench/cuda/dispatch.cc)"};
+  CLI::App app{"Device dispatch + combine latency (see bench/cuda/dispatch.cc)"};
   switchyard::Args a;
   app.add_option("--tokens", a.tokens, "Token counts")->delimiter(',');
   app.add_option("--hidden", a.hidden)->check(CLI::Range(1, 1 << 16));
   app.add_option("--experts", a.experts)->check(CLI::Range(1, 1024));
   app.add_option("--top-k", a.top_k)->check(CLI::Range(1, 64));
   app.add_option("--iters", a.iters)->check(CLI::Range(1, 100000));
+  app.add_option("--comm", a.comm, "Device communicator: nccl or staged")
+      ->check(CLI::IsMember({"nccl", "staged"}));
   CLI11_PARSE(app, argc, argv);
   if (a.top_k > a.experts) {
     std::fprintf(stderr, "--top-k must not exceed --experts\n");

@@ -269,6 +269,14 @@ __global__ void GatherRowsKernel(const bf16* __restrict__ x, const int32_t* __re
   }
 }
 
+// Grid-stride x[i] += y[i].
+__global__ void AddInPlaceKernel(float* __restrict__ x, const float* __restrict__ y, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    x[i] += y[i];
+  }
+}
+
 // One block per token: out[t] = sum_j w[t, j] * y[pair_row[t, j]].
 __global__ void UnpermuteKernel(MoeUnpermuteParams p) {
   const int t = blockIdx.x;
@@ -552,6 +560,26 @@ absl::Status MoePermute(const MoePermuteParams& p, cudaStream_t stream) {
   GatherRowsKernel<<<static_cast<unsigned>(rows), 128, 0, stream>>>(p.x, p.row_token, p.ffn.hidden,
                                                                     p.ffn.rows);
   return LaunchCheck("MoePermute(gather)", stream);
+}
+
+absl::Status GatherRows(const GatherRowsParams& p, cudaStream_t stream) {
+  if (p.num_rows < 0 || p.hidden < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GatherRows: ", p.num_rows, " rows of ", p.hidden, " values"));
+  }
+  if (p.num_rows == 0) return absl::OkStatus();
+  GatherRowsKernel<<<static_cast<unsigned>(p.num_rows), 128, 0, stream>>>(p.x, p.row_of, p.hidden,
+                                                                         p.rows);
+  return LaunchCheck("GatherRows", stream);
+}
+
+absl::Status AddInPlace(float* x, const float* y, int64_t n, cudaStream_t stream) {
+  if (n < 0) return absl::InvalidArgumentError("AddInPlace: negative length");
+  if (n == 0) return absl::OkStatus();
+  constexpr int kThreads = 256;
+  const int64_t blocks = std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t{1} << 20);
+  AddInPlaceKernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(x, y, n);
+  return LaunchCheck("AddInPlace", stream);
 }
 
 absl::Status MoeUnpermute(const MoeUnpermuteParams& p, cudaStream_t stream) {

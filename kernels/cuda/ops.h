@@ -275,6 +275,21 @@ struct MoeUnpermuteParams {
 };
 absl::Status MoeUnpermute(const MoeUnpermuteParams& p, cudaStream_t stream);
 
+// rows[r] = x[row_of[r]] for r < num_rows (bf16 rows of `hidden`; a negative index leaves
+// the row untouched): the gather of a device dispatch (worker/device_dispatch.h) packing rows
+// by destination or by expert.
+struct GatherRowsParams {
+  const bf16* x = nullptr;          // [*, hidden]
+  const int32_t* row_of = nullptr;  // [num_rows]
+  int64_t num_rows = 0;
+  int hidden = 0;
+  bf16* rows = nullptr;  // [num_rows, hidden]
+};
+absl::Status GatherRows(const GatherRowsParams& p, cudaStream_t stream);
+
+// x[i] += y[i] for i < n (fp32, in place): a stage's last residual add.
+absl::Status AddInPlace(float* x, const float* y, int64_t n, cudaStream_t stream);
+
 // ---------------------------------------------------------------------------------------------
 // GEMMs (cuBLAS, bf16 inputs, fp32 compute).
 

@@ -1,0 +1,57 @@
+#include "comm/cuda_device.h"
+
+#include <cuda_runtime_api.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace switchyard {
+
+int LocalRankFromEnv() {
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"}) {
+    const char* v = std::getenv(var);
+    int rank = -1;
+    if (v != nullptr && absl::SimpleAtoi(v, &rank) && rank >= 0) return rank;
+  }
+  return 0;
+}
+
+absl::StatusOr<int> SelectCudaDevice() {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    return absl::UnavailableError(
+        absl::StrCat("no CUDA device (",
+                     err != cudaSuccess ? cudaGetErrorString(err) : "device count is 0", ")"));
+  }
+  const int device = LocalRankFromEnv() % count;
+  const cudaError_t set = cudaSetDevice(device);
+  if (set != cudaSuccess) {
+    return absl::UnavailableError(
+        absl::StrCat("cudaSetDevice(", device, "): ", cudaGetErrorString(set)));
+  }
+  return device;
+}
+
+std::string CurrentCudaDeviceUuid() {
+  int device = 0;
+  cudaDeviceProp prop{};
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
+    cudaGetLastError();
+    return "";
+  }
+  const auto* b = reinterpret_cast<const unsigned char*>(prop.uuid.bytes);
+  char text[64];
+  std::snprintf(text, sizeof(text),
+                "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
+                b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+                b[14], b[15]);
+  return text;
+}
+
+}  // namespace switchyard
