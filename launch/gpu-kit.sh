@@ -2,7 +2,8 @@
 # Packs the GPU checks for a machine that has a GPU and the CUDA 13 runtime, cuBLAS and NCCL
 # but none of this project's Debian packages (and no network): the binaries built here, the
 # shared libraries they need that such a machine lacks (gRPC, protobuf, abseil, Open MPI's
-# libraries, SentencePiece), and the Python stubs, into .gpukit/kit.tar.xz (git-ignored).
+# libraries, SentencePiece), a relocatable Open MPI with mpirun (launch/pack-openmpi.sh), and
+# the Python stubs, into .gpukit/kit.tar.xz (git-ignored).
 # On the GPU machine, from a copy of this repository with .gpukit beside it:
 #   launch/gpu-check.sh OUTDIR      # unpacks the kit, runs the GPU tests and benchmarks
 # The kit's libraries go on the library path of the kit's binaries only (gpu_check.py), so
@@ -28,6 +29,8 @@ bins=($B/cli/switchyard $B/kernels/cuda/kernels_cuda_test $B/worker/cuda_executo
 cp "${bins[@]}" $B/lib/libsy_sentencepiece_module.so "$kit/bin/"
 cp -r $B/python/. "$kit/python/"
 echo "$PWD" > "$kit/source-root"  # where the tests look for models/ and tests/data/
+# Open MPI for the multi-rank GPU tests (the GPU machine has none): a relocatable copy.
+launch/pack-openmpi.sh "$kit/ompi" > /dev/null
 # Every library the binaries load, except the C runtime and CUDA's own (the GPU machine has
 # newer ones of both, which stay compatible).
 for b in "${bins[@]}" $B/lib/libsy_sentencepiece_module.so; do ldd "$b"; done |

@@ -267,19 +267,30 @@ def main():
               env={"NCCL_DEBUG": "INFO"}, gtest=True)
     # The distributed GPU path on this one GPU: 2 and 4 ranks sharing it (staged and NCCL
     # device communicators; NCCL needs 2.30+ for two ranks on one GPU and says so when older).
-    mpirun = shutil.which("mpirun")
+    mpirun, mpi_env = shutil.which("mpirun"), {}
+    kit_ompi = os.path.join(kit, "ompi")
+    if mpirun is None and os.path.exists(os.path.join(kit_ompi, "bin", "mpirun")):
+        # The kit's relocatable Open MPI (launch/pack-openmpi.sh).
+        mpirun = os.path.join(kit_ompi, "bin", "mpirun")
+        mpi_env = {"OPAL_PREFIX": kit_ompi,
+                   "PMIX_PREFIX": os.path.join(kit_ompi, "lib", "x86_64-linux-gnu", "pmix2"),
+                   "LD_LIBRARY_PATH": ":".join([os.path.join(kit_ompi, "lib"),
+                                                os.path.join(kit_ompi, "lib", "x86_64-linux-gnu",
+                                                             "openmpi", "lib"),
+                                                env.get("LD_LIBRARY_PATH", "")]).rstrip(":"),
+                   "PATH": os.path.join(kit_ompi, "bin") + ":" + env.get("PATH", "")}
     for np_ in (2, 4):
         name = f"distributed_cuda_test_np{np_}"
         if not want(name):
             continue
         if mpirun is None:
             c.steps.append({"step": name, "status": "not_run",
-                            "reason": "no mpirun on this machine (the kit does not carry Open MPI yet)"})
+                            "reason": "no mpirun on this machine and none in the kit"})
             continue
         c.run(name, [mpirun, "--allow-run-as-root", "--oversubscribe", "-np", str(np_),
                      "-x", "LD_LIBRARY_PATH", "-x", "NCCL_MULTI_RANK_GPU_ENABLE",
                      "-x", "SWITCHYARD_SPM_MODULE", os.path.join(kit, "bin", "distributed_cuda_test")],
-              240, env={"NCCL_MULTI_RANK_GPU_ENABLE": "1"}, gtest=True)
+              240, env={"NCCL_MULTI_RANK_GPU_ENABLE": "1", **mpi_env}, gtest=True)
     if gpu and shutil.which("compute-sanitizer"):
         for tool in ("memcheck", "racecheck"):
             if want(f"sanitizer_{tool}"):
