@@ -83,9 +83,17 @@ class Check:
         ok = exit_ok and rec.get("failed", 0) == 0
         rec["status"] = "passed" if ok else "failed"
         if bench:
+            # Benchmarks print each figure also as a `BENCH_JSON {...}` line.
+            figures = []
+            for line in text.splitlines():
+                if line.startswith("BENCH_JSON "):
+                    try:
+                        figures.append(json.loads(line[len("BENCH_JSON "):]))
+                    except ValueError:
+                        pass
             self.bench.append({"step": name, "command": rec["command"], "exit_code": p.returncode,
                                "clocks_before": clocks_before, "clocks_after": self.clocks(),
-                               "output": text[-20000:]})
+                               "figures": figures, "output": text[-20000:]})
         self.log.write(f"=== {name} ({rec['status']}, exit {p.returncode}, {rec['seconds']} s)\n"
                        f"$ {rec['command']}\n{text[-STEP_LOG_CAP:]}\n")
         self.log.flush()

@@ -48,6 +48,19 @@ assert counts["failed"] == 1 and "skipped_counted_as_failed" not in counts, coun
 # starts only with 20 s or its own timeout left, beyond the 15 s kept for the summary).
 c = gc.Check(work, 34, "cpu", work, env, sys.executable, 2)
 assert c.run("ok", ["true"], 10)["status"] == "passed"
+# A benchmark's BENCH_JSON lines become its figures in bench.json; an MPI test binary whose
+# every test skipped exits 77, which its gtest counts judge (here: nothing failed).
+fig = c.run("fig", ["sh", "-c", 'echo "table"; echo \'BENCH_JSON {"bench": "x", "ms": 1.5}\''], 10,
+            bench=True)
+assert fig["status"] == "passed", fig
+skipped = os.path.join(work, "s.xml")
+with open(skipped, "w") as f:
+    f.write(XML.replace('failures="1"', 'failures="0"').replace(
+        '<failure message="expected 1, got 2" type=""/>', ''))
+c.gtest_counts = lambda _xml, real=c.gtest_counts: real(skipped)
+all_skipped = c.run("mpi77", ["sh", "-c", "exit 77"], 10, gtest=True)
+assert all_skipped["status"] == "passed", all_skipped
+del c.gtest_counts
 assert c.run("bad", ["sh", "-c", "echo boom; exit 3"], 10)["exit_code"] == 3
 late = c.run("late", ["true"], 300)  # 19 s left after the reserve: under 20
 assert late["status"] == "not_run", late
@@ -55,7 +68,10 @@ hung = c.run("hung", ["sleep", "60"], 2)  # killed by its own timeout
 assert hung.get("timed_out") and hung["status"] == "failed", hung
 assert c.finish() == 1
 summary = json.load(open(os.path.join(work, "summary.json")))
+bench = json.load(open(os.path.join(work, "bench.json")))
+assert bench[0]["figures"] == [{"bench": "x", "ms": 1.5}], bench
 assert summary["failed_steps"] == ["bad", "hung"] and summary["not_run_steps"] == ["late"], summary
 assert "boom" in open(os.path.join(work, "steps.log")).read()
-assert sorted(os.listdir(work)) == ["bench.json", "gtest-xml.tar.gz", "steps.log", "summary.json", "t.xml"]
-print("gpu_check: 9 checks passed")
+assert sorted(os.listdir(work)) == ["bench.json", "gtest-xml.tar.gz", "s.xml", "steps.log",
+                                    "summary.json", "t.xml"]
+print("gpu_check: 12 checks passed")

@@ -43,9 +43,11 @@ struct CudaExecutorOptions {
 };
 
 struct CudaExecutorStats {
-  int64_t eager_steps = 0;     // stage runs enqueued kernel by kernel (incl. graph warm-ups)
+  int64_t eager_steps = 0;     // stage runs with no graph launched (incl. graph warm-ups)
   int64_t graph_captures = 0;  // decode graphs instantiated
-  int64_t graph_launches = 0;  // stage runs from a graph (incl. the capturing one)
+  // Graphs launched (incl. the capturing one): one per decode stage run with one EP rank,
+  // one per layer with EP > 1.
+  int64_t graph_launches = 0;
   int64_t graph_failures = 0;  // captures that failed (that shape then runs eagerly)
 };
 

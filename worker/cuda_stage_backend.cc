@@ -7,7 +7,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <map>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -254,7 +256,14 @@ class CudaBackend final : public CudaStageBackend {
   // The MoE of layer l over the T rows of normed_/router_in_ into moe_out_.
   absl::Status LocalMoe(int l, bool static_shapes);
   absl::Status DispatchedMoe(int l);
+  // Decode micro-batches (static shapes): graphs where the work allows.
   absl::Status RunDecode(float* x, int row0);
+  // Runs `enqueue` eagerly the first time a key is seen, captures it as a CUDA graph the
+  // second time, replays the graph after that (eagerly again if capture failed).
+  using GraphKey = std::tuple<int, int, int>;  // (layer or -1 for the stage, batch, first row)
+  absl::Status RunCaptured(const GraphKey& key, const std::function<absl::Status()>& enqueue);
+  // A layer's attention block and router (T > 0 rows).
+  absl::Status EnqueueAttention(int l, float* x);
   template <typename T>
   T* Meta(size_t offset) const {
     return reinterpret_cast<T*>(meta_dev_ + offset);
@@ -349,7 +358,7 @@ class CudaBackend final : public CudaStageBackend {
   LayerShape shape_;
   MetaLayout layout_;
 
-  std::map<std::pair<int, int>, Graph> graphs_;  // keyed by (decode batch, first row)
+  std::map<GraphKey, Graph> graphs_;
   CudaExecutorStats stats_;
   mutable std::vector<std::vector<int64_t>> expert_counts_;
   absl::Status broken_;
@@ -449,10 +458,10 @@ absl::Status CudaBackend::Init() {
     most_local = std::max(most_local, static_cast<int>(plan_->local_experts(l).size()));
   }
   max_pairs_ = static_cast<int64_t>(plan_->layout().max_recv_rows()) * std::min(K_, most_local);
-  static_batch_limit_ = ep_ == 1 ? std::min(opts_.max_graph_batch, limits_.max_tokens) : 0;
+  static_batch_limit_ = std::min(opts_.max_graph_batch, limits_.max_tokens);
   // Grouped expert rows: the local path's (padded decode slots included), and with EP > 1
   // every pair this rank may receive.
-  const int64_t slots = std::min(E_, static_batch_limit_ * K_);
+  const int64_t slots = ep_ == 1 ? std::min(E_, static_batch_limit_ * K_) : 0;
   ffn_rows_ = std::max<int64_t>(static_cast<int64_t>(limits_.max_tokens) * K_,
                                 slots * static_batch_limit_);
   if (ep_ > 1) ffn_rows_ = std::max(ffn_rows_, max_pairs_);
@@ -902,11 +911,19 @@ absl::Status CudaBackend::DispatchedMoe(int l) {
 }
 
 absl::Status CudaBackend::EnqueueLayer(int l, float* x, bool static_shapes) {
+  if (shape_.T > 0) RETURN_IF_ERROR(EnqueueAttention(l, x));
+  // Collective in expert parallelism: every rank of the group, even with no rows.
+  if (ep_ > 1) return DispatchedMoe(l);
+  if (shape_.T == 0) return absl::OkStatus();
+  return LocalMoe(l, static_shapes);
+}
+
+absl::Status CudaBackend::EnqueueAttention(int l, float* x) {
   const Layer& L = layers_[l - layer_begin_];
   const int T = shape_.T;
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
   cudaStream_t st = stream_;
-  if (T > 0) {
+  {
     // x += moe_out of the previous layer of this stage; normed = input_norm(x).
     RETURN_IF_ERROR(cuda::AddRmsNorm({.x = x,
                                       .residual = l == layer_begin_ ? nullptr : moe_out_,
@@ -984,10 +1001,7 @@ absl::Status CudaBackend::EnqueueLayer(int l, float* x, bool static_shapes) {
                                   .weights = topk_weights_},
                                  st));
   }
-  // Collective in expert parallelism: every rank of the group, even with no rows.
-  if (ep_ > 1) return DispatchedMoe(l);
-  if (T == 0) return absl::OkStatus();
-  return LocalMoe(l, static_shapes);
+  return absl::OkStatus();
 }
 
 absl::Status CudaBackend::EnqueueLayers(float* x, bool static_shapes) {
@@ -999,19 +1013,19 @@ absl::Status CudaBackend::EnqueueLayers(float* x, bool static_shapes) {
   return cuda::AddInPlace(x, moe_out_, static_cast<int64_t>(shape_.T) * H_, stream_);
 }
 
-absl::Status CudaBackend::RunDecode(float* x, int row0) {
-  Graph& g = graphs_[{shape_.S, row0}];
+absl::Status CudaBackend::RunCaptured(const GraphKey& key,
+                                      const std::function<absl::Status()>& enqueue) {
+  Graph& g = graphs_[key];
   if (!opts_.use_graphs || g.disabled || (g.exec == nullptr && g.warmups < 1) ||
       (g.exec == nullptr && graphs_.size() > kMaxGraphs)) {
     ++g.warmups;
-    ++stats_.eager_steps;
-    return EnqueueLayers(x, /*static_shapes=*/true);
+    return enqueue();
   }
   if (g.exec == nullptr) {
     cudaGraph_t graph = nullptr;
     RETURN_IF_ERROR(CudaCheck(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal),
                               "cudaStreamBeginCapture"));
-    const absl::Status enqueued = EnqueueLayers(x, /*static_shapes=*/true);
+    const absl::Status enqueued = enqueue();
     const cudaError_t ended = cudaStreamEndCapture(stream_, &graph);
     cudaError_t inst = cudaErrorUnknown;
     if (enqueued.ok() && ended == cudaSuccess) {
@@ -1024,13 +1038,34 @@ absl::Status CudaBackend::RunDecode(float* x, int row0) {
       g.exec = nullptr;
       g.disabled = true;
       ++stats_.graph_failures;
-      ++stats_.eager_steps;
-      return EnqueueLayers(x, /*static_shapes=*/true);
+      return enqueue();
     }
     ++stats_.graph_captures;
   }
   ++stats_.graph_launches;
   return CudaCheck(cudaGraphLaunch(g.exec, stream_), "cudaGraphLaunch");
+}
+
+absl::Status CudaBackend::RunDecode(float* x, int row0) {
+  const int64_t launches = stats_.graph_launches;
+  if (ep_ == 1) {
+    // The whole stage in one graph.
+    RETURN_IF_ERROR(RunCaptured({-1, shape_.S, row0},
+                                [&] { return EnqueueLayers(x, /*static_shapes=*/true); }));
+  } else {
+    // Each layer's attention block in a graph; the exchange between them runs eagerly (its
+    // sizes come from the routing, and both device communicators need them on the host).
+    for (int l = layer_begin_; l < layer_end_; ++l) {
+      RETURN_IF_ERROR(RunCaptured({l, shape_.S, row0}, [&] { return EnqueueAttention(l, x); }));
+      RETURN_IF_ERROR(DispatchedMoe(l));
+    }
+    if (num_layers_ > 0) {
+      RETURN_IF_ERROR(
+          cuda::AddInPlace(x, moe_out_, static_cast<int64_t>(shape_.T) * H_, stream_));
+    }
+  }
+  if (stats_.graph_launches == launches) ++stats_.eager_steps;
+  return absl::OkStatus();
 }
 
 absl::Status CudaBackend::RunLayers(std::span<const SeqEntry> seqs, const int32_t* block_tables,

@@ -21,11 +21,14 @@
 //   (expert, weight) pairs travel on the EP group's host communicator (`ep_control`), the
 //   bf16 rows and the fp32 partial sums on its device communicator (`ep_device`: NCCL, or
 //   staged through host memory), all ordered on the compute stream.
-// - Decode micro-batches with one EP rank (every sequence one token, at most max_graph_batch
-//   of them) run with static shapes and are captured as CUDA graphs keyed by (batch, first
-//   row): the first run is eager (warm-up), the second captures, later ones replay. With
-//   EP > 1 every layer needs the routing's counts on the host before its exchange, so those
-//   micro-batches run eagerly (see docs/architecture.md, "GPU path").
+// - Decode micro-batches (every sequence one token, at most max_graph_batch of them) run with
+//   static shapes and are captured as CUDA graphs: the first run of a shape is eager (warm-up),
+//   the second captures, later ones replay. With one EP rank the whole stage is one graph,
+//   keyed by (batch, first row). With EP > 1 each layer's attention block (norms, q/k/v,
+//   RoPE, cache write, attention, output projection, router) is a graph keyed by (layer,
+//   batch, first row), and the dispatch between them runs eagerly: its exchange sizes come
+//   from the routing, and both device communicators need them on the host when the
+//   exchange is enqueued (see docs/architecture.md, "GPU path").
 // - Head: final norm of the head rows, lm_head and sampling on the device; sampled tokens and
 //   requested logits are copied back.
 // - Every wait on the device polls against `deadline` (kDeadlineExceeded naming what it

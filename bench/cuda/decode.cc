@@ -152,6 +152,13 @@ int Run(const std::string& model, const std::vector<int>& batches, int context, 
     std::printf("%6d %8d %12.3f %12.0f %12.0f %9.2fx %8lld\n", B, context, med, B / (med * 1e-3),
                 gbs, gbs * 1e9 / copy_bw,
                 static_cast<long long>(ex.stats().graph_launches - launches_before));
+    // The same figures for machines (launch/gpu_check.py collects BENCH_JSON lines).
+    std::printf(
+        "BENCH_JSON {\"bench\": \"decode\", \"model\": \"%s\", \"batch\": %d, \"context\": %d, "
+        "\"step_ms\": %.4f, \"tokens_per_s\": %.1f, \"read_gb_s\": %.1f, \"copy_gb_s\": %.1f, "
+        "\"ratio_to_copy\": %.4f}\n",
+        model.c_str(), B, context, med, B / (med * 1e-3), gbs, copy_bw / 1e9,
+        gbs * 1e9 / copy_bw);
   }
   return 0;
 }

@@ -143,6 +143,10 @@ int Run(const Args& a, Communicator* bootstrap) {
     if (me == 0) {
       std::printf("%8d %12zu %14zu %12.1f %12.1f\n", T, sent, moved, us[us.size() / 2],
                   us[us.size() * 9 / 10]);
+      std::printf(
+          "BENCH_JSON {\"bench\": \"dispatch\", \"comm\": \"%s\", \"ranks\": %d, \"tokens\": %d, "
+          "\"rows_sent\": %zu, \"bytes_moved\": %zu, \"median_us\": %.1f, \"p90_us\": %.1f}\n",
+          a.comm.c_str(), ranks, T, sent, moved, us[us.size() / 2], us[us.size() * 9 / 10]);
     }
   }
   owned.reset();

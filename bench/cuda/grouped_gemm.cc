@@ -180,6 +180,12 @@ int Run(const Args& a) {
               tflops(dense_ms));
   std::printf("  ratio grouped / dense:                    %8.2fx\n",
               tflops(grouped_ms) / tflops(dense_ms));
+  std::printf(
+      "BENCH_JSON {\"bench\": \"grouped_gemm\", \"tokens\": %d, \"top_k\": %d, \"experts\": %d, "
+      "\"grouped_ms\": %.4f, \"dense_ms\": %.4f, \"grouped_tflops\": %.2f, \"dense_tflops\": %.2f, "
+      "\"ratio_to_dense\": %.4f}\n",
+      T, K, E, grouped_ms, dense_ms, tflops(grouped_ms), tflops(dense_ms),
+      tflops(grouped_ms) / tflops(dense_ms));
 
   if (a.padded) {
     const void** tables = DeviceAlloc<const void*>(6 * static_cast<size_t>(E));
