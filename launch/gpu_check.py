@@ -295,6 +295,9 @@ def main():
             c.steps.append({"step": name, "status": "not_run",
                             "reason": "no mpirun on this machine and none in the kit"})
             continue
+        # Containers often forbid the cross-process memory copy Open MPI's shared-memory
+        # transport uses by default.
+        mpi_env["OMPI_MCA_btl_vader_single_copy_mechanism"] = "none"
         c.run(name, [mpirun, "--allow-run-as-root", "--oversubscribe", "-np", str(np_),
                      "-x", "LD_LIBRARY_PATH", "-x", "NCCL_MULTI_RANK_GPU_ENABLE",
                      "-x", "SWITCHYARD_SPM_MODULE", os.path.join(kit, "bin", "distributed_cuda_test")],

@@ -1016,15 +1016,22 @@ absl::Status CudaBackend::EnqueueLayers(float* x, bool static_shapes) {
 absl::Status CudaBackend::RunCaptured(const GraphKey& key,
                                       const std::function<absl::Status()>& enqueue) {
   Graph& g = graphs_[key];
+  // The cap counts shapes: a stage of L layers keeps L graphs per shape when EP > 1.
+  const size_t cap = kMaxGraphs * static_cast<size_t>(ep_ > 1 ? std::max(1, num_layers_) : 1);
   if (!opts_.use_graphs || g.disabled || (g.exec == nullptr && g.warmups < 1) ||
-      (g.exec == nullptr && graphs_.size() > kMaxGraphs)) {
+      (g.exec == nullptr && graphs_.size() > cap)) {
     ++g.warmups;
     return enqueue();
   }
   if (g.exec == nullptr) {
     cudaGraph_t graph = nullptr;
-    RETURN_IF_ERROR(CudaCheck(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal),
-                              "cudaStreamBeginCapture"));
+    if (cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+      // Capture refused (nothing was enqueued): this shape runs eagerly from now on.
+      cudaGetLastError();
+      g.disabled = true;
+      ++stats_.graph_failures;
+      return enqueue();
+    }
     const absl::Status enqueued = enqueue();
     const cudaError_t ended = cudaStreamEndCapture(stream_, &graph);
     cudaError_t inst = cudaErrorUnknown;

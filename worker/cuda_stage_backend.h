@@ -52,7 +52,7 @@
 namespace switchyard {
 
 struct CudaBackendOptions {
-  bool use_graphs = true;     // capture decode micro-batches as CUDA graphs (one EP rank)
+  bool use_graphs = true;     // capture decode micro-batches as CUDA graphs
   int max_graph_batch = 128;  // largest decode batch run with static shapes
   absl::Duration deadline = absl::Seconds(60);  // every wait on the device
 };
