@@ -83,14 +83,7 @@ class Check:
         ok = exit_ok and rec.get("failed", 0) == 0
         rec["status"] = "passed" if ok else "failed"
         if bench:
-            # Benchmarks print each figure also as a `BENCH_JSON {...}` line.
-            figures = []
-            for line in text.splitlines():
-                if line.startswith("BENCH_JSON "):
-                    try:
-                        figures.append(json.loads(line[len("BENCH_JSON "):]))
-                    except ValueError:
-                        pass
+            figures = bench_figures(text)
             self.bench.append({"step": name, "command": rec["command"], "exit_code": p.returncode,
                                "clocks_before": clocks_before, "clocks_after": self.clocks(),
                                "figures": figures, "output": text[-20000:]})
@@ -187,6 +180,29 @@ class Check:
               f"{not_run or 'none'}; {summary['seconds']} s; summary in {self.out}/summary.json",
               flush=True)
         return 0 if summary["verdict"] == "passed" else 1
+
+
+def bench_figures(text):
+    """A benchmark's figures: its `BENCH_JSON {...}` lines, and any JSON object it printed
+    over several lines (`switchyard bench ... --json`), each from a line "{" to a line "}"."""
+    figures, block = [], None
+    for line in text.splitlines():
+        if line.startswith("BENCH_JSON "):
+            try:
+                figures.append(json.loads(line[len("BENCH_JSON "):]))
+            except ValueError:
+                pass
+        elif line == "{":
+            block = [line]
+        elif block is not None:
+            block.append(line)
+            if line == "}":
+                try:
+                    figures.append(json.loads("\n".join(block)))
+                except ValueError:
+                    pass
+                block = None
+    return figures
 
 
 def kit_environment(kit):
@@ -287,6 +303,9 @@ def main():
                                                              "openmpi", "lib"),
                                                 env.get("LD_LIBRARY_PATH", "")]).rstrip(":"),
                    "PATH": os.path.join(kit_ompi, "bin") + ":" + env.get("PATH", "")}
+    # Containers often forbid the cross-process memory copy Open MPI's shared-memory transport
+    # uses by default.
+    mpi_env["OMPI_MCA_btl_vader_single_copy_mechanism"] = "none"
     for np_ in (2, 4):
         name = f"distributed_cuda_test_np{np_}"
         if not want(name):
@@ -295,9 +314,6 @@ def main():
             c.steps.append({"step": name, "status": "not_run",
                             "reason": "no mpirun on this machine and none in the kit"})
             continue
-        # Containers often forbid the cross-process memory copy Open MPI's shared-memory
-        # transport uses by default.
-        mpi_env["OMPI_MCA_btl_vader_single_copy_mechanism"] = "none"
         c.run(name, [mpirun, "--allow-run-as-root", "--oversubscribe", "-np", str(np_),
                      "-x", "LD_LIBRARY_PATH", "-x", "NCCL_MULTI_RANK_GPU_ENABLE",
                      "-x", "SWITCHYARD_SPM_MODULE", os.path.join(kit, "bin", "distributed_cuda_test")],
@@ -335,6 +351,29 @@ def main():
             c.run("torch_peer", [python, "bench/torch_peer.py", "--model", mx, "--device", "cuda", "--dtype",
                                  "bf16", "--tokens", "64", "--prefill-len", "512", "--repeats", "2"], 300,
                   kit=False, bench=True)
+        # Decode on EP 2 over this one GPU (two ranks sharing it) at batch 1/8/64, beside the
+        # single-rank figures above: the distributed path's own cost.
+        for comm in ("staged", "nccl"):
+            name = f"bench_decode_ep2_{comm}"
+            if not want(name):
+                continue
+            if mpirun is None:
+                c.steps.append({"step": name, "status": "not_run", "reason": "no mpirun"})
+                continue
+            if comm == "nccl" and os.environ.get("SWITCHYARD_NCCL_MULTI_RANK") != "1":
+                # Two ranks on one GPU need NCCL 2.30+ (../shared/tools/nccl-2.30.7-sm90 on the
+                # library path; then set SWITCHYARD_NCCL_MULTI_RANK=1).
+                c.steps.append({"step": name, "status": "skipped",
+                                "reason": "two ranks on one GPU over NCCL need NCCL 2.30+; "
+                                          "SWITCHYARD_NCCL_MULTI_RANK=1 not set"})
+                continue
+            for batch in (1, 8, 64):
+                c.run(f"{name}_b{batch}",
+                      [mpirun, "--allow-run-as-root", "--oversubscribe", "-np", "2", "-x", "LD_LIBRARY_PATH",
+                       "-x", "NCCL_MULTI_RANK_GPU_ENABLE", "-x", "SWITCHYARD_SPM_MODULE",
+                       S, "bench", "decode", "--model", mx, "--ep", "2", "--device", "cuda", "--share-gpu",
+                       "--device-comm", comm, "--batch", str(batch), "--tokens", "32", "--repeats", "2",
+                       "--json"], 90, env={"NCCL_MULTI_RANK_GPU_ENABLE": "1", **mpi_env}, bench=True)
     return c.finish()
 
 

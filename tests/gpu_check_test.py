@@ -70,8 +70,9 @@ assert c.finish() == 1
 summary = json.load(open(os.path.join(work, "summary.json")))
 bench = json.load(open(os.path.join(work, "bench.json")))
 assert bench[0]["figures"] == [{"bench": "x", "ms": 1.5}], bench
+assert gc.bench_figures("log line\n{\n  \"batch\": 8,\n  \"s\": 0.5\n}\ndone\n") == [{"batch": 8, "s": 0.5}]
 assert summary["failed_steps"] == ["bad", "hung"] and summary["not_run_steps"] == ["late"], summary
 assert "boom" in open(os.path.join(work, "steps.log")).read()
 assert sorted(os.listdir(work)) == ["bench.json", "gtest-xml.tar.gz", "s.xml", "steps.log",
                                     "summary.json", "t.xml"]
-print("gpu_check: 12 checks passed")
+print("gpu_check: 13 checks passed")
