@@ -351,6 +351,13 @@ def main():
             c.run("torch_peer", [python, "bench/torch_peer.py", "--model", mx, "--device", "cuda", "--dtype",
                                  "bf16", "--tokens", "64", "--prefill-len", "512", "--repeats", "2"], 300,
                   kit=False, bench=True)
+        # Hugging Face transformers' MixtralForCausalLM against our CPU path and the fixture
+        # (PyTorch's own environment; the kit's libraries for the switchyard binary only).
+        if want("hf_reference"):
+            c.run("hf_reference", [python, "bench/hf_reference.py", "--switchyard", S, "--device", "cuda",
+                                   "--switchyard-ld-path", env.get("LD_LIBRARY_PATH", "")], 240,
+                  kit=False, env={"SWITCHYARD_SPM_MODULE": env.get("SWITCHYARD_SPM_MODULE", "")},
+                  bench=True)
         # Decode on EP 2 over this one GPU (two ranks sharing it) at batch 1/8/64, beside the
         # single-rank figures above: the distributed path's own cost.
         for comm in ("staged", "nccl"):
