@@ -383,3 +383,70 @@ TEST_F(ValidatePlanTest, RefusesAnUnknownMode) {
 
 }  // namespace
 }  // namespace switchyard
+
+namespace switchyard {
+namespace {
+
+// A backend that records no routing and moves no experts (as the CUDA backend): the CPU
+// backend underneath, its calls counted.
+class NoRoutingBackend final : public StageBackend {
+ public:
+  explicit NoRoutingBackend(std::unique_ptr<StageBackend> inner) : inner_(std::move(inner)) {}
+  absl::Status Embed(const int32_t* tokens, int rows, int row0) override {
+    return inner_->Embed(tokens, rows, row0);
+  }
+  absl::Status RunLayers(std::span<const SeqEntry> seqs, const int32_t* block_tables, int row0,
+                         const RoutingCapture* capture) override {
+    ++run_layers;
+    if (capture != nullptr) return absl::UnimplementedError("no routing here");
+    return inner_->RunLayers(seqs, block_tables, row0, nullptr);
+  }
+  absl::Status Head(const StepPlan& local, StepResult* result) override {
+    return inner_->Head(local, result);
+  }
+  void* hidden_rows(int row0) override { return inner_->hidden_rows(row0); }
+  size_t row_bytes() const override { return inner_->row_bytes(); }
+  const ForwardLimits& limits() const override { return inner_->limits(); }
+  bool records_routing() const override { return false; }
+  uint64_t kv_bytes() const override { return inner_->kv_bytes(); }
+  const std::vector<std::vector<int64_t>>& expert_token_counts() const override {
+    return inner_->expert_token_counts();
+  }
+  const CommMeter& dispatch_meter() const override { return inner_->dispatch_meter(); }
+  int run_layers = 0;
+
+ private:
+  std::unique_ptr<StageBackend> inner_;
+};
+
+TEST_F(CpuStageBackendTest, ABackendWithoutRoutingIsRefusedRoutingBeforeTheStep) {
+  auto backend = std::make_unique<NoRoutingBackend>(Backend());
+  NoRoutingBackend* counted = backend.get();
+  EXPECT_FALSE(counted->moves_experts());  // the default: the CUDA backend's answer today
+  EXPECT_TRUE(Backend()->moves_experts());  // the CPU backend moves experts
+  DistributedWorker worker(*weights_, {.ep = 1, .pp = 1, .world_rank = 0}, &self_, &self_,
+                           std::move(backend), {.num_blocks = 16, .block_size = 16});
+  DistributedExecutor exec(&worker);
+  EXPECT_FALSE(exec.records_routing());
+
+  StepPlan plan = Plan();
+  plan.seqs[1].routing = RoutingMode::kLast;
+  StepResult r;
+  const absl::Status st = exec.Execute(plan, &r);
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnimplemented) << st;
+  EXPECT_THAT(st.message(), HasSubstr("sequence 2: routing"));
+  EXPECT_EQ(counted->run_layers, 0) << "refused before any rank started the step";
+
+  plan.seqs[1].routing = RoutingMode::kNone;  // the same plan without routing runs
+  ASSERT_TRUE(exec.Execute(plan, &r).ok());
+  EXPECT_EQ(counted->run_layers, 1);
+  LocalExecutor local(*weights_, {.num_blocks = 16, .block_size = 16},
+                      {.max_tokens = 64, .max_context = 256});
+  StepResult want;
+  ASSERT_TRUE(local.Execute(plan, &want).ok());
+  EXPECT_EQ(r.next_tokens, want.next_tokens);
+  EXPECT_EQ(r.logits, want.logits);
+}
+
+}  // namespace
+}  // namespace switchyard
