@@ -22,6 +22,8 @@
 #include "coordinator/model_session.h"
 #include "coordinator/sequence_runner.h"
 #include "nlohmann/json.hpp"
+#include "worker/cuda_executor.h"
+#include "worker/kv_cache.h"
 
 namespace switchyard::cli {
 namespace {
@@ -201,11 +203,14 @@ int RunBench(const std::string& kind, const BenchArgs& a) {
   j["tokens_per_s_worst"] = rates.front();
   // Runs that spread widely were disturbed: the median is then not the machine's rate.
   if (std::string w = RunSpreadWarning(rates, "tokens/s"); !w.empty()) spdlog::warn("{}", w);
-  const double copy_bw = MeasureCopyBandwidth();
-  j["memory_copy_bandwidth_Bps"] = copy_bw;
+  // The host's copy bandwidth bounds a CPU run; a GPU run is set against the device's peaks
+  // below (S-MBU, S-MFU).
+  const double copy_bw = s.on_gpu ? 0.0 : MeasureCopyBandwidth();
+  if (!s.on_gpu) j["memory_copy_bandwidth_Bps"] = copy_bw;
   // Decode reads each weight a step needs once: the rate is those bytes over the step time
   // (batch 1: the active weights of one token).
-  const bool weight_rate = kind == "decode" && (a.batch == 1 || s.executor->records_routing());
+  const bool weight_rate =
+      !s.on_gpu && kind == "decode" && (a.batch == 1 || s.executor->records_routing());
   if (weight_rate) {
     const double bytes = a.batch == 1 ? DecodeBytesPerToken(s.config) : Median(step_bytes);
     const double achieved = bytes / Median(steps);
@@ -215,6 +220,31 @@ int RunBench(const std::string& kind, const BenchArgs& a) {
   } else {
     const double flops = 2.0 * s.config.ActiveParamsPerToken();
     j["gflops_per_s"] = flops * median / 1e9;
+  }
+  // On a GPU, MoE-CAP's sparsity-aware utilisation against the device's peaks: S-MBU for
+  // decode (activated weights and the KV cache read per step, over the step, over peak
+  // memory bandwidth; batch 1, whose activated bytes are known without routing), S-MFU for
+  // prefill (activated-parameter and attention FLOPs per second over peak bf16 FLOP/s).
+  if (s.on_gpu) {
+    auto peaks = CurrentGpuPeaks();
+    if (peaks.ok()) {
+      j["gpu"] = peaks->name;
+      j["gpu_peak_memory_Bps"] = peaks->memory_Bps;
+      j["gpu_peak_bf16_flops"] = peaks->bf16_flops;
+      const ModelConfig& c = s.config;
+      if (kind == "decode" && a.batch == 1 && peaks->memory_Bps > 0) {
+        const double context = a.prompt_len + a.tokens / 2.0;
+        const double kv = static_cast<double>(KvBytesPerToken(c.num_hidden_layers, c.kv_dim(),
+                                                              kCudaKvDType)) * context;
+        j["s_mbu"] = (DecodeBytesPerToken(c) + kv) / Median(steps) / peaks->memory_Bps;
+      } else if (kind == "prefill" && peaks->bf16_flops > 0) {
+        // Causal attention: QK^T and PV over half the prompt on average, per token.
+        const double attention = 2.0 * 2.0 * c.num_hidden_layers * c.q_dim() * (a.tokens / 2.0);
+        j["s_mfu"] = (2.0 * c.ActiveParamsPerToken() + attention) * median / peaks->bf16_flops;
+      }
+    } else {
+      spdlog::warn("GPU peaks unknown: {}", peaks.status().ToString());
+    }
   }
   if (a.json) {
     std::cout << j.dump(2) << "\n";
@@ -231,7 +261,9 @@ int RunBench(const std::string& kind, const BenchArgs& a) {
     std::printf("  %d-token prompt, %d runs\n", a.tokens, a.repeats);
   }
   std::printf("  tokens/s                 %.1f (median), %.1f (best)\n", median, rates.back());
-  std::printf("  memory-copy bandwidth    %.2f GB/s (read+write, all threads)\n", copy_bw / 1e9);
+  if (!s.on_gpu) {
+    std::printf("  memory-copy bandwidth    %.2f GB/s (read+write, all threads)\n", copy_bw / 1e9);
+  }
   if (weight_rate) {
     std::printf("  weight bytes per step    %s\n",
                 ByteProgress::FormatBytes(j["weight_bytes_per_step"].get<double>()).c_str());
@@ -239,6 +271,15 @@ int RunBench(const std::string& kind, const BenchArgs& a) {
     std::printf("  ratio to copy bandwidth  %.2f\n", j["ratio_to_copy_bandwidth"].get<double>());
   } else if (kind == "prefill") {
     std::printf("  model GFLOP/s            %.1f\n", j["gflops_per_s"].get<double>());
+  }
+  if (j.contains("s_mbu")) {
+    std::printf("  S-MBU                    %.3f (of %s's %.0f GB/s)\n", j["s_mbu"].get<double>(),
+                j["gpu"].get<std::string>().c_str(), j["gpu_peak_memory_Bps"].get<double>() / 1e9);
+  }
+  if (j.contains("s_mfu")) {
+    std::printf("  S-MFU                    %.3f (of %s's %.0f bf16 TFLOP/s)\n",
+                j["s_mfu"].get<double>(), j["gpu"].get<std::string>().c_str(),
+                j["gpu_peak_bf16_flops"].get<double>() / 1e12);
   }
   return Finish(s, 0);
 }

@@ -246,6 +246,7 @@ absl::StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const SessionOp
   // Before anything is loaded, so that a --device the job cannot honour fails at once.
   ASSIGN_OR_RETURN(const bool use_cuda,
                    ChooseCuda(options, s->world_comm_.get(), s->world_size));
+  s->on_gpu = use_cuda;
   if (s->world_comm_ != nullptr && s->world_size > 1) {
     // From here on a rank that dies, stops or hangs is named within seconds (loading too).
     s->progress_ = std::make_unique<ProgressMeter>();

@@ -88,6 +88,7 @@ struct ModelSession {
   PlacementPlan placement;
   int world_rank = 0;
   int world_size = 1;
+  bool on_gpu = false;  // every rank computes on its GPU (SessionOptions::device)
 
   bool is_coordinator() const { return world_rank == 0; }
   BlockAllocator* allocator(int dp = 0) { return allocators[dp].get(); }

@@ -127,6 +127,34 @@ class CudaExecutor final : public CudaStepExecutor {
 
 bool CudaDeviceAvailable() { return cuda::DeviceAvailable(); }
 
+absl::StatusOr<GpuPeaks> CurrentGpuPeaks() {
+  int device = 0, clock_khz = 0, bus_bits = 0;
+  cudaDeviceProp prop{};
+  RETURN_IF_ERROR(cuda::CudaCheck(cudaGetDevice(&device), "cudaGetDevice"));
+  RETURN_IF_ERROR(cuda::CudaCheck(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties"));
+  RETURN_IF_ERROR(cuda::CudaCheck(
+      cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, device), "memory clock"));
+  RETURN_IF_ERROR(cuda::CudaCheck(
+      cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, device), "bus width"));
+  GpuPeaks p;
+  p.name = prop.name;
+  p.memory_Bps = 2.0 * clock_khz * 1e3 * bus_bits / 8.0;  // double data rate
+  // Dense bf16 tensor-core peaks (vendor data sheets), by model.
+  struct Known {
+    const char* name;
+    double flops;
+  };
+  for (const Known& k : {Known{"H200", 989e12}, Known{"H100 PCIe", 756e12},
+                         Known{"H100 NVL", 835e12}, Known{"H100", 989e12},
+                         Known{"A100", 312e12}, Known{"L40S", 362e12}}) {
+    if (p.name.find(k.name) != std::string::npos) {
+      p.bf16_flops = k.flops;
+      break;
+    }
+  }
+  return p;
+}
+
 absl::StatusOr<std::string> SelectRankGpu() {
   ASSIGN_OR_RETURN(const int device, SelectCudaDevice());
   std::string uuid = CurrentCudaDeviceUuid();

@@ -32,6 +32,16 @@ namespace switchyard {
 // True when this build has the CUDA backend and a CUDA device can be used.
 bool CudaDeviceAvailable();
 
+// The current GPU's name and peaks, for utilisation figures (MoE-CAP's S-MBU and S-MFU):
+// memory bandwidth from the memory clock and bus width; dense bf16 tensor-core FLOP/s from
+// the vendor's figure for the model (0 when the model is not in the table).
+struct GpuPeaks {
+  std::string name;
+  double memory_Bps = 0;
+  double bf16_flops = 0;
+};
+absl::StatusOr<GpuPeaks> CurrentGpuPeaks();
+
 // Makes this rank's GPU current (the local rank's, modulo the GPUs it sees: SelectCudaDevice
 // in comm/cuda_device.h) and returns its UUID, by which ranks sharing a GPU are found.
 // kUnimplemented without CUDA.

@@ -5,6 +5,10 @@ namespace switchyard {
 
 bool CudaDeviceAvailable() { return false; }
 
+absl::StatusOr<GpuPeaks> CurrentGpuPeaks() {
+  return absl::UnimplementedError("switchyard was built without CUDA");
+}
+
 absl::StatusOr<std::string> SelectRankGpu() {
   return absl::UnimplementedError("switchyard was built without CUDA");
 }

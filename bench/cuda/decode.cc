@@ -98,8 +98,15 @@ int Run(const std::string& model, const std::vector<int>& batches, int context, 
               model.c_str(), c.num_hidden_layers, c.hidden_size, c.num_local_experts,
               c.num_experts_per_tok, ex.device_bytes() / double(1 << 30));
   std::printf("device-to-device copy: %.0f GB/s (read + write)\n", copy_bw / 1e9);
-  std::printf("%6s %8s %12s %12s %12s %10s %8s\n", "batch", "context", "step ms", "tokens/s",
-              "read GB/s", "vs copy", "graphs");
+  // MoE-CAP's S-MBU: the bytes a step must read (activated weights and the KV cache) per
+  // second over the device's peak memory bandwidth.
+  const auto peaks = CurrentGpuPeaks();
+  const double peak_bw = peaks.ok() ? peaks->memory_Bps : 0.0;
+  if (peaks.ok()) {
+    std::printf("%s: peak memory bandwidth %.0f GB/s\n", peaks->name.c_str(), peak_bw / 1e9);
+  }
+  std::printf("%6s %8s %12s %12s %12s %10s %8s %8s\n", "batch", "context", "step ms", "tokens/s",
+              "read GB/s", "vs copy", "S-MBU", "graphs");
 
   std::mt19937 rng(7);
   std::uniform_int_distribution<int32_t> token(3, c.vocab_size - 1);
@@ -149,16 +156,17 @@ int Run(const std::string& model, const std::vector<int>& batches, int context, 
     const double bytes = L * (attn_bytes + router_bytes + slots * expert_bytes) + 2.0 * V * H +
                          2.0 * B * H + kv_read;
     const double gbs = bytes / (med * 1e-3) / 1e9;
-    std::printf("%6d %8d %12.3f %12.0f %12.0f %9.2fx %8lld\n", B, context, med, B / (med * 1e-3),
-                gbs, gbs * 1e9 / copy_bw,
+    const double s_mbu = peak_bw > 0 ? gbs * 1e9 / peak_bw : 0.0;
+    std::printf("%6d %8d %12.3f %12.0f %12.0f %9.2fx %8.3f %8lld\n", B, context, med,
+                B / (med * 1e-3), gbs, gbs * 1e9 / copy_bw, s_mbu,
                 static_cast<long long>(ex.stats().graph_launches - launches_before));
     // The same figures for machines (launch/gpu_check.py collects BENCH_JSON lines).
     std::printf(
         "BENCH_JSON {\"bench\": \"decode\", \"model\": \"%s\", \"batch\": %d, \"context\": %d, "
         "\"step_ms\": %.4f, \"tokens_per_s\": %.1f, \"read_gb_s\": %.1f, \"copy_gb_s\": %.1f, "
-        "\"ratio_to_copy\": %.4f}\n",
+        "\"ratio_to_copy\": %.4f, \"s_mbu\": %.4f}\n",
         model.c_str(), B, context, med, B / (med * 1e-3), gbs, copy_bw / 1e9,
-        gbs * 1e9 / copy_bw);
+        gbs * 1e9 / copy_bw, s_mbu);
   }
   return 0;
 }
