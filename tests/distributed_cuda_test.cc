@@ -23,6 +23,7 @@
 #include "coordinator/model_session.h"
 #include "coordinator/sequence_runner.h"
 #include "gtest/gtest.h"
+#include "tests/distributed_layouts.h"
 #include "nlohmann/json.hpp"
 #include "worker/cuda_executor.h"
 #include "worker/local_executor.h"
@@ -63,43 +64,9 @@ std::string SkipReason(const std::string& comm) {
 #endif
 }
 
-struct Layout {
-  int ep, pp;
-  bool uneven = false;
-};
-
-std::vector<Layout> LayoutsFor(int world, int layers) {
-  std::vector<Layout> out;
-  for (int pp = 1; pp <= world; ++pp) {
-    if (world % pp == 0 && pp <= layers) {
-      out.push_back({world / pp, pp});
-      if (world / pp > 1) out.push_back({world / pp, pp, true});
-    }
-  }
-  return out;
-}
-
-// Expert 0 on every EP rank, the last on ranks 0 and ep - 1, the first half of the others on
-// rank 0, the rest on e % ep (the distributed CPU test's uneven placement).
-std::string UnevenPlacementFile(const Layout& layout, int experts, int rank) {
-  nlohmann::json per_expert = nlohmann::json::object();
-  for (int e = 0; e < experts; ++e) {
-    std::vector<int> ranks;
-    if (e == 0) {
-      for (int r = 0; r < layout.ep; ++r) ranks.push_back(r);
-    } else if (e == experts - 1) {
-      ranks = {0, layout.ep - 1};
-    } else {
-      ranks = {e < experts / 2 ? 0 : e % layout.ep};
-    }
-    per_expert[std::to_string(e)] = ranks;
-  }
-  const nlohmann::json plan = {{"ep", layout.ep}, {"pp", layout.pp}, {"experts", per_expert}};
-  const std::string path = testing::TempDir() + "/cuda-uneven-" + std::to_string(rank) + "-" +
-                           std::to_string(layout.ep) + "x" + std::to_string(layout.pp) + ".json";
-  std::ofstream(path) << plan.dump();
-  return path;
-}
+using testing_layouts::Layout;
+using testing_layouts::LayoutsFor;
+using testing_layouts::UnevenPlacementFile;
 
 class DistributedCuda : public testing::TestWithParam<std::string> {};
 

@@ -1,25 +1,11 @@
 #include "worker/device_dispatch.h"
 
 #include <algorithm>
-#include <cstring>
+#include <bit>
 
 #include "absl/strings/str_cat.h"
 
 namespace switchyard {
-namespace {
-
-int32_t FloatBits(float w) {
-  int32_t v;
-  std::memcpy(&v, &w, sizeof(v));
-  return v;
-}
-float BitsFloat(int32_t v) {
-  float w;
-  std::memcpy(&w, &v, sizeof(w));
-  return w;
-}
-
-}  // namespace
 
 DeviceDispatchPlan::DeviceDispatchPlan(const DispatchLayout& layout, ExpertRanks routing, int rank)
     : layout_(layout), routing_(std::move(routing)), rank_(rank) {
@@ -153,7 +139,7 @@ absl::Status DeviceDispatchPlan::PlanSend(int layer, int T, const int32_t* exper
       int slot = 0;
       while (meta[slot] >= 0) ++slot;
       meta[slot] = experts[t * K + k];
-      meta[K + slot] = FloatBits(weights[t * K + k]);
+      meta[K + slot] = std::bit_cast<int32_t>(weights[t * K + k]);
     }
   }
   return absl::OkStatus();
@@ -206,7 +192,7 @@ absl::Status DeviceDispatchPlan::PlanRecv(int layer, std::span<const size_t> rec
       const int g = slot_cursor_[slots[e]]++;
       group_row_[g] = static_cast<int32_t>(i);
       pair_group_[i * K + k] = g;
-      pair_weight_[i * K + k] = BitsFloat(meta[K + k]);
+      pair_weight_[i * K + k] = std::bit_cast<float>(meta[K + k]);
     }
   }
   return absl::OkStatus();
