@@ -5,8 +5,11 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include <algorithm>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 
 namespace switchyard {
 
@@ -35,6 +38,27 @@ absl::StatusOr<int> SelectCudaDevice() {
         absl::StrCat("cudaSetDevice(", device, "): ", cudaGetErrorString(set)));
   }
   return device;
+}
+
+absl::Status PollCuda(cudaStream_t stream, cudaEvent_t event, absl::Duration deadline,
+                      absl::string_view what) {
+  const absl::Time end = absl::Now() + deadline;
+  absl::Duration sleep = absl::Microseconds(2);
+  while (true) {
+    const cudaError_t q = event != nullptr ? cudaEventQuery(event) : cudaStreamQuery(stream);
+    if (q == cudaSuccess) return absl::OkStatus();
+    if (q != cudaErrorNotReady) {
+      cudaGetLastError();
+      return absl::InternalError(
+          absl::StrCat(what, ": ", cudaGetErrorName(q), " (", cudaGetErrorString(q), ")"));
+    }
+    if (absl::Now() > end) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          what, ": the GPU did not finish within ", absl::FormatDuration(deadline)));
+    }
+    absl::SleepFor(sleep);
+    sleep = std::min(sleep * 2, absl::Microseconds(100));
+  }
 }
 
 std::string CurrentCudaDeviceUuid() {

@@ -4,9 +4,13 @@
 //   std::string uuid = CurrentCudaDeviceUuid();          // to find ranks sharing a GPU
 #pragma once
 
+#include <cuda_runtime_api.h>
+
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 
 namespace switchyard {
 
@@ -19,6 +23,13 @@ int LocalRankFromEnv();
 // that gives each rank its own GPU through CUDA_VISIBLE_DEVICES leaves one visible: device 0).
 // kUnavailable when there is no CUDA device.
 absl::StatusOr<int> SelectCudaDevice();
+
+// Waits until `event` (or, when null, all work on `stream`) is done, polling with a short
+// back-off so the host never blocks inside CUDA: kInternal naming `what` and the CUDA error,
+// or kDeadlineExceeded naming `what` when `deadline` passes first. The one bounded wait of
+// the device code (backends and device communicators).
+absl::Status PollCuda(cudaStream_t stream, cudaEvent_t event, absl::Duration deadline,
+                      absl::string_view what);
 
 // The current device's UUID as text ("GPU-xxxxxxxx-..."), the same in every process that
 // uses that GPU whatever its CUDA_VISIBLE_DEVICES; empty when it cannot be read.

@@ -126,9 +126,7 @@ ExpertDispatcher::ExpertDispatcher(Communicator* comm, const DispatchLayout& lay
 }
 
 int ExpertDispatcher::Destination(int layer, int expert, int token) const {
-  const std::vector<int>& replicas = routing_[layer][expert];
-  if (replicas.size() == 1) return replicas[0];
-  return replicas[(rank_ + token) % replicas.size()];
+  return ReplicaFor(routing_[layer][expert], rank_, token);
 }
 
 absl::Status ExpertDispatcher::Forward(int layer, const float* x, int T, const int32_t* experts,

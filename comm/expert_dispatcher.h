@@ -89,6 +89,14 @@ class LocalExperts {
 // layer this group serves).
 using ExpertRanks = std::vector<std::vector<std::vector<int>>>;
 
+// The rank that applies an expert to a token of `source_rank`: its only holder, or replica
+// (source rank + token) mod replicas, so load spreads deterministically. The one rule of every
+// dispatcher (host and device).
+inline int ReplicaFor(const std::vector<int>& replicas, int source_rank, int token) {
+  if (replicas.size() == 1) return replicas[0];
+  return replicas[(source_rank + token) % replicas.size()];
+}
+
 struct DispatchStats {
   int64_t rows_sent = 0;      // (token, destination) rows of this rank's tokens, own included
   int64_t rows_received = 0;  // rows it computed, own included

@@ -4,7 +4,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
+#include "comm/cuda_device.h"
 #include "common/status_macros.h"
 
 namespace switchyard {
@@ -70,22 +70,8 @@ absl::Status StagedCommunicator::ToDevice(void* device, const void* host, size_t
 }
 
 absl::Status StagedCommunicator::Drain(const char* what) {
-  const absl::Time end = absl::Now() + deadline_;
-  absl::Duration sleep = absl::Microseconds(5);
-  while (true) {
-    const cudaError_t q = cudaStreamQuery(stream_);
-    if (q == cudaSuccess) return absl::OkStatus();
-    if (q != cudaErrorNotReady) {
-      return Fail(absl::InternalError(
-          absl::StrCat(name_, ": ", what, ": ", cudaGetErrorString(q))));
-    }
-    if (absl::Now() > end) {
-      return Fail(absl::DeadlineExceededError(absl::StrCat(
-          name_, ": ", what, ": the GPU did not finish within ", absl::FormatDuration(deadline_))));
-    }
-    absl::SleepFor(sleep);
-    sleep = std::min(sleep * 2, absl::Microseconds(200));
-  }
+  absl::Status st = PollCuda(stream_, nullptr, deadline_, absl::StrCat(name_, ": ", what));
+  return st.ok() ? st : Fail(st);
 }
 
 absl::Status StagedCommunicator::AllToAllV(const void* send, std::span<const size_t> send_counts,

@@ -306,6 +306,13 @@ def main():
     # Containers often forbid the cross-process memory copy Open MPI's shared-memory transport
     # uses by default.
     mpi_env["OMPI_MCA_btl_vader_single_copy_mechanism"] = "none"
+    mpi_env["NCCL_MULTI_RANK_GPU_ENABLE"] = "1"  # NCCL 2.30+: two ranks may share the GPU
+
+    def mpi(np_, *cmd):
+        """`cmd` on np_ ranks, with the libraries and variables the ranks need."""
+        return [mpirun, "--allow-run-as-root", "--oversubscribe", "-np", str(np_), "-x", "LD_LIBRARY_PATH",
+                "-x", "NCCL_MULTI_RANK_GPU_ENABLE", "-x", "SWITCHYARD_SPM_MODULE", *cmd]
+
     for np_ in (2, 4):
         name = f"distributed_cuda_test_np{np_}"
         if not want(name):
@@ -314,10 +321,8 @@ def main():
             c.steps.append({"step": name, "status": "not_run",
                             "reason": "no mpirun on this machine and none in the kit"})
             continue
-        c.run(name, [mpirun, "--allow-run-as-root", "--oversubscribe", "-np", str(np_),
-                     "-x", "LD_LIBRARY_PATH", "-x", "NCCL_MULTI_RANK_GPU_ENABLE",
-                     "-x", "SWITCHYARD_SPM_MODULE", os.path.join(kit, "bin", "distributed_cuda_test")],
-              240, env={"NCCL_MULTI_RANK_GPU_ENABLE": "1", **mpi_env}, gtest=True)
+        c.run(name, mpi(np_, os.path.join(kit, "bin", "distributed_cuda_test")), 240, env=mpi_env,
+              gtest=True)
     if gpu and shutil.which("compute-sanitizer"):
         for tool in ("memcheck", "racecheck"):
             if want(f"sanitizer_{tool}"):
@@ -376,11 +381,9 @@ def main():
                 continue
             for batch in (1, 8, 64):
                 c.run(f"{name}_b{batch}",
-                      [mpirun, "--allow-run-as-root", "--oversubscribe", "-np", "2", "-x", "LD_LIBRARY_PATH",
-                       "-x", "NCCL_MULTI_RANK_GPU_ENABLE", "-x", "SWITCHYARD_SPM_MODULE",
-                       S, "bench", "decode", "--model", mx, "--ep", "2", "--device", "cuda", "--share-gpu",
-                       "--device-comm", comm, "--batch", str(batch), "--tokens", "32", "--repeats", "2",
-                       "--json"], 90, env={"NCCL_MULTI_RANK_GPU_ENABLE": "1", **mpi_env}, bench=True)
+                      mpi(2, S, "bench", "decode", "--model", mx, "--ep", "2", "--device", "cuda",
+                          "--share-gpu", "--device-comm", comm, "--batch", str(batch), "--tokens", "32",
+                          "--repeats", "2", "--json"), 90, env=mpi_env, bench=True)
     return c.finish()
 
 

@@ -23,6 +23,7 @@
 #include "coordinator/model_session.h"
 #include "coordinator/sequence_runner.h"
 #include "gtest/gtest.h"
+#include "worker/cuda_test_tolerances.h"
 #include "tests/distributed_layouts.h"
 #include "nlohmann/json.hpp"
 #include "worker/cuda_executor.h"
@@ -35,9 +36,9 @@ namespace switchyard {
 namespace {
 
 const std::string kRoot = SWITCHYARD_SOURCE_ROOT;
-constexpr float kLogitTol = 7.5e-2f;
-constexpr float kTieTol = 5e-2f;
-constexpr double kOutlierFraction = 0.03;
+using cuda_test::kLogitTol;
+using cuda_test::kOutlierFraction;
+using cuda_test::kTieTol;
 
 int WorldSize() {
   int n = 1;

@@ -22,6 +22,7 @@
 
 #include "common/npy.h"
 #include "gtest/gtest.h"
+#include "worker/cuda_test_tolerances.h"
 #include "model/config.h"
 #include "model/safetensors.h"
 #include "model/weights.h"
@@ -31,9 +32,9 @@ namespace switchyard {
 namespace {
 
 const std::string kRoot = SWITCHYARD_SOURCE_ROOT;
-constexpr float kLogitTol = 7.5e-2f;
-constexpr float kTieTol = 5e-2f;
-constexpr double kOutlierFraction = 0.03;
+using cuda_test::kLogitTol;
+using cuda_test::kOutlierFraction;
+using cuda_test::kTieTol;
 constexpr int kBlockSize = 16;
 constexpr int kBlocksPerSeq = 16;  // 256 positions per sequence
 

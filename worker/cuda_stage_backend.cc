@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
+#include "comm/cuda_device.h"
 #include "comm/metered_communicator.h"
 #include "common/bf16.h"
 #include "common/status_macros.h"
@@ -36,25 +36,26 @@ constexpr size_t kMaxGraphs = 256;  // decode graphs kept; shapes beyond run eag
 // The KV cache holds bf16 K and V: the element type ModelSession sizes the pool for.
 static_assert(KvElementBytes(kCudaKvDType) == sizeof(bf16));
 
-// Device allocations owned together (cudaMalloc aligns to 256 bytes).
-class DeviceMemory {
+// Allocations owned together: device memory (cudaMalloc, 256-byte aligned) or pinned host
+// memory (cudaMallocHost), freed with the owner.
+class Allocations {
  public:
-  DeviceMemory() = default;
-  DeviceMemory(const DeviceMemory&) = delete;
-  DeviceMemory& operator=(const DeviceMemory&) = delete;
-  ~DeviceMemory() {
-    for (void* p : ptrs_) cudaFree(p);
+  explicit Allocations(bool pinned_host) : pinned_host_(pinned_host) {}
+  Allocations(const Allocations&) = delete;
+  Allocations& operator=(const Allocations&) = delete;
+  ~Allocations() {
+    for (void* p : ptrs_) pinned_host_ ? cudaFreeHost(p) : cudaFree(p);
   }
   template <typename T>
   absl::Status Alloc(size_t n, T** out) {
     void* p = nullptr;
     const size_t bytes = std::max<size_t>(n, 1) * sizeof(T);
-    const cudaError_t err = cudaMalloc(&p, bytes);
+    const cudaError_t err = pinned_host_ ? cudaMallocHost(&p, bytes) : cudaMalloc(&p, bytes);
     if (err != cudaSuccess) {
       cudaGetLastError();
-      return absl::ResourceExhaustedError(absl::StrCat("cudaMalloc(", bytes, " bytes) with ",
-                                                       bytes_, " bytes held: ",
-                                                       cudaGetErrorString(err)));
+      return absl::ResourceExhaustedError(
+          absl::StrCat(pinned_host_ ? "cudaMallocHost(" : "cudaMalloc(", bytes, " bytes) with ",
+                       bytes_, " bytes held: ", cudaGetErrorString(err)));
     }
     ptrs_.push_back(p);
     bytes_ += bytes;
@@ -64,32 +65,9 @@ class DeviceMemory {
   uint64_t bytes() const { return bytes_; }
 
  private:
+  const bool pinned_host_;
   std::vector<void*> ptrs_;
   uint64_t bytes_ = 0;
-};
-
-// Pinned host memory owned together.
-class PinnedMemory {
- public:
-  PinnedMemory() = default;
-  PinnedMemory(const PinnedMemory&) = delete;
-  PinnedMemory& operator=(const PinnedMemory&) = delete;
-  ~PinnedMemory() {
-    for (void* p : ptrs_) cudaFreeHost(p);
-  }
-  template <typename T>
-  absl::Status Alloc(size_t n, T** out) {
-    void* p = nullptr;
-    const size_t bytes = std::max<size_t>(n, 1) * sizeof(T);
-    RETURN_IF_ERROR(CudaCheck(cudaMallocHost(&p, bytes),
-                              absl::StrCat("cudaMallocHost(", bytes, " bytes)").c_str()));
-    ptrs_.push_back(p);
-    *out = static_cast<T*>(p);
-    return absl::OkStatus();
-  }
-
- private:
-  std::vector<void*> ptrs_;
 };
 
 // Copies a weight matrix to `dst` as bf16 (other stored types are converted on the host).
@@ -118,29 +96,6 @@ absl::Status UploadMatrix(const WeightMatrix& m, bf16* dst) {
 absl::Status UploadFloats(const std::vector<float>& v, float* dst) {
   return CudaCheck(cudaMemcpy(dst, v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice),
                    "upload norms");
-}
-
-// Waits until `event` (or, when null, all work on `stream`) is done, polling against
-// `deadline`: kInternal with the CUDA error, kDeadlineExceeded naming `what` on expiry.
-absl::Status PollDone(cudaStream_t stream, cudaEvent_t event, absl::Duration deadline,
-                      const char* what) {
-  const absl::Time end = absl::Now() + deadline;
-  absl::Duration sleep = absl::Microseconds(2);
-  while (true) {
-    const cudaError_t q = event != nullptr ? cudaEventQuery(event) : cudaStreamQuery(stream);
-    if (q == cudaSuccess) return absl::OkStatus();
-    if (q != cudaErrorNotReady) {
-      cudaGetLastError();
-      return absl::InternalError(
-          absl::StrCat(what, ": ", cudaGetErrorName(q), " (", cudaGetErrorString(q), ")"));
-    }
-    if (absl::Now() > end) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          what, ": the GPU did not finish within ", absl::FormatDuration(deadline)));
-    }
-    absl::SleepFor(sleep);
-    sleep = std::min(sleep * 2, absl::Microseconds(100));
-  }
 }
 
 // The sizes of one micro-batch as the layers see them (sequences with no tokens left out).
@@ -186,7 +141,24 @@ struct MetaLayout {
   }
 };
 
-// Host buffers of one kind laid out at fixed offsets, with a device twin of the same layout.
+// The byte blocks of one all-to-all-v, in rank order and back to back: block r holds
+// rows[r] rows of row_bytes.
+struct Blocks {
+  std::vector<size_t> bytes, offsets;
+  void Set(std::span<const size_t> rows, size_t row_bytes) {
+    bytes.resize(rows.size());
+    offsets.resize(rows.size());
+    size_t at = 0;
+    for (size_t r = 0; r < rows.size(); ++r) {
+      bytes[r] = rows[r] * row_bytes;
+      offsets[r] = at;
+      at += bytes[r];
+    }
+  }
+};
+
+// Where each kind of dispatch index sits in the index buffer (host staging and device copy
+// share it), at fixed offsets.
 struct IndexLayout {
   size_t send_token = 0, group_row = 0, pair_group = 0, pair_weight = 0, combine_rows = 0;
   size_t words = 0;
@@ -286,8 +258,8 @@ class CudaBackend final : public CudaStageBackend {
   int64_t ffn_rows_ = 0;        // rows of the grouped expert buffers
   int64_t max_pairs_ = 0;       // (row, expert) pairs one EP layer may group here
 
-  DeviceMemory mem_;
-  PinnedMemory pinned_;
+  Allocations mem_{/*pinned_host=*/false};
+  Allocations pinned_{/*pinned_host=*/true};
   int device_ = 0;  // the current device at Init; set again on whichever thread calls in
   cublasHandle_t cublas_ = nullptr;
   cuda::GemmContext gemm_;
@@ -330,10 +302,9 @@ class CudaBackend final : public CudaStageBackend {
   int32_t* topk_experts_host_ = nullptr;  // pinned [max_tokens, K]
   float* topk_weights_host_ = nullptr;
   std::vector<int64_t> counts_out_, counts_in_;
-  std::vector<size_t> meta_send_bytes_, meta_send_off_, meta_recv_bytes_, meta_recv_off_;
-  std::vector<size_t> row_send_bytes_, row_send_off_, row_recv_bytes_, row_recv_off_;
-  std::vector<size_t> sum_send_bytes_, sum_send_off_, sum_recv_bytes_, sum_recv_off_;
   std::vector<size_t> recv_rows_of_;
+  // The three exchanges of a layer: pairs (host), rows and partial sums (device), each way.
+  Blocks meta_out_, meta_in_, rows_out_, rows_in_, sums_out_, sums_in_;
   std::vector<int32_t> recv_meta_;
 
   // Inputs: pinned host staging and device copies.
@@ -403,7 +374,7 @@ CudaBackend::~CudaBackend() {
   cudaSetDevice(device_);
   // Work still queued may read these buffers; a GPU that failed or hung is not waited for.
   if (stream_ != nullptr && broken_.ok()) {
-    (void)PollDone(stream_, nullptr, opts_.deadline, "CUDA backend shutdown");
+    (void)PollCuda(stream_, nullptr, opts_.deadline, "CUDA backend shutdown");
   }
   for (auto& [key, g] : graphs_) {
     if (g.exec != nullptr) cudaGraphExecDestroy(g.exec);
@@ -620,12 +591,7 @@ absl::Status CudaBackend::AllocateBuffers() {
     RETURN_IF_ERROR(pinned_.Alloc(index_.words, &index_host_));
     RETURN_IF_ERROR(pinned_.Alloc(T * K_, &topk_experts_host_));
     RETURN_IF_ERROR(pinned_.Alloc(T * K_, &topk_weights_host_));
-    for (auto* v : {&meta_send_bytes_, &meta_send_off_, &meta_recv_bytes_, &meta_recv_off_,
-                    &row_send_bytes_, &row_send_off_, &row_recv_bytes_, &row_recv_off_,
-                    &sum_send_bytes_, &sum_send_off_, &sum_recv_bytes_, &sum_recv_off_,
-                    &recv_rows_of_}) {
-      v->assign(ep_, 0);
-    }
+    recv_rows_of_.assign(ep_, 0);
     counts_out_.assign(ep_, 0);
     counts_in_.assign(ep_, 0);
   }
@@ -639,7 +605,7 @@ absl::Status CudaBackend::Usable() const {
 }
 
 absl::Status CudaBackend::WaitEvent(cudaEvent_t event, const char* what) {
-  return Broken(PollDone(stream_, event, opts_.deadline, what));
+  return Broken(PollCuda(stream_, event, opts_.deadline, what));
 }
 
 absl::Status CudaBackend::Drain(const char* what) { return WaitEvent(nullptr, what); }
@@ -803,26 +769,21 @@ absl::Status CudaBackend::DispatchedMoe(int l) {
   // 2. Row counts and the pairs each row carries, on the host group.
   for (int r = 0; r < P; ++r) counts_out_[r] = static_cast<int64_t>(plan_->send_rows()[r]);
   RETURN_IF_ERROR(ep_control_->AllToAll(counts_out_.data(), counts_in_.data(), sizeof(int64_t)));
-  const size_t W = plan_->meta_words();
-  const size_t max_rows = static_cast<size_t>(limits_.max_tokens);
   size_t recv_total = 0;
   for (int r = 0; r < P; ++r) {
-    if (counts_in_[r] < 0 || static_cast<size_t>(counts_in_[r]) > max_rows) {
-      return absl::InvalidArgumentError(absl::StrCat("rank ", r, " of ", ep_control_->name(),
-                                                     " announces ", counts_in_[r],
-                                                     " rows; at most ", max_rows, " fit"));
-    }
+    // A negative count becomes a huge one, which the check below refuses.
     recv_rows_of_[r] = static_cast<size_t>(counts_in_[r]);
-    meta_send_bytes_[r] = plan_->send_rows()[r] * W * sizeof(int32_t);
-    meta_send_off_[r] = plan_->send_row_offsets()[r] * W * sizeof(int32_t);
-    meta_recv_bytes_[r] = recv_rows_of_[r] * W * sizeof(int32_t);
-    meta_recv_off_[r] = recv_total * W * sizeof(int32_t);
     recv_total += recv_rows_of_[r];
   }
-  recv_meta_.resize(std::max<size_t>(recv_total * W, 1));
-  RETURN_IF_ERROR(ep_control_->AllToAllV(plan_->send_meta().data(), meta_send_bytes_,
-                                         meta_send_off_, recv_meta_.data(), meta_recv_bytes_,
-                                         meta_recv_off_));
+  RETURN_IF_ERROR(plan_->CheckRecvRows(recv_rows_of_));
+  const std::vector<size_t>& send_rows = plan_->send_rows();
+  const size_t meta_bytes = plan_->meta_words() * sizeof(int32_t);
+  meta_out_.Set(send_rows, meta_bytes);
+  meta_in_.Set(recv_rows_of_, meta_bytes);
+  recv_meta_.resize(std::max<size_t>(recv_total * plan_->meta_words(), 1));
+  RETURN_IF_ERROR(ep_control_->AllToAllV(plan_->send_meta().data(), meta_out_.bytes,
+                                         meta_out_.offsets, recv_meta_.data(), meta_in_.bytes,
+                                         meta_in_.offsets));
   RETURN_IF_ERROR(plan_->PlanRecv(l, recv_rows_of_, recv_meta_.data()));
   // 3. The indices, to the device (the host copy is free again once the exchange below has
   //    drained the stream).
@@ -856,21 +817,15 @@ absl::Status CudaBackend::DispatchedMoe(int l) {
                                     .hidden = H_,
                                     .rows = send_rows_},
                                    stream_));
-  for (int r = 0; r < P; ++r) {
-    row_send_bytes_[r] = plan_->send_rows()[r] * H * sizeof(bf16);
-    row_send_off_[r] = plan_->send_row_offsets()[r] * H * sizeof(bf16);
-    row_recv_bytes_[r] = recv_rows_of_[r] * H * sizeof(bf16);
-    row_recv_off_[r] = plan_->recv_row_offsets()[r] * H * sizeof(bf16);
-    sum_send_bytes_[r] = recv_rows_of_[r] * H * sizeof(float);  // back to where rows came from
-    sum_send_off_[r] = plan_->recv_row_offsets()[r] * H * sizeof(float);
-    sum_recv_bytes_[r] = plan_->send_rows()[r] * H * sizeof(float);
-    sum_recv_off_[r] = plan_->send_row_offsets()[r] * H * sizeof(float);
-  }
+  rows_out_.Set(send_rows, H * sizeof(bf16));
+  rows_in_.Set(recv_rows_of_, H * sizeof(bf16));
+  sums_out_.Set(recv_rows_of_, H * sizeof(float));  // back to where the rows came from
+  sums_in_.Set(send_rows, H * sizeof(float));
   // The exchanges wait for the whole stream: drain the packing first, so the time the
   // dispatch meter books as waiting is the exchange's own.
   RETURN_IF_ERROR(Drain("dispatch packing"));
-  RETURN_IF_ERROR(ep_metered_.AllToAllV(send_rows_, row_send_bytes_, row_send_off_, recv_rows_,
-                                        row_recv_bytes_, row_recv_off_));
+  RETURN_IF_ERROR(ep_metered_.AllToAllV(send_rows_, rows_out_.bytes, rows_out_.offsets,
+                                        recv_rows_, rows_in_.bytes, rows_in_.offsets));
   // 5. Experts over the pairs grouped by local slot, weighted sums per received row.
   if (G > 0) {
     cuda::ExpertFfnParams ffn = ffn_;
@@ -897,8 +852,8 @@ absl::Status CudaBackend::DispatchedMoe(int l) {
   // 6. Combine: partial sums back to their tokens' ranks, added per token in a fixed order
   //    (the experts' time drained first: it is compute, not waiting).
   RETURN_IF_ERROR(Drain("experts"));
-  RETURN_IF_ERROR(ep_metered_.AllToAllV(partial_, sum_send_bytes_, sum_send_off_, returned_,
-                                        sum_recv_bytes_, sum_recv_off_));
+  RETURN_IF_ERROR(ep_metered_.AllToAllV(partial_, sums_out_.bytes, sums_out_.offsets, returned_,
+                                        sums_in_.bytes, sums_in_.offsets));
   if (T == 0) return absl::OkStatus();
   return cuda::MoeUnpermute({.y = returned_,
                              .pair_row = index_dev_ + index_.combine_rows,
@@ -1219,7 +1174,7 @@ const std::vector<std::vector<int64_t>>& CudaBackend::expert_token_counts() cons
   // One EP rank: the device counters of MoePermute (read on the thread that runs the steps,
   // between steps; on an error the last counts read stay).
   if (!broken_.ok() || cudaSetDevice(device_) != cudaSuccess ||
-      !PollDone(stream_, nullptr, opts_.deadline, "expert counts").ok()) {
+      !PollCuda(stream_, nullptr, opts_.deadline, "expert counts").ok()) {
     cudaGetLastError();
     return expert_counts_;
   }

@@ -4,6 +4,7 @@
 #include <bit>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace switchyard {
 
@@ -66,9 +67,7 @@ absl::Status DeviceDispatchPlan::Validate() const {
 }
 
 int DeviceDispatchPlan::Destination(int layer, int expert, int token) const {
-  const std::vector<int>& replicas = routing_[layer][expert];
-  if (replicas.size() == 1) return replicas[0];
-  return replicas[(rank_ + token) % replicas.size()];
+  return ReplicaFor(routing_[layer][expert], rank_, token);
 }
 
 absl::Status DeviceDispatchPlan::PlanSend(int layer, int T, const int32_t* experts,
@@ -145,22 +144,27 @@ absl::Status DeviceDispatchPlan::PlanSend(int layer, int T, const int32_t* exper
   return absl::OkStatus();
 }
 
-absl::Status DeviceDispatchPlan::PlanRecv(int layer, std::span<const size_t> recv_rows,
-                                          const int32_t* recv_meta) {
-  const int K = layout_.top_k, P = layout_.ep, W = meta_words();
-  if (static_cast<int>(recv_rows.size()) != P) {
+absl::Status DeviceDispatchPlan::CheckRecvRows(std::span<const size_t> recv_rows) const {
+  if (static_cast<int>(recv_rows.size()) != layout_.ep) {
     return absl::InvalidArgumentError(
-        absl::StrCat("receive counts for ", recv_rows.size(), " ranks, want ", P));
+        absl::StrCat("receive counts for ", recv_rows.size(), " ranks, want ", layout_.ep));
   }
-  recv_offsets_[0] = 0;
-  for (int r = 0; r < P; ++r) {
+  for (int r = 0; r < layout_.ep; ++r) {
     if (recv_rows[r] > static_cast<size_t>(layout_.max_tokens)) {
       return absl::InvalidArgumentError(absl::StrCat("rank ", r, " sends ", recv_rows[r],
                                                      " rows, more than the layout's ",
                                                      layout_.max_tokens, " tokens"));
     }
-    recv_offsets_[r + 1] = recv_offsets_[r] + recv_rows[r];
   }
+  return absl::OkStatus();
+}
+
+absl::Status DeviceDispatchPlan::PlanRecv(int layer, std::span<const size_t> recv_rows,
+                                          const int32_t* recv_meta) {
+  const int K = layout_.top_k, P = layout_.ep, W = meta_words();
+  RETURN_IF_ERROR(CheckRecvRows(recv_rows));
+  recv_offsets_[0] = 0;
+  for (int r = 0; r < P; ++r) recv_offsets_[r + 1] = recv_offsets_[r] + recv_rows[r];
   total_recv_ = static_cast<int64_t>(recv_offsets_[P]);
   const std::vector<int>& slots = slot_[layer];
   const int S = static_cast<int>(local_[layer].size());

@@ -74,6 +74,9 @@ class DeviceDispatchPlan {
   // meta words in source rank order. Errors: kInvalidArgument when more rows arrive than the
   // layout allows or a row names an expert this rank does not hold for `layer`.
   absl::Status PlanRecv(int layer, std::span<const size_t> recv_rows, const int32_t* recv_meta);
+  // PlanRecv's check of the counts alone (one per rank, none above max_tokens): callers that
+  // size a receive from them check first.
+  absl::Status CheckRecvRows(std::span<const size_t> recv_rows) const;
   int64_t total_recv_rows() const { return total_recv_; }
   const std::vector<size_t>& recv_row_offsets() const { return recv_offsets_; }
   // Grouped pairs: slot_counts()[s] pairs for local slot s, in slot order; group_row()[g] is
