@@ -63,6 +63,12 @@ def preflight(world, out):
     run(launcher(world) + ["preflight", "--model", MODEL, "--out", out])
 
 
+# The simulator models the expert exchange as the all-to-alls (what GPUs and groups spread
+# over several hosts use); ranks of one host would otherwise take shared memory, which it does
+# not model.
+EXCHANGE = ["--no-shared-memory"]
+
+
 def bench_steps(ep, pp, runs):
     """{batch: [mean decode step seconds, ...]}: one bench process per run."""
     out = {}
@@ -72,7 +78,7 @@ def bench_steps(ep, pp, runs):
             r = run(launcher(ep * pp) + ["bench", "decode", "--model", MODEL, "--ep", str(ep),
                                          "--pp", str(pp), "--batch", str(b), "--prompt-len",
                                          str(PROMPT), "--tokens", str(OUTPUT), "--repeats", "1",
-                                         "--json"])
+                                         "--json"] + EXCHANGE)
             out[b].append(json.loads(r.stdout)["decode_step_s_median"])
         print(f"  {ep}x{pp} bench decode batch {b}: " +
               ", ".join(f"{s * 1e3:.3f} ms" for s in out[b]), flush=True)
@@ -87,7 +93,7 @@ def measure(ep, pp, runs, work):
     """{concurrency: [(tokens_per_s, ttft_p50_s, itl_p50_s), ...]} from one serving cluster."""
     d = os.path.join(work, f"cluster-{ep}x{pp}")
     start = [os.path.join(ROOT, "launch", "cluster.sh"), "start", d, str(ep * pp), str(ep),
-             str(pp), BIN, MODEL]
+             str(pp), BIN, MODEL] + EXCHANGE
     run(start)
     port = open(os.path.join(d, "port")).read().strip()
     out = {}

@@ -4,12 +4,14 @@
 // counts + all-to-all-v back), and the machine's memory-copy bandwidth. Run under mpirun with
 // --ep ranks. The experts do nothing (or, with --expert-work, write weight * row per pair)
 // and their time is reported apart, so the figure is the dispatcher's own cost (routing,
-// packing, exchanges, the final sum).
+// packing, exchanges, the final sum). --transport picks the dispatcher's transport: shared
+// memory (ranks on one host; the default when possible) or the all-to-alls.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <random>
+#include <string>
 
 #include "cli/commands.h"
 #include "cli/run_flags.h"
@@ -34,6 +36,7 @@ struct DispatchArgs {
   int iters = 20;
   bool expert_work = false;
   bool json = false;
+  std::string transport = "auto";  // auto | shm | mpi
 };
 
 // With `work`, y = weight * x (overwriting or adding, as the batch says): the experts'
@@ -72,7 +75,7 @@ int RunDispatchBench(const DispatchArgs& a) {
     return Fail(absl::FailedPreconditionError(
         "bench dispatch runs under mpirun: mpirun -np E switchyard bench dispatch --ep E ..."));
   }
-  auto world = MpiCommunicator::World(CommOptions{});
+  auto world = MpiCommunicator::World(CommOptions{.shared_memory = a.transport != "mpi"});
   const int P = world->size();
   if (a.ep != 0 && a.ep != P) return Fail(CheckWorldSize(P, a.ep, 1));
   const int rank = world->rank();
@@ -100,6 +103,11 @@ int RunDispatchBench(const DispatchArgs& a) {
       !st.ok()) {
     return Fail(st);
   }
+  if (a.transport == "shm" && P > 1 && !d.shared_memory()) {
+    return Fail(absl::FailedPreconditionError(
+        "--transport shm: the ranks do not share a host, or its shared memory is too small"));
+  }
+  const char* transport = P == 1 ? "none" : d.shared_memory() ? "shared memory" : "mpi";
   const std::vector<int64_t> send_rows = d.last_send_rows();
   const size_t W = layout.row_words() * 4, Hb = static_cast<size_t>(a.hidden) * 4;
   int64_t total_send = 0;
@@ -161,6 +169,7 @@ int RunDispatchBench(const DispatchArgs& a) {
                       {"topk", a.topk},
                       {"experts", a.experts},
                       {"expert_work", a.expert_work},
+                      {"transport", transport},
                       {"latency_s_median", t},
                       {"dispatch_s_median", Median(dispatch)},
                       {"combine_s_median", Median(combine)},
@@ -177,8 +186,8 @@ int RunDispatchBench(const DispatchArgs& a) {
     std::cout << j.dump(2) << "\n";
     return 0;
   }
-  std::printf("bench dispatch: ep %d, %d tokens/rank, hidden %d, top-%d of %d experts\n", P,
-              a.tokens, a.hidden, a.topk, a.experts);
+  std::printf("bench dispatch: ep %d, %d tokens/rank, hidden %d, top-%d of %d experts, over %s\n",
+              P, a.tokens, a.hidden, a.topk, a.experts, transport);
   std::printf("  dispatch+combine       %8.1f us (dispatch %.1f, combine %.1f; experts %.1f "
               "apart)\n",
               t * 1e6, Median(dispatch) * 1e6, Median(combine) * 1e6, Median(compute) * 1e6);
@@ -205,6 +214,10 @@ void RegisterBenchDispatch(CLI::App& bench, Action* action) {
   cmd->add_flag("--expert-work", a.expert_work,
                 "Experts write weight * row for every pair (default: they do nothing, so the "
                 "figure is the dispatcher alone)");
+  cmd->add_option("--transport", a.transport,
+                  "auto: shared memory when every rank is on this host, else MPI; shm: shared "
+                  "memory or fail; mpi: the all-to-alls")
+      ->check(CLI::IsMember({"auto", "shm", "mpi"}));
   cmd->add_flag("--json", a.json, "Print JSON");
   cmd->callback([action] { *action = [] { return RunDispatchBench(a); }; });
 }

@@ -58,6 +58,9 @@ void AddRunFlags(CLI::App* cmd, RunFlags* f) {
   cmd->add_flag("--share-gpu", f->share_gpu,
                 "Let several ranks of a node share one GPU (tests and small models; with "
                 "--device-comm staged, or NCCL 2.30+ with NCCL_MULTI_RANK_GPU_ENABLE=1)");
+  cmd->add_flag("--no-shared-memory", f->no_shared_memory,
+                "CPU ranks on one host exchange routed tokens with MPI all-to-alls instead of "
+                "reading each other's rows in shared memory (/dev/shm)");
   cmd->add_option("--max-step-tokens", f->max_step_tokens,
                   "Tokens per forward step per data-parallel rank (prefill chunk)")
       ->check(CLI::Range(1, 1 << 20));
@@ -77,6 +80,7 @@ SessionOptions ToSessionOptions(const RunFlags& f, bool show_progress) {
           .pp = f.pp,
           .placement_file = f.placement,
           .comm_timeout = absl::Seconds(f.comm_timeout_s),
+          .shared_memory = !f.no_shared_memory,
           .liveness_timeout = absl::Seconds(f.liveness_timeout_s),
           .device = f.device,
           .device_comm = f.device_comm,

@@ -21,12 +21,13 @@ struct RunFlags {
   std::string device = "auto";
   std::string device_comm = "nccl";
   bool share_gpu = false;
+  bool no_shared_memory = false;
 };
 
 // --model (required, an existing directory).
 void AddModelOption(CLI::App* cmd, std::string* dir);
-// --model, --ep, --pp, --placement, --comm-timeout, --liveness-timeout,
-// --max-step-tokens.
+// --model, --ep, --pp, --placement, --comm-timeout, --liveness-timeout, --device,
+// --device-comm, --share-gpu, --no-shared-memory, --max-step-tokens.
 void AddRunFlags(CLI::App* cmd, RunFlags* flags);
 SessionOptions ToSessionOptions(const RunFlags& flags, bool show_progress);
 // The checkpoint folder's name: "models/brown-moe/" -> "brown-moe" (the served model name).

@@ -18,17 +18,52 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <memory>
 #include <functional>
 #include <span>
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
 namespace switchyard {
 
 struct CommOptions {
   absl::Duration timeout = absl::Seconds(60);  // flag: --comm-timeout
+  // Whether a group whose ranks share one host may hand out shared memory (AllocateShared),
+  // which the expert dispatcher uses instead of its all-to-alls. Flag: --no-shared-memory.
+  bool shared_memory = true;
+};
+
+// Memory that every rank of a group maps (ranks on one host), with one flag word per slot and
+// rank for the ranks to say how far they got. Rank r's block is base(r), bytes_per_rank()
+// bytes, 64-byte aligned, readable and writable by every rank. Flags only grow.
+//
+//   seg->Post(kPosted, step);                        // after writing this rank's block
+//   RETURN_IF_ERROR(seg->WaitAll(kPosted, step, "Dispatch"));  // every peer's block is ready
+//   read(seg->base(peer));
+//
+// Post is a release store and WaitAll acquires every flag it sees, so what a rank wrote to
+// any block before its Post is visible to a rank whose WaitAll returned.
+class SharedSegment {
+ public:
+  static constexpr int kSlots = 4;
+  virtual ~SharedSegment() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual size_t bytes_per_rank() const = 0;
+  virtual char* base(int rank) = 0;
+  virtual void Post(int slot, uint64_t value) = 0;
+  // Waits until flag `slot` of every other rank is at least `value`, against the group's
+  // deadline: kDeadlineExceeded naming `op`, the group and the ranks still behind; the job's
+  // declared failure (comm/job_failure.h) as soon as there is one. After an error the segment
+  // is unusable, like its communicator.
+  virtual absl::Status WaitAll(int slot, uint64_t value, absl::string_view op) = 0;
+  // Bytes that `peer` reads from this rank's block (for a metered group's traffic matrix).
+  virtual void CountRead(int peer, size_t bytes) { (void)peer, (void)bytes; }
 };
 
 class Communicator {
@@ -80,6 +115,14 @@ class Communicator {
 
   // Collective.
   virtual absl::Status Barrier() = 0;
+
+  // Collective. A SharedSegment of `bytes_per_rank` per rank when every rank of the group is
+  // on this host and the options allow it; null (not an error) when not, or when the host
+  // cannot back it (then every rank gets null). The default has none.
+  virtual absl::StatusOr<std::unique_ptr<SharedSegment>> AllocateShared(size_t bytes_per_rank) {
+    (void)bytes_per_rank;
+    return std::unique_ptr<SharedSegment>();
+  }
 };
 
 }  // namespace switchyard

@@ -43,6 +43,33 @@ void ForRows(int64_t rows, int hidden, F&& f) {
   }
 }
 
+// dst = (dst if `add`) + src[0] + ... + src[n-1], added left to right (so the bits do not
+// depend on how the loop is split), two sources per pass over dst.
+// src(j) gives the j-th source.
+template <typename Src>
+void SumInto(float* __restrict dst, bool add, Src&& src, int n, int H) {
+  int j = 0;
+  if (!add) {
+    if (n == 1) {
+      std::memcpy(dst, src(0), H * sizeof(float));
+      return;
+    }
+    const float* __restrict a = src(0);
+    const float* __restrict b = src(1);
+    for (int h = 0; h < H; ++h) dst[h] = a[h] + b[h];
+    j = 2;
+  }
+  for (; j + 1 < n; j += 2) {
+    const float* __restrict a = src(j);
+    const float* __restrict b = src(j + 1);
+    for (int h = 0; h < H; ++h) dst[h] = (dst[h] + a[h]) + b[h];
+  }
+  if (j < n) {
+    const float* __restrict a = src(j);
+    for (int h = 0; h < H; ++h) dst[h] += a[h];
+  }
+}
+
 }  // namespace
 
 void ExpertDispatcher::MarkHeld() {
@@ -94,19 +121,16 @@ ExpertDispatcher::ExpertDispatcher(Communicator* comm, const DispatchLayout& lay
       layout_(layout),
       routing_(std::move(routing)),
       experts_(experts) {
-  const size_t W = layout_.row_words(), H = layout_.hidden;
   const size_t E = layout_.num_experts, K = layout_.top_k;
   expert_counts_.assign(routing_.size(), std::vector<int64_t>(E, 0));
   MarkHeld();
-  send_.resize(layout_.max_send_rows() * W);
-  recv_.resize(layout_.max_recv_rows() * W);
-  partial_.resize(layout_.max_recv_rows() * H);
-  returned_.resize(layout_.max_send_rows() * H);
   send_token_.resize(layout_.max_send_rows());
   token_rows_.resize(static_cast<size_t>(layout_.max_tokens) * K);
   token_local_.resize(layout_.max_tokens);
   dest_of_token_k_.resize(static_cast<size_t>(layout_.max_tokens) * K);
   row_of_k_.resize(K);
+  row_experts_.resize(K);
+  row_weights_.resize(K);
   // Pairs: each of a rank's own tokens brings up to K, each received row up to K.
   const size_t max_pairs = (static_cast<size_t>(layout_.max_tokens) + layout_.max_recv_rows()) * K;
   expert_pairs_.resize(E);
@@ -123,6 +147,29 @@ ExpertDispatcher::ExpertDispatcher(Communicator* comm, const DispatchLayout& lay
   recv_counts_.resize(P);
   recv_offsets_.resize(P);
   rank_cursor_.resize(P);
+  peer_base_.resize(P);
+}
+
+absl::Status ExpertDispatcher::ChooseTransport() {
+  transport_chosen_ = true;
+  ASSIGN_OR_RETURN(seg_, comm_->AllocateShared(layout_.shm_bytes()));
+  if (seg_ != nullptr) {
+    for (int r = 0; r < layout_.ep; ++r) peer_base_[r] = seg_->base(r);
+    return absl::OkStatus();
+  }
+  const size_t W = layout_.row_words(), H = layout_.hidden;
+  send_.resize(layout_.max_send_rows() * W);
+  recv_.resize(layout_.max_recv_rows() * W);
+  partial_.resize(layout_.max_recv_rows() * H);
+  returned_.resize(layout_.max_send_rows() * H);
+  return absl::OkStatus();
+}
+
+const float* ExpertDispatcher::SharedPartial(int32_t code) const {
+  const int M = layout_.max_tokens;
+  const char* block = peer_base_[code / M];
+  return reinterpret_cast<const float*>(block + layout_.shm_partial_offset()) +
+         (static_cast<size_t>(rank_) * M + code % M) * layout_.hidden;
 }
 
 int ExpertDispatcher::Destination(int layer, int expert, int token) const {
@@ -174,6 +221,79 @@ absl::Status ExpertDispatcher::Dispatch(int layer, const float* x, int T, const 
       if (first) ++send_rows_[r];
     }
   }
+  if (P > 1 && !transport_chosen_) RETURN_IF_ERROR(ChooseTransport());
+  int64_t S = 0, own_rows = 0;  // rows for other ranks; tokens with pairs here
+  if (seg_ != nullptr) {
+    RETURN_IF_ERROR(ExchangeShared(x, T, experts, weights, &S, &own_rows));
+  } else {
+    RETURN_IF_ERROR(ExchangeMpi(x, T, experts, weights, &S, &own_rows));
+  }
+  RETURN_IF_ERROR(BuildBatch(layer, x, T, experts, weights, out));
+  stats_.rows_sent = S + own_rows;
+  stats_.rows_received = R_ + own_rows;
+  stats_.bytes_sent =
+      (S * static_cast<int64_t>(seg_ != nullptr ? H : static_cast<int>(W)) + R_ * H) * 4;
+  stats_.dispatch_seconds = Since(t0);
+  return absl::OkStatus();
+}
+
+absl::Status ExpertDispatcher::ExchangeShared(const float* x, int T, const int32_t* experts,
+                                              const float* weights, int64_t* S,
+                                              int64_t* own_rows) {
+  const int K = layout_.top_k, P = layout_.ep, H = layout_.hidden, M = layout_.max_tokens;
+  char* mine = peer_base_[rank_];
+  int32_t* dest = reinterpret_cast<int32_t*>(mine + layout_.shm_choices_offset());
+  int32_t* ids = dest + static_cast<size_t>(M) * K;
+  float* w = reinterpret_cast<float*>(ids + static_cast<size_t>(M) * K);
+  float* xs = reinterpret_cast<float*>(mine + layout_.shm_x_offset());
+  *reinterpret_cast<int32_t*>(mine) = T;
+  std::fill(rank_cursor_.begin(), rank_cursor_.end(), 0);
+  // Each (token, other rank) gets the next partial-sum row of that rank's block for this rank,
+  // in token order; the token's list of them (rank * M + row) is in its choices' order.
+  for (int t = 0; t < T; ++t) {
+    int32_t* rows_of_t = &token_rows_[static_cast<size_t>(t) * K];
+    int n = 0;
+    token_local_[t] = 0;
+    for (int k = 0; k < K; ++k) {
+      const int r = dest_of_token_k_[t * K + k];
+      dest[t * K + k] = r;
+      ids[t * K + k] = experts[t * K + k];
+      w[t * K + k] = weights[t * K + k];
+      if (r == rank_) {
+        *own_rows += token_local_[t] == 0;
+        token_local_[t] = 1;
+        continue;
+      }
+      bool first = true;
+      for (int j = 0; j < k; ++j) first &= dest_of_token_k_[t * K + j] != r;
+      if (!first) continue;
+      rows_of_t[n++] = r * M + rank_cursor_[r]++;
+      ++*S;
+    }
+    for (int j = n; j < K; ++j) rows_of_t[j] = -1;
+  }
+  // The activations other ranks read: one copy per token that leaves, whatever its fan-out.
+  ForRows(T, H, [&](int64_t t) {
+    if (token_rows_[static_cast<size_t>(t) * K] < 0) return;
+    std::memcpy(xs + t * H, x + t * H, H * sizeof(float));
+  });
+  // Every peer reads the token count and the choices; each reads the rows it was given.
+  const size_t choices_bytes = sizeof(int32_t) + static_cast<size_t>(T) * K * 12;
+  for (int r = 0; r < P; ++r) {
+    if (r != rank_) {
+      seg_->CountRead(r, choices_bytes + static_cast<size_t>(rank_cursor_[r]) * H * 4);
+    }
+  }
+  seg_->Post(kRowsReady, epoch_ + 1);
+  ++epoch_;
+  return seg_->WaitAll(kRowsReady, epoch_, "Dispatch");
+}
+
+absl::Status ExpertDispatcher::ExchangeMpi(const float* x, int T, const int32_t* experts,
+                                           const float* weights, int64_t* S_out,
+                                           int64_t* own_rows_out) {
+  const int K = layout_.top_k, P = layout_.ep, H = layout_.hidden;
+  const size_t W = layout_.row_words();
   // Rows for other ranks are numbered destination by destination; own rows are not packed.
   for (int r = 0, off = 0; r < P; ++r) {
     rank_cursor_[r] = off;
@@ -182,7 +302,7 @@ absl::Status ExpertDispatcher::Dispatch(int layer, const float* x, int T, const 
   // One row per (token, other destination), carrying the pairs that destination applies: here
   // the row of every choice and the (expert, weight) words, in token order so rows keep their
   // tokens' order within each destination; the activations below, destination by destination.
-  int64_t S = 0, own_rows = 0;  // rows packed for other ranks; tokens with pairs here
+  int64_t S = 0, own_rows = 0;
   for (int t = 0; t < T; ++t) {
     int32_t* rows_of_t = &token_rows_[static_cast<size_t>(t) * K];
     int n = 0;  // distinct other destinations of t so far
@@ -220,6 +340,9 @@ absl::Status ExpertDispatcher::Dispatch(int layer, const float* x, int T, const 
     }
     for (int j = n; j < K; ++j) rows_of_t[j] = -1;
   }
+  *S_out = S;
+  *own_rows_out = own_rows;
+  if (P == 1) return absl::OkStatus();
   // The activations of destination r's rows, copied just before they are sent (the rows of
   // one destination are contiguous and end at its cursor).
   auto pack = [&](int r) {
@@ -230,36 +353,76 @@ absl::Status ExpertDispatcher::Dispatch(int layer, const float* x, int T, const 
                   H * sizeof(float));
     });
   };
-
-  // 2. Exchange counts, then rows (nothing travels to or from this rank itself); each
+  // Exchange counts, then rows (nothing travels to or from this rank itself); each
   // destination's rows are packed right before they leave, overlapping earlier transfers.
-  if (P > 1) {
-    RETURN_IF_ERROR(comm_->AllToAll(send_rows_.data(), recv_rows_.data(), sizeof(int64_t)));
-    recv_rows_[rank_] = 0;
-    size_t sent = 0;
-    for (int r = 0; r < P; ++r) {
-      if (recv_rows_[r] < 0 || recv_rows_[r] > layout_.max_tokens) {
-        return absl::InvalidArgumentError(absl::StrCat("rank ", r, " of ", comm_->name(),
-                                                       " dispatches ", recv_rows_[r],
-                                                       " rows, over the layout's ",
-                                                       layout_.max_tokens));
-      }
-      const size_t out_rows = r == rank_ ? 0 : send_rows_[r];
-      send_counts_[r] = out_rows * W * 4;
-      send_offsets_[r] = sent * W * 4;
-      recv_counts_[r] = recv_rows_[r] * W * 4;
-      recv_offsets_[r] = R_ * W * 4;
-      sent += out_rows;
-      R_ += recv_rows_[r];
+  RETURN_IF_ERROR(comm_->AllToAll(send_rows_.data(), recv_rows_.data(), sizeof(int64_t)));
+  recv_rows_[rank_] = 0;
+  size_t sent = 0;
+  for (int r = 0; r < P; ++r) {
+    if (recv_rows_[r] < 0 || recv_rows_[r] > layout_.max_tokens) {
+      return absl::InvalidArgumentError(absl::StrCat("rank ", r, " of ", comm_->name(),
+                                                     " dispatches ", recv_rows_[r],
+                                                     " rows, over the layout's ",
+                                                     layout_.max_tokens));
     }
-    RETURN_IF_ERROR(comm_->AllToAllVFilled(pack, send_.data(), send_counts_, send_offsets_,
-                                           recv_.data(), recv_counts_, recv_offsets_));
+    const size_t out_rows = r == rank_ ? 0 : send_rows_[r];
+    send_counts_[r] = out_rows * W * 4;
+    send_offsets_[r] = sent * W * 4;
+    recv_counts_[r] = recv_rows_[r] * W * 4;
+    recv_offsets_[r] = R_ * W * 4;
+    sent += out_rows;
+    R_ += recv_rows_[r];
   }
-  RETURN_IF_ERROR(BuildBatch(layer, x, T, experts, weights, out));
-  stats_.rows_sent = S + own_rows;
-  stats_.rows_received = R_ + own_rows;
-  stats_.bytes_sent = (S * static_cast<int64_t>(W) + R_ * H) * 4;
-  stats_.dispatch_seconds = Since(t0);
+  return comm_->AllToAllVFilled(pack, send_.data(), send_counts_, send_offsets_, recv_.data(),
+                                recv_counts_, recv_offsets_);
+}
+
+template <typename F>
+absl::Status ExpertDispatcher::ForReceivedRows(F&& f) {
+  const int K = layout_.top_k, P = layout_.ep, H = layout_.hidden, M = layout_.max_tokens;
+  if (seg_ == nullptr) {
+    const size_t W = layout_.row_words();
+    for (int64_t i = 0; i < R_; ++i) {
+      const float* row = &recv_[i * W];
+      int n = 0;
+      for (; n < K; ++n) {  // a row's pairs fill its slots from the first
+        row_experts_[n] = WordAsInt(row[layout_.expert_word(n)]);
+        if (row_experts_[n] < 0) break;
+        row_weights_[n] = row[layout_.weight_word(n)];
+      }
+      RETURN_IF_ERROR(f(row, &partial_[static_cast<size_t>(i) * H], n));
+    }
+    return absl::OkStatus();
+  }
+  float* partials = reinterpret_cast<float*>(peer_base_[rank_] + layout_.shm_partial_offset());
+  for (int s = 0; s < P; ++s) {
+    if (s == rank_) continue;
+    const char* block = peer_base_[s];
+    const int Ts = *reinterpret_cast<const int32_t*>(block);
+    if (Ts < 0 || Ts > M) {
+      return absl::InvalidArgumentError(absl::StrCat("rank ", s, " of ", comm_->name(),
+                                                     " dispatches ", Ts,
+                                                     " tokens, over the layout's ", M));
+    }
+    const int32_t* dest = reinterpret_cast<const int32_t*>(block + layout_.shm_choices_offset());
+    const int32_t* ids = dest + static_cast<size_t>(M) * K;
+    const float* w = reinterpret_cast<const float*>(ids + static_cast<size_t>(M) * K);
+    const float* xs = reinterpret_cast<const float*>(block + layout_.shm_x_offset());
+    int64_t i = 0;  // s's rows here, in its token order
+    for (int t = 0; t < Ts; ++t) {
+      int n = 0;
+      for (int k = 0; k < K; ++k) {
+        if (dest[t * K + k] != rank_) continue;
+        row_experts_[n] = ids[t * K + k];
+        row_weights_[n++] = w[t * K + k];
+      }
+      if (n == 0) continue;
+      RETURN_IF_ERROR(f(xs + static_cast<size_t>(t) * H,
+                        partials + (static_cast<size_t>(s) * M + i) * H, n));
+      ++i;
+    }
+    recv_rows_[s] = i;
+  }
   return absl::OkStatus();
 }
 
@@ -267,7 +430,6 @@ absl::Status ExpertDispatcher::BuildBatch(int layer, const float* x, int T,
                                           const int32_t* experts, const float* weights,
                                           float* out) {
   const int K = layout_.top_k, H = layout_.hidden, E = layout_.num_experts;
-  const size_t W = layout_.row_words();
   std::fill(expert_pairs_.begin(), expert_pairs_.end(), 0);
   for (int t = 0; t < T; ++t) {
     if (!token_local_[t]) continue;
@@ -275,17 +437,24 @@ absl::Status ExpertDispatcher::BuildBatch(int layer, const float* x, int T,
       if (dest_of_token_k_[t * K + k] == rank_) ++expert_pairs_[experts[t * K + k]];
     }
   }
-  for (int64_t i = 0; i < R_; ++i) {
-    const float* row = &recv_[i * W];
-    for (int j = 0; j < K; ++j) {
-      const int e = WordAsInt(row[layout_.expert_word(j)]);
-      if (e < 0) break;  // a row's pairs fill its slots from the first
-      if (e >= E || !held_[layer][e]) {
+  int64_t rows = 0;
+  RETURN_IF_ERROR(ForReceivedRows([&](const float*, float*, int n) -> absl::Status {
+    for (int j = 0; j < n; ++j) {
+      const int e = row_experts_[j];
+      if (e < 0 || e >= E || !held_[layer][e]) {
         return absl::InvalidArgumentError(absl::StrCat(
             "received a row for expert ", e, " of layer ", layer, ", which rank ", rank_, " of ",
             comm_->name(), " does not hold"));
       }
       ++expert_pairs_[e];
+    }
+    ++rows;
+    return absl::OkStatus();
+  }));
+  R_ = rows;
+  if (seg_ != nullptr) {
+    for (int s = 0; s < layout_.ep; ++s) {
+      if (s != rank_) seg_->CountRead(s, static_cast<size_t>(recv_rows_[s]) * H * 4);
     }
   }
   int64_t pairs = 0;
@@ -315,21 +484,13 @@ absl::Status ExpertDispatcher::BuildBatch(int layer, const float* x, int T,
             weights[t * K + k], e == lowest);
     }
   }
-  for (int64_t i = 0; i < R_; ++i) {
-    const float* row = &recv_[i * W];
-    int lowest = E;
-    for (int j = 0; j < K; ++j) {
-      const int e = WordAsInt(row[layout_.expert_word(j)]);
-      if (e < 0) break;
-      lowest = std::min(lowest, e);
+  RETURN_IF_ERROR(ForReceivedRows([&](const float* in, float* partial, int n) -> absl::Status {
+    const int lowest = *std::min_element(row_experts_.begin(), row_experts_.begin() + n);
+    for (int j = 0; j < n; ++j) {
+      place(row_experts_[j], in, partial, row_weights_[j], row_experts_[j] == lowest);
     }
-    for (int j = 0; j < K; ++j) {
-      const int e = WordAsInt(row[layout_.expert_word(j)]);
-      if (e < 0) break;
-      place(e, row, &partial_[static_cast<size_t>(i) * H], row[layout_.weight_word(j)],
-            e == lowest);
-    }
-  }
+    return absl::OkStatus();
+  }));
   batch_ = ExpertBatch{.counts = expert_pairs_.data(),
                        .x = pair_x_.data(),
                        .y = pair_y_.data(),
@@ -342,8 +503,12 @@ absl::Status ExpertDispatcher::BuildBatch(int layer, const float* x, int T,
 absl::Status ExpertDispatcher::Combine() {
   const auto t2 = Clock::now();
   const int K = layout_.top_k, P = layout_.ep, H = layout_.hidden;
-  // 3. Partial sums go back to their sources, in the order they came.
-  if (P > 1) {
+  // 3. Partial sums go back to their sources, in the order they came (or, over shared memory,
+  // are ready where they were written).
+  if (seg_ != nullptr) {
+    seg_->Post(kPartialsReady, epoch_);
+    RETURN_IF_ERROR(seg_->WaitAll(kPartialsReady, epoch_, "Combine"));
+  } else if (P > 1) {
     for (int r = 0, so = 0, ro = 0; r < P; ++r) {
       send_counts_[r] = r == rank_ ? 0 : recv_rows_[r] * H * 4;
       recv_counts_[r] = r == rank_ ? 0 : send_rows_[r] * H * 4;
@@ -356,21 +521,18 @@ absl::Status ExpertDispatcher::Combine() {
                                      returned_.data(), recv_counts_, recv_offsets_));
   }
   // out[t] = its own partial sum (already there when it has one), then the returned ones in
-  // the order of t's choices.
+  // the order of t's choices, in one pass over out.
   float* out = out_;
   ForRows(T_, H, [&](int64_t t) {
     const int32_t* rows_of_t = &token_rows_[static_cast<size_t>(t) * K];
     if (rows_of_t[0] < 0) return;  // every pair of t ran here
-    float* dst = out + static_cast<size_t>(t) * H;
-    int j = 0;
-    if (!token_local_[t]) {
-      std::memcpy(dst, &returned_[static_cast<size_t>(rows_of_t[0]) * H], H * sizeof(float));
-      j = 1;
-    }
-    for (; j < K && rows_of_t[j] >= 0; ++j) {
-      const float* src = &returned_[static_cast<size_t>(rows_of_t[j]) * H];
-      for (int h = 0; h < H; ++h) dst[h] += src[h];
-    }
+    int n = 0;
+    while (n < K && rows_of_t[n] >= 0) ++n;
+    auto src = [&](int j) {
+      return seg_ != nullptr ? SharedPartial(rows_of_t[j])
+                             : &returned_[static_cast<size_t>(rows_of_t[j]) * H];
+    };
+    SumInto(out + static_cast<size_t>(t) * H, token_local_[t] != 0, src, n, H);
   });
   stats_.combine_seconds = Since(t2);
   return absl::OkStatus();

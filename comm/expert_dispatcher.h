@@ -22,6 +22,14 @@
 //    rank's pairs is fused into its experts' output, no grouped copy and no separate pass.
 // 3. combine: one reverse AllToAllV returns the partial sums, which one pass adds to out.
 // A group of one rank (ep == 1, the single-process case) communicates nothing.
+// Ranks on one host (Communicator::AllocateShared gives a segment) exchange nothing either:
+// each rank writes its choices and, once, the activations of its tokens that leave it into its
+// block of the segment; the experts read other ranks' rows there in place and write their
+// partial sums into their own block, where the source adds them straight into out. Two flag
+// waits per Forward replace the count exchange and both all-to-alls: ranks post "rows
+// ready" after writing and "partials ready" after their experts ran (which also says they no
+// longer read others' rows), so no block is rewritten while a peer still reads it. The sums and
+// their order are the same as over the all-to-alls, so both transports give identical bits.
 // Deterministic: pairs run expert by expert in a fixed order (own rows, then rows by source
 // rank and position), and out[t] adds partial sums in a fixed order (own first, then by the
 // order of t's choices), whatever the order messages arrive in.
@@ -31,6 +39,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -62,6 +71,21 @@ struct DispatchLayout {
   // Combine carries `hidden` floats per row back.
   size_t combine_send_bytes() const { return max_recv_rows() * hidden * 4; }
   size_t combine_recv_bytes() const { return max_send_rows() * hidden * 4; }
+
+  // A rank's block of the shared-memory transport: its token count (64 bytes), each choice's
+  // (rank, expert, weight) as three [max_tokens, top_k] arrays, the activations of its tokens
+  // [max_tokens, hidden], and the partial sums it computes for each source rank
+  // [ep, max_tokens, hidden] (a source's rows in its token order).
+  size_t shm_choices_offset() const { return 64; }
+  size_t shm_x_offset() const {
+    return (64 + 12 * static_cast<size_t>(max_tokens) * top_k + 63) / 64 * 64;
+  }
+  size_t shm_partial_offset() const {
+    return shm_x_offset() + static_cast<size_t>(max_tokens) * hidden * 4;
+  }
+  size_t shm_bytes() const {
+    return shm_partial_offset() + static_cast<size_t>(ep) * max_tokens * hidden * 4;
+  }
 };
 
 // The (row, expert) pairs one rank's experts apply in one layer, grouped by expert in
@@ -100,7 +124,9 @@ inline int ReplicaFor(const std::vector<int>& replicas, int source_rank, int tok
 struct DispatchStats {
   int64_t rows_sent = 0;      // (token, destination) rows of this rank's tokens, own included
   int64_t rows_received = 0;  // rows it computed, own included
-  int64_t bytes_sent = 0;     // dispatch + combine payload bytes leaving this rank
+  // Dispatch + combine payload bytes leaving this rank (over shared memory: the rows and
+  // partial sums other ranks read from its block).
+  int64_t bytes_sent = 0;
   // Seconds of the last Forward: dispatch (routing, packing, exchanges of counts and rows),
   // experts (the LocalExperts call), combine (exchange back and the final sum).
   double dispatch_seconds = 0, compute_seconds = 0, combine_seconds = 0;
@@ -134,6 +160,8 @@ class ExpertDispatcher {
   absl::Status SetRouting(ExpertRanks routing);
   const ExpertRanks& routing() const { return routing_; }
 
+  // True once a Forward ran over the group's shared memory (decided at the first Forward).
+  bool shared_memory() const { return seg_ != nullptr; }
   const DispatchStats& last_stats() const { return stats_; }
   const DispatchLayout& layout() const { return layout_; }
   // Rows this rank sent to each rank of the group in the last Forward (its own included).
@@ -145,6 +173,26 @@ class ExpertDispatcher {
 
  private:
   int Destination(int layer, int expert, int token) const;
+  // At the first Forward of a group of several ranks: the shared segment, or the all-to-all
+  // buffers.
+  absl::Status ChooseTransport();
+  // Step 2 of Dispatch over each transport: the rows of other ranks' tokens reach this rank
+  // (R_, recv_rows_ for MPI), and token_rows_ says where each token's partial sums will be.
+  // S: rows this rank's tokens need elsewhere; own_rows: its tokens with pairs here.
+  absl::Status ExchangeShared(const float* x, int T, const int32_t* experts,
+                              const float* weights, int64_t* S, int64_t* own_rows);
+  absl::Status ExchangeMpi(const float* x, int T, const int32_t* experts, const float* weights,
+                           int64_t* S, int64_t* own_rows);
+  // f(row, partial, n) for every row received from another rank, in (source rank, position)
+  // order, with its n pairs in row_experts_/row_weights_; sets recv_rows_ over shared memory.
+  template <typename F>
+  absl::Status ForReceivedRows(F&& f);
+  // A partial sum of this rank's token in another rank's block: code = rank * max_tokens + row.
+  const float* SharedPartial(int32_t code) const;
+
+  // Flag slots of the segment.
+  static constexpr int kRowsReady = 0, kPartialsReady = 1;
+
   void MarkHeld();  // held_ from routing_
   // Groups the pairs of own rows and received rows by expert into batch_.
   absl::Status BuildBatch(int layer, const float* x, int T, const int32_t* experts,
@@ -164,7 +212,14 @@ class ExpertDispatcher {
   float* out_ = nullptr;
   int64_t R_ = 0;  // rows received from other ranks
 
-  // Buffers, sized once from layout_.
+  bool transport_chosen_ = false;
+  std::unique_ptr<SharedSegment> seg_;  // null: all-to-alls
+  uint64_t epoch_ = 0;                  // Forwards over seg_
+  std::vector<char*> peer_base_;        // seg_->base(r)
+  std::vector<int32_t> row_experts_;    // [top_k]: the pairs of the row ForReceivedRows visits
+  std::vector<float> row_weights_;
+
+  // Buffers, sized once from layout_ (the four row buffers only for the all-to-alls).
   std::vector<float> send_;            // [max_send_rows, row_words]: rows for other ranks
   std::vector<float> recv_;            // [max_recv_rows, row_words]: rows from other ranks
   std::vector<float> partial_;         // [max_recv_rows, hidden]: combine send

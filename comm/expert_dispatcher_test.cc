@@ -8,8 +8,11 @@
 #include <algorithm>
 #include <omp.h>
 
+#include <chrono>
 #include <random>
 #include <set>
+#include <string>
+#include <thread>
 
 #include "comm/mpi_communicator.h"
 #include "gmock/gmock.h"
@@ -110,12 +113,19 @@ std::set<int> HeldBy(const ExpertRanks& routing, int layer, int rank) {
   return held;
 }
 
-class DispatcherTest : public testing::Test {
+// Every test runs over both transports: "shm" (the ranks share this host, so the dispatcher
+// must take shared memory) and "mpi" (shared memory disabled: the all-to-alls).
+class DispatcherTest : public testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    comm_ = MpiCommunicator::World(CommOptions{.timeout = absl::Seconds(30)});
+    comm_ = MpiCommunicator::World(
+        CommOptions{.timeout = absl::Seconds(30), .shared_memory = GetParam() == "shm"});
     rank_ = comm_->rank();
     P_ = comm_->size();
+  }
+  // After a Forward: the transport the parameter asks for.
+  void ExpectTransport(const ExpertDispatcher& d) {
+    EXPECT_EQ(d.shared_memory(), GetParam() == "shm" && P_ > 1);
   }
   // Runs one Forward per (layer) with this rank's routing and checks against the reference.
   void Check(const ExpertRanks& routing, int E, int K, int T, int max_tokens, Routing r,
@@ -126,6 +136,7 @@ class DispatcherTest : public testing::Test {
     ExpertDispatcher d(comm_.get(), layout, routing, &experts);
     std::vector<float> out(static_cast<size_t>(std::max(T, 1)) * kHidden, -7.0f);
     ASSERT_TRUE(d.Forward(0, r.x.data(), T, r.experts.data(), r.weights.data(), out.data()).ok());
+    ExpectTransport(d);
     std::vector<float> want = Reference(r, T, K);
     for (size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(out[i], want[i], 1e-5) << "at " << i;
     if (rows_sent) *rows_sent = d.last_stats().rows_sent;
@@ -135,7 +146,7 @@ class DispatcherTest : public testing::Test {
   int rank_ = 0, P_ = 1;
 };
 
-TEST_F(DispatcherTest, RandomRoutingsMatchReference) {
+TEST_P(DispatcherTest, RandomRoutingsMatchReference) {
   for (int trial = 0; trial < 20; ++trial) {
     std::mt19937 rng(1000 * trial + rank_);
     const int E = 8, K = 2, max_tokens = 40;
@@ -146,7 +157,7 @@ TEST_F(DispatcherTest, RandomRoutingsMatchReference) {
 
 // Enough rows x hidden that packing, grouping and both sums run on several threads, with
 // three choices per token so a token can have three rows and a row three pairs.
-TEST_F(DispatcherTest, LargeStepsTakeTheThreadedPath) {
+TEST_P(DispatcherTest, LargeStepsTakeTheThreadedPath) {
   const int saved = omp_get_max_threads();
   omp_set_num_threads(3);
   std::mt19937 rng(4242 + rank_);
@@ -155,12 +166,12 @@ TEST_F(DispatcherTest, LargeStepsTakeTheThreadedPath) {
   omp_set_num_threads(saved);
 }
 
-TEST_F(DispatcherTest, SixExpertsTopThree) {
+TEST_P(DispatcherTest, SixExpertsTopThree) {
   std::mt19937 rng(77 + rank_);
   Check(DefaultRouting(1, 6, P_), 6, 3, 25, 25, RandomRouting(25, 6, 3, rng));
 }
 
-TEST_F(DispatcherTest, EveryTokenToRankZeroOthersReceiveNothing) {
+TEST_P(DispatcherTest, EveryTokenToRankZeroOthersReceiveNothing) {
   const int E = 8, K = 2;
   ExpertRanks routing(1, std::vector<std::vector<int>>(E, std::vector<int>{0}));
   std::mt19937 rng(5 + rank_);
@@ -174,13 +185,13 @@ TEST_F(DispatcherTest, EveryTokenToRankZeroOthersReceiveNothing) {
   }
 }
 
-TEST_F(DispatcherTest, RanksWithNoTokens) {
+TEST_P(DispatcherTest, RanksWithNoTokens) {
   std::mt19937 rng(9 + rank_);
   const int T = rank_ % 2 == 0 ? 0 : 11;
   Check(DefaultRouting(1, 8, P_), 8, 2, T, 11, RandomRouting(T, 8, 2, rng));
 }
 
-TEST_F(DispatcherTest, TokensTravelOncePerDestination) {
+TEST_P(DispatcherTest, TokensTravelOncePerDestination) {
   // Choices among experts {0, P}: with e % P placement both live on rank 0 (when P <= 4).
   if (P_ > 4) GTEST_SKIP() << "needs 2P <= 8 experts";
   const int E = 8, K = 2, T = 10;
@@ -196,7 +207,7 @@ TEST_F(DispatcherTest, TokensTravelOncePerDestination) {
   EXPECT_EQ(sent, T);
 }
 
-TEST_F(DispatcherTest, ReplicatedExpertSpreadsLoad) {
+TEST_P(DispatcherTest, ReplicatedExpertSpreadsLoad) {
   const int E = 8, K = 2, T = 30;
   ExpertRanks routing = DefaultRouting(1, E, P_);
   for (int e = 0; e < E; ++e) {
@@ -220,7 +231,7 @@ TEST_F(DispatcherTest, ReplicatedExpertSpreadsLoad) {
 // The routing changes between Forwards (experts moved while serving): the next Forward sends
 // each choice to the new holders; a routing that leaves an expert nowhere is refused and the
 // old one stays.
-TEST_F(DispatcherTest, SetRoutingMovesExpertsBetweenForwards) {
+TEST_P(DispatcherTest, SetRoutingMovesExpertsBetweenForwards) {
   const int E = 8, K = 2, T = 17;
   const ExpertRanks before = DefaultRouting(1, E, P_);
   ExpertRanks after(1, std::vector<std::vector<int>>(E, std::vector<int>{P_ - 1}));
@@ -253,7 +264,7 @@ TEST_F(DispatcherTest, SetRoutingMovesExpertsBetweenForwards) {
 }
 
 // Unevenly spread experts: rank 0 holds most of them, the last rank one replica more.
-TEST_F(DispatcherTest, UnevenPlacementWithReplicas) {
+TEST_P(DispatcherTest, UnevenPlacementWithReplicas) {
   const int E = 8, K = 2, T = 21;
   ExpertRanks routing(1, std::vector<std::vector<int>>(E, std::vector<int>{0}));
   for (int e = 6; e < E; ++e) routing[0][e] = {P_ - 1};
@@ -263,7 +274,7 @@ TEST_F(DispatcherTest, UnevenPlacementWithReplicas) {
 }
 
 // Own tokens' rows are read where they are and never travel: a group of one sends nothing.
-TEST_F(DispatcherTest, OwnRowsStayInPlace) {
+TEST_P(DispatcherTest, OwnRowsStayInPlace) {
   const int E = 8, K = 2, T = 9;
   ExpertRanks routing(1, std::vector<std::vector<int>>(E, std::vector<int>{rank_}));
   FakeExperts experts(HeldBy(routing, 0, rank_), E);
@@ -281,7 +292,7 @@ TEST_F(DispatcherTest, OwnRowsStayInPlace) {
 }
 
 // The same inputs give bit-identical outputs, step after step.
-TEST_F(DispatcherTest, Deterministic) {
+TEST_P(DispatcherTest, Deterministic) {
   const int E = 8, K = 2, T = 33;
   FakeExperts experts(HeldBy(DefaultRouting(1, E, P_), 0, rank_), E);
   ExpertDispatcher d(comm_.get(),
@@ -295,7 +306,7 @@ TEST_F(DispatcherTest, Deterministic) {
   EXPECT_EQ(a, b);
 }
 
-TEST_F(DispatcherTest, RejectsBadChoicesBeforeCommunicating) {
+TEST_P(DispatcherTest, RejectsBadChoicesBeforeCommunicating) {
   const int E = 8, K = 2;
   FakeExperts experts({}, E);
   ExpertDispatcher d(comm_.get(),
@@ -311,7 +322,7 @@ TEST_F(DispatcherTest, RejectsBadChoicesBeforeCommunicating) {
   EXPECT_THAT(st.message(), testing::HasSubstr("token 0 chooses expert 3 twice"));
 }
 
-TEST_F(DispatcherTest, RejectsMoreTokensThanTheLayout) {
+TEST_P(DispatcherTest, RejectsMoreTokensThanTheLayout) {
   DispatchLayout layout{.hidden = kHidden, .top_k = 2, .num_experts = 8, .ep = P_,
                         .max_tokens = 4};
   FakeExperts experts({}, 8);
@@ -321,6 +332,102 @@ TEST_F(DispatcherTest, RejectsMoreTokensThanTheLayout) {
   auto st = d.Forward(0, x.data(), 5, e.data(), w.data(), out.data());
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
 }
+
+// Many Forwards on one dispatcher, with a different token count each and one rank late now
+// and then: a rank must never rewrite its rows or partial sums while a peer still reads them.
+TEST_P(DispatcherTest, ManyForwardsWithLateRanks) {
+  const int E = 8, K = 3, max_tokens = 24;
+  ExpertRanks routing = DefaultRouting(2, E, P_);
+  routing[1][2] = P_ > 1 ? std::vector<int>{1, 0} : std::vector<int>{0};
+  FakeExperts experts(HeldBy(routing, 0, rank_), E);
+  // Layer 1's replica of expert 2 on rank 0 is outside HeldBy(layer 0): hold both layers'.
+  std::set<int> held = HeldBy(routing, 0, rank_);
+  for (int e : HeldBy(routing, 1, rank_)) held.insert(e);
+  experts.set_held(held);
+  ExpertDispatcher d(comm_.get(),
+                     {.hidden = kHidden, .top_k = K, .num_experts = E, .ep = P_,
+                      .max_tokens = max_tokens},
+                     routing, &experts);
+  std::mt19937 rng(97 + rank_);
+  for (int step = 0; step < 60; ++step) {
+    const int T = std::uniform_int_distribution<int>(0, max_tokens)(rng);
+    if ((step + rank_) % 7 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    Routing r = RandomRouting(T, E, K, rng);
+    std::vector<float> out(static_cast<size_t>(std::max(T, 1)) * kHidden, -3.0f);
+    ASSERT_TRUE(
+        d.Forward(step % 2, r.x.data(), T, r.experts.data(), r.weights.data(), out.data()).ok())
+        << "step " << step;
+    const std::vector<float> want = Reference(r, T, K);
+    for (size_t i = 0; i < want.size(); ++i) {
+      ASSERT_NEAR(out[i], want[i], 1e-5) << "step " << step << " at " << i;
+    }
+  }
+  ExpectTransport(d);
+}
+
+// Both transports add the same partial sums in the same order: identical bits.
+TEST_P(DispatcherTest, TransportsGiveIdenticalBits) {
+  if (GetParam() != "shm") GTEST_SKIP() << "compares both transports once";
+  const int E = 8, K = 3, T = 37;
+  ExpertRanks routing = DefaultRouting(1, E, P_);
+  routing[0][5].clear();
+  for (int r = 0; r < P_; ++r) routing[0][5].push_back(r);
+  auto mpi = MpiCommunicator::World(
+      CommOptions{.timeout = absl::Seconds(30), .shared_memory = false});
+  std::mt19937 rng(123 + rank_);
+  Routing r = RandomRouting(T, E, K, rng);
+  std::vector<std::vector<float>> outs;
+  for (Communicator* c : {static_cast<Communicator*>(comm_.get()),
+                          static_cast<Communicator*>(mpi.get())}) {
+    FakeExperts experts(HeldBy(routing, 0, rank_), E);
+    ExpertDispatcher d(c, {.hidden = kHidden, .top_k = K, .num_experts = E, .ep = P_,
+                           .max_tokens = T},
+                       routing, &experts);
+    outs.emplace_back(static_cast<size_t>(T) * kHidden);
+    ASSERT_TRUE(
+        d.Forward(0, r.x.data(), T, r.experts.data(), r.weights.data(), outs.back().data()).ok());
+    EXPECT_EQ(d.shared_memory(), c == comm_.get() && P_ > 1);
+  }
+  EXPECT_EQ(outs[0], outs[1]);
+}
+
+// A rank that does not come to a Forward is named by the others within the deadline (the
+// shared-memory wait keeps the communicator's deadline, like the all-to-alls).
+TEST_P(DispatcherTest, AbsentRankIsNamedWithinTheDeadline) {
+  if (P_ < 2) GTEST_SKIP() << "needs a peer";
+  auto world = MpiCommunicator::World(CommOptions{.timeout = absl::Seconds(30)});
+  auto split = world->Split(0, rank_, "ep(test)",
+                            CommOptions{.timeout = absl::Milliseconds(800),
+                                        .shared_memory = GetParam() == "shm"});
+  ASSERT_TRUE(split.ok()) << split.status();
+  std::unique_ptr<MpiCommunicator> comm = *std::move(split);
+  const int E = 8, K = 2, T = 6;
+  FakeExperts experts(HeldBy(DefaultRouting(1, E, P_), 0, rank_), E);
+  ExpertDispatcher d(comm.get(),
+                     {.hidden = kHidden, .top_k = K, .num_experts = E, .ep = P_, .max_tokens = T},
+                     DefaultRouting(1, E, P_), &experts);
+  std::mt19937 rng(7 + rank_);
+  Routing r = RandomRouting(T, E, K, rng);
+  std::vector<float> out(T * kHidden);
+  ASSERT_TRUE(d.Forward(0, r.x.data(), T, r.experts.data(), r.weights.data(), out.data()).ok());
+  ExpectTransport(d);
+  if (rank_ != 0) {  // rank 0 stays away from the second Forward
+    const auto t0 = std::chrono::steady_clock::now();
+    const absl::Status st = d.Forward(0, r.x.data(), T, r.experts.data(), r.weights.data(),
+                                      out.data());
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_EQ(st.code(), absl::StatusCode::kDeadlineExceeded) << st;
+    EXPECT_THAT(std::string(st.message()), testing::HasSubstr("rank(s) 0 (world rank(s) 0)"));
+    EXPECT_LT(s, 10.0);
+  }
+  // Everyone meets again on the healthy world group before the next test.
+  ASSERT_TRUE(world->Barrier().ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, DispatcherTest, testing::Values("shm", "mpi"),
+                         [](const testing::TestParamInfo<std::string>& info) {
+                           return info.param;
+                         });
 
 }  // namespace
 }  // namespace switchyard

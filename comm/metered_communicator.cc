@@ -3,6 +3,43 @@
 #include "common/steady_time.h"
 
 namespace switchyard {
+namespace {
+
+class MeteredSegment final : public SharedSegment {
+ public:
+  MeteredSegment(std::unique_ptr<SharedSegment> inner, CommMeter* meter)
+      : inner_(std::move(inner)), meter_(meter) {}
+  int rank() const override { return inner_->rank(); }
+  int size() const override { return inner_->size(); }
+  size_t bytes_per_rank() const override { return inner_->bytes_per_rank(); }
+  char* base(int rank) override { return inner_->base(rank); }
+  void Post(int slot, uint64_t value) override { inner_->Post(slot, value); }
+  absl::Status WaitAll(int slot, uint64_t value, absl::string_view op) override {
+    AddElapsedNanos t(&meter_->wait_ns);
+    return inner_->WaitAll(slot, value, op);
+  }
+  void CountRead(int peer, size_t bytes) override {
+    if (peer != rank()) meter_->sent_bytes[peer] += bytes;
+    inner_->CountRead(peer, bytes);
+  }
+
+ private:
+  std::unique_ptr<SharedSegment> inner_;
+  CommMeter* meter_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<SharedSegment>> MeteredCommunicator::AllocateShared(
+    size_t bytes_per_rank) {
+  absl::StatusOr<std::unique_ptr<SharedSegment>> seg;
+  {
+    AddElapsedNanos t(&meter_.wait_ns);
+    seg = inner_->AllocateShared(bytes_per_rank);
+  }
+  if (!seg.ok() || *seg == nullptr) return seg;
+  return std::unique_ptr<SharedSegment>(new MeteredSegment(*std::move(seg), &meter_));
+}
 
 MeteredCommunicator::MeteredCommunicator(Communicator* inner) : inner_(inner) {
   meter_.sent_bytes.assign(inner_->size(), 0);

@@ -50,6 +50,9 @@ class MeteredCommunicator final : public Communicator {
   absl::Status Broadcast(void* data, size_t bytes, int root) override;
   absl::Status Gather(const void* send, size_t bytes, void* recv, int root) override;
   absl::Status Barrier() override;
+  // The inner group's segment, metered: its waits count as waiting, and CountRead(peer, n)
+  // as n bytes sent to peer.
+  absl::StatusOr<std::unique_ptr<SharedSegment>> AllocateShared(size_t bytes_per_rank) override;
 
  private:
   void CountSends(std::span<const size_t> send_counts);  // [peer] bytes, itself excluded

@@ -1,16 +1,19 @@
 #include "comm/mpi_communicator.h"
 
-#include <sched.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <climits>
+#include <cstdio>
 #include <cstring>
-#include <thread>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "comm/host_shared_segment.h"
 #include "comm/job_failure.h"
+#include "comm/poll_backoff.h"
 #include "common/status_macros.h"
 #include "common/steady_time.h"
 
@@ -28,14 +31,6 @@ constexpr int kTagGather = 1003;
 constexpr int kTagBarrierUp = 1004;
 constexpr int kTagBarrierDown = 1005;
 
-// Polling: this many MPI_Testsome calls back to back; then, until kYieldWindow has passed
-// without progress, polls that yield the core between tries (low latency when ranks have
-// cores of their own, fair when they share them); then sleeps from kFirstSleep doubling up
-// to kMaxSleep, so an idle rank costs nothing. Any completion resets all three.
-constexpr int kSpins = 50;
-constexpr absl::Duration kYieldWindow = absl::Milliseconds(2);
-constexpr absl::Duration kFirstSleep = absl::Microseconds(20);
-constexpr absl::Duration kMaxSleep = absl::Milliseconds(1);
 
 // "MPI_Isend(buf, ...)" -> "MPI_Isend".
 absl::string_view CallName(absl::string_view expr) { return expr.substr(0, expr.find('(')); }
@@ -203,9 +198,7 @@ absl::Status MpiCommunicator::Wait(Pending& p, absl::string_view op, absl::Time 
   const int n = static_cast<int>(p.requests.size());
   std::vector<int> indices(n);
   std::vector<MPI_Status> statuses(n);
-  int spins = 0;
-  absl::Duration sleep = kFirstSleep;
-  absl::Time progress = SteadyNow();
+  PollBackoff backoff;  // polling MPI_Testsome (comm/poll_backoff.h)
   // Whom this rank waits for, for the liveness channel's progress check: the first peer with
   // a request still outstanding.
   auto mark = [&] {
@@ -243,22 +236,14 @@ absl::Status MpiCommunicator::Wait(Pending& p, absl::string_view op, absl::Time 
     }
     if (completed > 0) {
       mark();
-      spins = 0;
-      sleep = kFirstSleep;
-      progress = SteadyNow();
+      backoff.Progressed();
       continue;
     }
     // Another thread (the liveness channel) learned that the job cannot go on.
     if (JobFailed()) return Fail(JobFailure());
     const absl::Time now = SteadyNow();
     if (now >= deadline) return DeadlineError(p, op);
-    if (++spins < kSpins) continue;
-    if (now - progress < kYieldWindow) {
-      sched_yield();
-      continue;
-    }
-    std::this_thread::sleep_for(absl::ToChronoMicroseconds(sleep));
-    sleep = std::min(sleep * 2, kMaxSleep);
+    backoff.Idle(now);
   }
 }
 
@@ -438,6 +423,66 @@ absl::Status MpiCommunicator::Gather(const void* send, size_t bytes, void* recv,
 }
 
 absl::Status MpiCommunicator::Barrier() { return BarrierImpl("Barrier"); }
+
+absl::StatusOr<std::unique_ptr<SharedSegment>> MpiCommunicator::AllocateShared(
+    size_t bytes_per_rank) {
+  constexpr absl::string_view op = "AllocateShared";
+  std::unique_ptr<SharedSegment> none;
+  if (!options_.shared_memory || size_ == 1) return none;
+  RETURN_IF_ERROR(BarrierImpl(op));
+  {
+    MPI_Comm node = MPI_COMM_NULL;
+    SY_MPI_CALL(op, MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node));
+    int node_size = 0;
+    MPI_Comm_size(node, &node_size);
+    MPI_Comm_free(&node);
+    if (node_size != size_) return none;  // the same answer on every rank
+  }
+  // The name travels from rank 0 with whether it could create the mapping.
+  static int serial = 0;
+  struct {
+    char name[64] = {};
+    int32_t ok = 0;
+  } made;
+  const size_t bytes = HostSharedSegment::MappingBytes(size_, bytes_per_rank);
+  std::optional<HostMapping> mapping;
+  absl::Status local;
+  if (rank_ == 0) {
+    std::snprintf(made.name, sizeof(made.name), "/switchyard-%d-%d", static_cast<int>(getpid()),
+                  serial++);
+    absl::StatusOr<HostMapping> m = HostMapping::Create(made.name, bytes);
+    if (m.ok()) {
+      mapping.emplace(*std::move(m));
+      made.ok = 1;
+    } else {
+      local = m.status();
+    }
+  }
+  RETURN_IF_ERROR(Broadcast(&made, sizeof(made), 0));
+  if (rank_ != 0 && made.ok) {
+    absl::StatusOr<HostMapping> m = HostMapping::Open(made.name, bytes);
+    if (m.ok()) {
+      mapping.emplace(*std::move(m));
+    } else {
+      local = m.status();
+    }
+  }
+  std::vector<char> mine(size_, mapping.has_value() ? 1 : 0), all(size_);
+  RETURN_IF_ERROR(AllToAll(mine.data(), all.data(), 1));
+  if (mapping.has_value()) mapping->Unlink();  // every rank has it open, or nobody uses it
+  for (int r = 0; r < size_; ++r) {
+    if (!all[r]) {
+      if (!local.ok()) {
+        std::fprintf(stderr, "switchyard: group %s uses MPI instead of shared memory: %s\n",
+                     name_.c_str(), std::string(local.message()).c_str());
+      }
+      return none;
+    }
+  }
+  return std::unique_ptr<SharedSegment>(new HostSharedSegment(
+      *std::move(mapping), rank_, size_, bytes_per_rank,
+      SegmentPeers{.group = name_, .world_ranks = world_ranks_, .timeout = options_.timeout}));
+}
 
 // Rank 0 collects an empty message from every rank, then sends one back to each. A rank that
 // has not arrived is named by rank 0; the others can only name rank 0.

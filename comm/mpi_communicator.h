@@ -103,6 +103,12 @@ class MpiCommunicator final : public Communicator {
   absl::Status Broadcast(void* data, size_t bytes, int root) override;
   absl::Status Gather(const void* send, size_t bytes, void* recv, int root) override;
   absl::Status Barrier() override;
+  // A HostSharedSegment (comm/host_shared_segment.h) when options().shared_memory and every
+  // rank of the group is on this host (MPI_COMM_TYPE_SHARED); null otherwise, or on every
+  // rank when any rank cannot map it. Rank 0 creates the mapping and removes its name once
+  // every rank has it open. Only the barrier that starts it has a deadline: the rest are
+  // local calls and one Broadcast and AllToAll of a few bytes.
+  absl::StatusOr<std::unique_ptr<SharedSegment>> AllocateShared(size_t bytes_per_rank) override;
 
  private:
   struct Pending;  // requests of one operation in flight (mpi_communicator.cc)

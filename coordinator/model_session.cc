@@ -232,7 +232,8 @@ bool ReportedByCoordinator(const absl::Status& status) {
 absl::StatusOr<std::unique_ptr<ModelSession>> ModelSession::Open(const SessionOptions& options) {
   auto s = std::make_unique<ModelSession>();
   if (LaunchedUnderMpi()) {
-    s->world_comm_ = MpiCommunicator::World(CommOptions{.timeout = options.comm_timeout});
+    s->world_comm_ = MpiCommunicator::World(
+        CommOptions{.timeout = options.comm_timeout, .shared_memory = options.shared_memory});
     s->world_rank = s->world_comm_->rank();
     s->world_size = s->world_comm_->size();
   }

@@ -55,6 +55,8 @@ struct SessionOptions {
   int pp = 1;
   std::string placement_file;  // optional JSON placement (coordinator/placement.h)
   absl::Duration comm_timeout = absl::Seconds(60);
+  // Expert dispatch among CPU ranks of one host through shared memory (CommOptions).
+  bool shared_memory = true;
   // A rank silent this long on the liveness channel (comm/liveness.h) is declared failed;
   // also the floor of its progress check.
   absl::Duration liveness_timeout = absl::Seconds(5);
