@@ -151,8 +151,8 @@ ExpertDispatcher::ExpertDispatcher(Communicator* comm, const DispatchLayout& lay
 }
 
 absl::Status ExpertDispatcher::ChooseTransport() {
-  transport_chosen_ = true;
   ASSIGN_OR_RETURN(seg_, comm_->AllocateShared(layout_.shm_bytes()));
+  transport_chosen_ = true;  // only once the group agreed (an error leaves it undecided)
   if (seg_ != nullptr) {
     for (int r = 0; r < layout_.ep; ++r) peer_base_[r] = seg_->base(r);
     return absl::OkStatus();

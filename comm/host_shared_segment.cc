@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -28,6 +29,9 @@ absl::Status Errno(absl::string_view what, const std::string& name, int err) {
 
 absl::StatusOr<HostMapping> HostMapping::Create(const std::string& name, size_t bytes) {
   const int fd = shm_open(name.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
+  if (fd < 0 && errno == EEXIST) {
+    return absl::AlreadyExistsError(absl::StrCat("shared memory ", name, " already exists"));
+  }
   if (fd < 0) return Errno("shm_open", name, errno);
   HostMapping m;
   m.name_ = name;
@@ -70,11 +74,15 @@ absl::StatusOr<HostMapping> HostMapping::Open(const std::string& name, size_t by
   return m;
 }
 
-HostMapping::HostMapping(HostMapping&& other) noexcept { *this = std::move(other); }
+HostMapping::HostMapping(HostMapping&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)),
+      bytes_(std::exchange(other.bytes_, 0)),
+      name_(std::move(other.name_)),
+      owner_(std::exchange(other.owner_, false)) {}
 
 HostMapping& HostMapping::operator=(HostMapping&& other) noexcept {
   if (this == &other) return *this;
-  this->~HostMapping();
+  Reset();
   data_ = std::exchange(other.data_, nullptr);
   bytes_ = std::exchange(other.bytes_, 0);
   name_ = std::move(other.name_);
@@ -82,9 +90,12 @@ HostMapping& HostMapping::operator=(HostMapping&& other) noexcept {
   return *this;
 }
 
-HostMapping::~HostMapping() {
+HostMapping::~HostMapping() { Reset(); }
+
+void HostMapping::Reset() {
   if (data_ != nullptr) munmap(data_, bytes_);
   data_ = nullptr;
+  bytes_ = 0;
   Unlink();
 }
 
@@ -107,6 +118,9 @@ HostSharedSegment::HostSharedSegment(HostMapping mapping, int rank, int size,
       peers_(std::move(peers)) {
   static_assert(kSlots * 64 <= kHeaderBytes);
 }
+
+// The flags are shared between processes: only lock-free atomics work across them.
+static_assert(std::atomic_ref<uint64_t>::is_always_lock_free);
 
 void HostSharedSegment::Post(int slot, uint64_t value) {
   std::atomic_ref<uint64_t>(*Flag(rank_, slot)).store(value, std::memory_order_release);

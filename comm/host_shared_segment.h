@@ -25,8 +25,9 @@ namespace switchyard {
 // not unlink.
 class HostMapping {
  public:
-  // Creates `name` (for example "/switchyard-4711-0") and reserves its bytes, so a host short
-  // of shared memory fails here (kResourceExhausted) rather than with SIGBUS on first touch.
+  // Creates `name` (for example "/switchyard-4711-5f3a09c2") and reserves its bytes, so a host
+  // short of shared memory fails here (kResourceExhausted) rather than with SIGBUS on first
+  // touch; kAlreadyExists when the name is taken.
   static absl::StatusOr<HostMapping> Create(const std::string& name, size_t bytes);
   static absl::StatusOr<HostMapping> Open(const std::string& name, size_t bytes);
   HostMapping(HostMapping&& other) noexcept;
@@ -41,6 +42,7 @@ class HostMapping {
 
  private:
   HostMapping() = default;
+  void Reset();  // unmaps, and removes the name if this one still owns it
   char* data_ = nullptr;
   size_t bytes_ = 0;
   std::string name_;

@@ -101,6 +101,23 @@ TEST(HostSharedSegmentTest, TheJobsFailureEndsAWaitAtOnce) {
   ResetJobFailureForTest();
 }
 
+// Moving a mapping onto a live one releases the old one (its name included) and keeps the
+// new one's memory.
+TEST(HostSharedSegmentTest, MovingMappingsKeepsOneOwnerPerMapping) {
+  const std::string first = UniqueName("move-first"), second = UniqueName("move-second");
+  absl::StatusOr<HostMapping> a = HostMapping::Create(first, 4096);
+  absl::StatusOr<HostMapping> b = HostMapping::Create(second, 4096);
+  ASSERT_TRUE(a.ok() && b.ok());
+  std::strcpy(b->data(), "second");
+  *a = *std::move(b);  // a's old mapping is unmapped and its name removed
+  EXPECT_STREQ(a->data(), "second");
+  EXPECT_FALSE(HostMapping::Open(first, 4096).ok());
+  EXPECT_TRUE(HostMapping::Open(second, 4096).ok()) << "still owned, not yet unlinked";
+  HostMapping moved(*std::move(a));
+  EXPECT_STREQ(moved.data(), "second");
+  EXPECT_EQ(HostMapping::Create(second, 4096).status().code(), absl::StatusCode::kAlreadyExists);
+}
+
 TEST(HostSharedSegmentTest, NamesAreExclusiveAndMissingOnesAreErrors) {
   const std::string name = UniqueName("excl");
   absl::StatusOr<HostMapping> m = HostMapping::Create(name, 4096);

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <optional>
+#include <random>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -438,8 +439,24 @@ absl::StatusOr<std::unique_ptr<SharedSegment>> MpiCommunicator::AllocateShared(
     MPI_Comm_free(&node);
     if (node_size != size_) return none;  // the same answer on every rank
   }
-  // The name travels from rank 0 with whether it could create the mapping.
-  static int serial = 0;
+  // Every rank must ask for the same block: different layouts would read each other's
+  // blocks at different offsets.
+  {
+    const uint64_t want = bytes_per_rank;
+    std::vector<uint64_t> asked(size_);
+    RETURN_IF_ERROR(AllToAll(std::vector<uint64_t>(size_, want).data(), asked.data(),
+                             sizeof(uint64_t)));
+    for (int r = 0; r < size_; ++r) {
+      if (asked[r] != asked[0]) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            op, " on group ", name_, ": rank 0 asks for ", asked[0], " bytes per rank, rank ", r,
+            " for ", asked[r], " (the ranks' layouts differ)"));
+      }
+    }
+  }
+  // The name travels from rank 0 with whether it could create the mapping. It carries a
+  // random part, so jobs whose rank 0 have the same pid (containers sharing /dev/shm) or a
+  // name left behind by a killed job do not collide.
   struct {
     char name[64] = {};
     int32_t ok = 0;
@@ -448,14 +465,18 @@ absl::StatusOr<std::unique_ptr<SharedSegment>> MpiCommunicator::AllocateShared(
   std::optional<HostMapping> mapping;
   absl::Status local;
   if (rank_ == 0) {
-    std::snprintf(made.name, sizeof(made.name), "/switchyard-%d-%d", static_cast<int>(getpid()),
-                  serial++);
-    absl::StatusOr<HostMapping> m = HostMapping::Create(made.name, bytes);
-    if (m.ok()) {
-      mapping.emplace(*std::move(m));
-      made.ok = 1;
-    } else {
+    std::random_device random;
+    for (int attempt = 0; attempt < 4; ++attempt) {
+      std::snprintf(made.name, sizeof(made.name), "/switchyard-%d-%08x",
+                    static_cast<int>(getpid()), static_cast<unsigned>(random()));
+      absl::StatusOr<HostMapping> m = HostMapping::Create(made.name, bytes);
+      if (m.ok()) {
+        mapping.emplace(*std::move(m));
+        made.ok = 1;
+        break;
+      }
       local = m.status();
+      if (!absl::IsAlreadyExists(local)) break;
     }
   }
   RETURN_IF_ERROR(Broadcast(&made, sizeof(made), 0));

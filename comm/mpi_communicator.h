@@ -105,9 +105,11 @@ class MpiCommunicator final : public Communicator {
   absl::Status Barrier() override;
   // A HostSharedSegment (comm/host_shared_segment.h) when options().shared_memory and every
   // rank of the group is on this host (MPI_COMM_TYPE_SHARED); null otherwise, or on every
-  // rank when any rank cannot map it. Rank 0 creates the mapping and removes its name once
-  // every rank has it open. Only the barrier that starts it has a deadline: the rest are
-  // local calls and one Broadcast and AllToAll of a few bytes.
+  // rank when any rank cannot map it. options().shared_memory must be the same on every rank
+  // (it comes from the job's flags), and so must bytes_per_rank (kInvalidArgument on every
+  // rank otherwise). Rank 0 creates the mapping and removes its name once every rank has it
+  // open. Every step has the group's deadline except MPI_Comm_split_type, which runs right
+  // after a barrier that has one.
   absl::StatusOr<std::unique_ptr<SharedSegment>> AllocateShared(size_t bytes_per_rank) override;
 
  private:

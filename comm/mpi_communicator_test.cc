@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include <string>
 #include "gtest/gtest.h"
 
 namespace switchyard {
@@ -359,6 +360,44 @@ TEST_F(MpiCommunicatorTest, LargeAllToAllV) {
 // Ranks that disagree on a size: a longer message than posted is MPI's truncation error
 // (kUnavailable, with MPI's text and the call site); a shorter one is caught by the count check
 // (kInternal). Either leaves the communicator unusable.
+// Ranks of one host get one shared segment: each sees what the others wrote, after their
+// posts. Disabled by the options, there is none; ranks asking for different sizes are refused
+// on every rank.
+TEST_F(MpiCommunicatorTest, AllocateSharedOnOneHost) {
+  auto seg = world_->AllocateShared(4096);
+  ASSERT_TRUE(seg.ok()) << seg.status();
+  if (P_ == 1) {
+    EXPECT_EQ(*seg, nullptr) << "a group of one has nobody to share with";
+  } else {
+    ASSERT_NE(*seg, nullptr) << "the test's ranks share this host";
+    SharedSegment& s = **seg;
+    EXPECT_EQ(s.size(), P_);
+    EXPECT_EQ(s.bytes_per_rank(), 4096u);
+    std::memset(s.base(rank_), 'a' + rank_, 4096);
+    s.Post(0, 1);
+    ASSERT_TRUE(s.WaitAll(0, 1, "test").ok());
+    for (int r = 0; r < P_; ++r) {
+      EXPECT_EQ(s.base(r)[0], 'a' + r);
+      EXPECT_EQ(s.base(r)[4095], 'a' + r);
+    }
+    s.Post(1, 1);  // nobody rewrites a block before every rank has read them all
+    ASSERT_TRUE(s.WaitAll(1, 1, "test").ok());
+  }
+
+  auto off = MpiCommunicator::World(
+      CommOptions{.timeout = absl::Seconds(60), .shared_memory = false});
+  auto none = off->AllocateShared(4096);
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_EQ(*none, nullptr);
+
+  if (P_ > 1) {
+    auto mixed = world_->AllocateShared(rank_ == P_ - 1 ? 8192 : 4096);
+    EXPECT_EQ(mixed.status().code(), absl::StatusCode::kInvalidArgument) << mixed.status();
+    EXPECT_NE(std::string(mixed.status().message()).find("the ranks' layouts differ"),
+              std::string::npos);
+  }
+}
+
 TEST_F(MpiCommunicatorTest, SizeMismatchesAreReported) {
   if (P_ == 1) GTEST_SKIP() << "needs two ranks";
   for (const bool longer : {true, false}) {
