@@ -63,9 +63,10 @@ def preflight(world, out):
     run(launcher(world) + ["preflight", "--model", MODEL, "--out", out])
 
 
-# The simulator models the expert exchange as the all-to-alls (what GPUs and groups spread
-# over several hosts use); ranks of one host would otherwise take shared memory, which it does
-# not model.
+# The expert exchange of runs and predictions (--exchange): by default the all-to-alls (what
+# GPUs and groups spread over several hosts use, and what the table in docs/scaling.md was
+# measured with); `--exchange shm` checks the shared memory CPU ranks of one host use by
+# default.
 EXCHANGE = ["--no-shared-memory"]
 
 
@@ -221,7 +222,7 @@ def predict_steps(ep, pp, calibration):
     """{batch: predicted decode step seconds}."""
     r = run([BIN, "study", "simulate", "--model", MODEL, "--calibration", calibration,
              "--ep", str(ep), "--pp", str(pp), "--batch", ",".join(map(str, BATCH)),
-             "--context", str(PROMPT + OUTPUT // 2), "--json"])
+             "--context", str(PROMPT + OUTPUT // 2), "--json"] + EXCHANGE)
     return {d["batch"]: d["step_s"] for d in json.loads(r.stdout)["decode"]}
 
 
@@ -232,7 +233,7 @@ def predict_serving(ep, pp, c, calibration, host):
              str(PROMPT + OUTPUT // 2), "--requests", str(requests_for(c)), "--concurrency",
              str(c), "--prompt-len", str(PROMPT), "--output-len", str(OUTPUT),
              "--host-step-us", str(host[0] * 1e6), "--host-token-us", str(host[1] * 1e6),
-             "--turnaround-us", str(host[2] * 1e6), "--json"])
+             "--turnaround-us", str(host[2] * 1e6), "--json"] + EXCHANGE)
     s = json.loads(r.stdout)["serving"]
     return s["output_tokens_per_s"], s["ttft_s"]["p50"], s["itl_s"]["p50"]
 
@@ -249,16 +250,21 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--configs", default="1x1,2x1,1x2,2x2", help="EPxPP list")
     ap.add_argument("--batch", default="1,8,64", help="bench decode batch list")
-    ap.add_argument("--concurrency", default="1,8,64", help="loadgen concurrency list")
+    ap.add_argument("--concurrency", default="1,8,64",
+                    help="loadgen concurrency list ('none': decode steps only)")
+    ap.add_argument("--exchange", default="all-to-all", choices=["all-to-all", "shm"],
+                    help="the expert exchange runs and predictions use (the table in "
+                         "docs/scaling.md: all-to-all)")
     ap.add_argument("--netns", default="1gbit",
                     help="link rate of the emulated two-node cluster (root only; 'none': skip)")
     ap.add_argument("--out", help="write the markdown table here")
     ap.add_argument("--json", help="write every figure here")
     a = ap.parse_args()
-    global CONFIGS, CONCURRENCY, BATCH
+    global CONFIGS, CONCURRENCY, BATCH, EXCHANGE
     CONFIGS = [tuple(int(x) for x in c.split("x")) for c in a.configs.split(",")]
     BATCH = [int(b) for b in a.batch.split(",")]
-    CONCURRENCY = [int(c) for c in a.concurrency.split(",")]
+    CONCURRENCY = [] if a.concurrency == "none" else [int(c) for c in a.concurrency.split(",")]
+    EXCHANGE = ["--no-shared-memory"] if a.exchange == "all-to-all" else []
     if not os.access(BIN, os.X_OK):
         sys.exit(f"{BIN} is missing: build first (launch/build.sh)")
     rows = []
@@ -268,13 +274,13 @@ def main():
             cal[world] = os.path.join(work, f"cal-{world}.json")
             print(f"preflight --model, {world} rank(s)", flush=True)
             preflight(world, cal[world])
-        host = front_end_costs(a.runs, work)
+        host = front_end_costs(a.runs, work) if CONCURRENCY else (0.0, 0.0, 0.0)
         for ep, pp in CONFIGS:
             steps = bench_steps(ep, pp, a.runs)
             predicted = predict_steps(ep, pp, cal[ep * pp])
             for b in BATCH:
                 rows.append(row(ep, pp, f"batch {b}", "decode step", steps[b], predicted[b], True))
-            measured = measure(ep, pp, a.runs, work)
+            measured = measure(ep, pp, a.runs, work) if CONCURRENCY else {}
             for c in CONCURRENCY:
                 pred = predict_serving(ep, pp, c, cal[ep * pp], host)
                 for i, figure in enumerate(("tokens/s", "TTFT p50", "ITL p50")):
@@ -308,6 +314,8 @@ def main():
     lines.append("")
     for figure in ("decode step", "tokens/s"):
         e = sorted(abs(r["error"]) for r in barred if r["figure"] == figure)
+        if not e:
+            continue
         lines.append(f"- {figure}: median absolute error {statistics.median(e) * 100:.1f}%, "
                      f"worst {e[-1] * 100:.1f}%.")
     lines.append("")

@@ -71,6 +71,7 @@ struct SimulateArgs {
   double launch_us = -1, step_overhead_us = -1;
   bool json = false;
   bool require_fit = false;
+  bool no_shared_memory = false;
 };
 
 absl::StatusOr<LengthRange> ParseRange(const std::string& text, const char* flag) {
@@ -170,6 +171,7 @@ absl::StatusOr<ClusterModel> ClusterOf(const SimulateArgs& a) {
   };
   override(c.device);
   for (DeviceModel& d : c.rank_devices) override(d);
+  if (a.no_shared_memory) c.shared_memory_exchange = false;
   return c;
 }
 
@@ -222,6 +224,10 @@ int RunSimulate(const SimulateArgs& a) {
             // Where the compute costs come from: the runtime's operations timed at this
             // model's shapes (preflight --model), or the device's multiply rates.
             {"costs", model.measured_operations() ? "operations" : "rates"},
+            // How an EP group within one node exchanges rows (ClusterModel).
+            {"exchange", model.cluster().shared_memory_exchange
+                             ? "shared memory where an EP group is within one node"
+                             : "all-to-all"},
             {"nodes", nodes},
             {"ranks_per_node", model.cluster().ranks_per_node},
             {"ep", a.ep},
@@ -345,6 +351,7 @@ int RunSimulate(const SimulateArgs& a) {
               model.measured_operations()
                   ? "the runtime's operations, measured at this model's shapes"
                   : "multiply rates (no operations measured at this model's shapes)");
+  std::printf("  expert exchange: %s\n", j["exchange"].get<std::string>().c_str());
   std::printf("  %d node(s) x %d ranks, ep %d x pp %d, routing %s\n", nodes,
               model.cluster().ranks_per_node, a.ep, a.pp,
               !a.expert_load.empty() ? ("from " + a.expert_load).c_str()
@@ -578,6 +585,10 @@ void RegisterStudy(CLI::App& app, Action* action) {
                   "configurations for `study plot`)");
   cmd->add_flag("--json", a.json, "Print JSON");
   cmd->add_flag("--require-fit", a.require_fit, "Exit 1 when the configuration does not fit");
+  cmd->add_flag("--no-shared-memory", a.no_shared_memory,
+                "Model CPU ranks of one node exchanging rows with the all-to-alls, as "
+                "--no-shared-memory runs them (a CPU calibration otherwise models the shared "
+                "memory they use by default)");
   cmd->callback([action, model, preset, hw, cal] {
     if (model->count() == 0 && preset->count() == 0) {
       throw CLI::ValidationError("--model or --preset", "one of them is required");

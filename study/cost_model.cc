@@ -184,6 +184,7 @@ absl::StatusOr<ClusterModel> ClusterFromCalibration(const PreflightReport& cal,
     flops.push_back(f.prefill_flops);
   }
   c.device = c.rank_devices[0];
+  c.shared_memory_exchange = cal.device == "cpu";  // the CPU dispatcher's default on one host
   c.device.memory_bytes_per_s = c.device.peak_bytes_per_s = Median(copy);
   c.device.weight_read_bytes_per_s = Median(read);
   c.device.matmul_flops = c.device.peak_flops = Median(flops);
@@ -426,7 +427,33 @@ StepCost CostModel::Step(const StepShape& step) const {
         }
         // Dispatch and combine, when the group has peers.
         double t_dispatch = 0, t_combine = 0;
-        if (ep > 1) {
+        bool one_node = true;
+        for (int r = 0; r < ep; ++r) {
+          one_node &= (s * ep + r) / cluster_.ranks_per_node == (s * ep) / cluster_.ranks_per_node;
+        }
+        if (ep > 1 && cluster_.shared_memory_exchange && one_node) {
+          std::vector<double> out(ep), back(ep);
+          for (int r = 0; r < ep; ++r) {
+            const int w = s * ep + r;
+            const DeviceModel& d = cluster_.Device(w);
+            const double lat = cluster_.within_node.latency_s;
+            // A token leaves when any of its K choices lands on another rank; it is copied
+            // once into the segment whatever its fan-out. Peers read rows and partial sums in
+            // place (their reads are the experts' and the sum's own).
+            const double leaving =
+                rows[r] * (1 - std::pow(std::min(1.0, dest_share[r]), K));
+            double summed = 0;
+            for (int j = 0; j < ep; ++j) {
+              if (j == r) continue;
+              summed += rows_to[r][j] * H * 4;
+              c.pair_bytes[w][s * ep + j] += rows_to[r][j] * wire_row + rows_to[j][r] * wire_row;
+            }
+            out[r] = lat + leaving * wire_row / d.memory_bytes_per_s;
+            back[r] = lat + summed / d.memory_bytes_per_s;
+          }
+          t_dispatch = Max(out);
+          t_combine = Max(back);
+        } else if (ep > 1) {
           const double row_out = wire_row + 2 * K * 4, row_back = static_cast<double>(wire_row);
           std::vector<double> counts(ep), out(ep), back(ep);
           for (int r = 0; r < ep; ++r) {

@@ -89,6 +89,11 @@ struct ClusterModel {
   DeviceModel device;
   int ranks_per_node = 1;
   LinkModel within_node, between_nodes;
+  // An EP group whose ranks all sit on one node exchanges through shared memory, as CPU ranks
+  // do by default (comm/expert_dispatcher.h): no transfer; dispatch is one flag wait (a
+  // within-node latency) and one copy of each token that leaves its rank, combine one flag
+  // wait and the final sum. Off: the all-to-alls (GPUs; `--no-shared-memory`).
+  bool shared_memory_exchange = false;
   std::vector<DeviceModel> rank_devices;           // empty, or one per world rank
   std::vector<std::vector<LinkModel>> pair_links;  // empty, or [world][world]
 

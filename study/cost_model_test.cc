@@ -127,6 +127,30 @@ TEST(CostModelTest, TwoRankDispatchAsWorkedOutByHand) {
   EXPECT_NEAR(c.breakdown.Sum(), c.seconds, 1e-15);
 }
 
+// The same group exchanging through shared memory (CPU ranks of one node): one flag wait and
+// one copy of each leaving token out, one flag wait and the final sum back; a group over two
+// nodes still takes the all-to-alls.
+TEST(CostModelTest, SharedMemoryExchangeAsWorkedOutByHand) {
+  const ModelConfig cfg = Tiny();
+  ClusterModel cl = Free();
+  cl.within_node = {.latency_s = 1e-6, .bandwidth_bytes_per_s = 1e9};
+  cl.device.memory_bytes_per_s = 2e9;
+  cl.shared_memory_exchange = true;
+  const PlacementPlan plan = Plan(cfg, 2, 1);
+  const StepCost c = CostModel(cfg, plan, cl, RoutingModel::Uniform(cfg)).Step(DecodeStep(2, 1, 2));
+  // Half a token leaves each rank: 0.5 x 16 bytes copied into the segment; back, the sum of
+  // 0.5 partial sums of 16 bytes.
+  EXPECT_NEAR(c.breakdown.dispatch_s, 1e-6 + 8 / 2e9, 1e-15);
+  EXPECT_NEAR(c.breakdown.combine_s, 1e-6 + 8 / 2e9, 1e-15);
+  // What peers read: the row and the partial sum, 16 bytes each, half a row each way.
+  EXPECT_NEAR(c.pair_bytes[0][1], 0.5 * 16 + 0.5 * 16, 1e-12);
+
+  cl.ranks_per_node = 1;
+  cl.between_nodes = cl.within_node;
+  const StepCost apart = CostModel(cfg, plan, cl, RoutingModel::Uniform(cfg)).Step(DecodeStep(2, 1, 2));
+  EXPECT_NEAR(apart.breakdown.dispatch_s, 1e-6 + (1e-6 + 12e-9) + 8 / 2e9, 1e-15);
+}
+
 TEST(CostModelTest, ASkewedLayerMakesItsHotExpertsRankTheStraggler) {
   ModelConfig cfg = Tiny();
   cfg.num_local_experts = 4;
@@ -274,6 +298,7 @@ TEST(CostModelTest, CalibrationGivesPerRankFiguresAndLinkClasses) {
   EXPECT_EQ(c->Link(2, 3).bandwidth_bytes_per_s, 4e9);  // the pair's own figure
   EXPECT_EQ(c->Device(3).memory_bytes_per_s, 10e9 + 3);
   EXPECT_EQ(c->device.kv_dtype, KvDType::kF32);
+  EXPECT_TRUE(c->shared_memory_exchange) << "CPU ranks of one node exchange through shared memory";
   // Projected to 8 ranks: the class medians, per node of 2.
   ClusterModel p = *c;
   p.FitTo(8);
