@@ -307,10 +307,11 @@ def main():
                      f"{'' if r['bar'] else ' (no bar)'} | {unit(r['median'])} | "
                      f"±{r['variation'] * 100:.1f}% | {unit(r['predicted'])} | "
                      f"{r['error'] * 100:+.1f}% |")
-    lines.append("")
-    lines.append(f"Front end (measured with a one-layer hidden-64 model): {host[0] * 1e6:.1f} us "
-                 f"per step, {host[1] * 1e6:.1f} us per token, turnaround "
-                 f"{host[2] * 1e6:.0f} us per request.")
+    if CONCURRENCY:
+        lines.append("")
+        lines.append(f"Front end (measured with a one-layer hidden-64 model): "
+                     f"{host[0] * 1e6:.1f} us per step, {host[1] * 1e6:.1f} us per token, "
+                     f"turnaround {host[2] * 1e6:.0f} us per request.")
     lines.append("")
     for figure in ("decode step", "tokens/s"):
         e = sorted(abs(r["error"]) for r in barred if r["figure"] == figure)
