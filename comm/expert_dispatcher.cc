@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <numeric>
 
 #include <omp.h>
 
@@ -167,9 +168,7 @@ absl::Status ExpertDispatcher::ChooseTransport() {
 
 const float* ExpertDispatcher::SharedPartial(int32_t code) const {
   const int M = layout_.max_tokens;
-  const char* block = peer_base_[code / M];
-  return reinterpret_cast<const float*>(block + layout_.shm_partial_offset()) +
-         (static_cast<size_t>(rank_) * M + code % M) * layout_.hidden;
+  return Block(code / M).partial + (static_cast<size_t>(rank_) * M + code % M) * layout_.hidden;
 }
 
 int ExpertDispatcher::Destination(int layer, int expert, int token) const {
@@ -201,6 +200,7 @@ absl::Status ExpertDispatcher::Dispatch(int layer, const float* x, int T, const 
   // 1. Destinations and rows per destination (a token goes once to each distinct rank).
   std::fill(send_rows_.begin(), send_rows_.end(), 0);
   for (int t = 0; t < T; ++t) {
+    token_local_[t] = 0;
     for (int k = 0; k < K; ++k) {
       const int e = experts[t * K + k];
       if (e < 0 || e >= E) {
@@ -218,80 +218,84 @@ absl::Status ExpertDispatcher::Dispatch(int layer, const float* x, int T, const 
       }
       ++expert_counts_[layer][e];
       dest_of_token_k_[t * K + k] = r;
+      if (r == rank_) token_local_[t] = 1;
       if (first) ++send_rows_[r];
     }
   }
+  // send_rows_[rank_]: this rank's tokens with pairs here (their rows stay in x).
+  const int64_t own_rows = send_rows_[rank_];
+  const int64_t S = std::accumulate(send_rows_.begin(), send_rows_.end(), int64_t{0}) - own_rows;
   if (P > 1 && !transport_chosen_) RETURN_IF_ERROR(ChooseTransport());
-  int64_t S = 0, own_rows = 0;  // rows for other ranks; tokens with pairs here
   if (seg_ != nullptr) {
-    RETURN_IF_ERROR(ExchangeShared(x, T, experts, weights, &S, &own_rows));
+    RETURN_IF_ERROR(ExchangeShared(x, T, experts, weights));
   } else {
-    RETURN_IF_ERROR(ExchangeMpi(x, T, experts, weights, &S, &own_rows));
+    RETURN_IF_ERROR(ExchangeMpi(x, T, experts, weights));
   }
   RETURN_IF_ERROR(BuildBatch(layer, x, T, experts, weights, out));
+  // A row leaving this rank: the activations with their pairs over MPI, the activations alone
+  // over shared memory (the pairs are read from the choices).
+  const int64_t row_out = seg_ != nullptr ? H : static_cast<int64_t>(W);
   stats_.rows_sent = S + own_rows;
   stats_.rows_received = R_ + own_rows;
-  stats_.bytes_sent =
-      (S * static_cast<int64_t>(seg_ != nullptr ? H : static_cast<int>(W)) + R_ * H) * 4;
+  stats_.bytes_sent = (S * row_out + R_ * H) * 4;
   stats_.dispatch_seconds = Since(t0);
   return absl::OkStatus();
 }
 
+ExpertDispatcher::SharedBlock ExpertDispatcher::Block(int rank) const {
+  char* base = peer_base_[rank];
+  const size_t MK = static_cast<size_t>(layout_.max_tokens) * layout_.top_k;
+  SharedBlock b;
+  b.tokens = reinterpret_cast<int32_t*>(base);
+  b.dest = reinterpret_cast<int32_t*>(base + layout_.shm_choices_offset());
+  b.experts = b.dest + MK;
+  b.weights = reinterpret_cast<float*>(b.experts + MK);
+  b.x = reinterpret_cast<float*>(base + layout_.shm_x_offset());
+  b.partial = reinterpret_cast<float*>(base + layout_.shm_partial_offset());
+  return b;
+}
+
 absl::Status ExpertDispatcher::ExchangeShared(const float* x, int T, const int32_t* experts,
-                                              const float* weights, int64_t* S,
-                                              int64_t* own_rows) {
+                                              const float* weights) {
   const int K = layout_.top_k, P = layout_.ep, H = layout_.hidden, M = layout_.max_tokens;
-  char* mine = peer_base_[rank_];
-  int32_t* dest = reinterpret_cast<int32_t*>(mine + layout_.shm_choices_offset());
-  int32_t* ids = dest + static_cast<size_t>(M) * K;
-  float* w = reinterpret_cast<float*>(ids + static_cast<size_t>(M) * K);
-  float* xs = reinterpret_cast<float*>(mine + layout_.shm_x_offset());
-  *reinterpret_cast<int32_t*>(mine) = T;
-  std::fill(rank_cursor_.begin(), rank_cursor_.end(), 0);
+  const SharedBlock mine = Block(rank_);
+  *mine.tokens = T;
+  std::copy(dest_of_token_k_.begin(), dest_of_token_k_.begin() + T * K, mine.dest);
+  std::copy(experts, experts + T * K, mine.experts);
+  std::copy(weights, weights + T * K, mine.weights);
   // Each (token, other rank) gets the next partial-sum row of that rank's block for this rank,
   // in token order; the token's list of them (rank * M + row) is in its choices' order.
+  std::fill(rank_cursor_.begin(), rank_cursor_.end(), 0);
   for (int t = 0; t < T; ++t) {
     int32_t* rows_of_t = &token_rows_[static_cast<size_t>(t) * K];
     int n = 0;
-    token_local_[t] = 0;
     for (int k = 0; k < K; ++k) {
       const int r = dest_of_token_k_[t * K + k];
-      dest[t * K + k] = r;
-      ids[t * K + k] = experts[t * K + k];
-      w[t * K + k] = weights[t * K + k];
-      if (r == rank_) {
-        *own_rows += token_local_[t] == 0;
-        token_local_[t] = 1;
-        continue;
-      }
-      bool first = true;
+      bool first = r != rank_;
       for (int j = 0; j < k; ++j) first &= dest_of_token_k_[t * K + j] != r;
-      if (!first) continue;
-      rows_of_t[n++] = r * M + rank_cursor_[r]++;
-      ++*S;
+      if (first) rows_of_t[n++] = r * M + rank_cursor_[r]++;
     }
     for (int j = n; j < K; ++j) rows_of_t[j] = -1;
   }
   // The activations other ranks read: one copy per token that leaves, whatever its fan-out.
   ForRows(T, H, [&](int64_t t) {
     if (token_rows_[static_cast<size_t>(t) * K] < 0) return;
-    std::memcpy(xs + t * H, x + t * H, H * sizeof(float));
+    std::memcpy(mine.x + t * H, x + t * H, H * sizeof(float));
   });
   // Every peer reads the token count and the choices; each reads the rows it was given.
   const size_t choices_bytes = sizeof(int32_t) + static_cast<size_t>(T) * K * 12;
   for (int r = 0; r < P; ++r) {
     if (r != rank_) {
-      seg_->CountRead(r, choices_bytes + static_cast<size_t>(rank_cursor_[r]) * H * 4);
+      seg_->CountRead(r, choices_bytes + static_cast<size_t>(send_rows_[r]) * H * 4);
     }
   }
-  seg_->Post(kRowsReady, epoch_ + 1);
   ++epoch_;
+  seg_->Post(kRowsReady, epoch_);
   return seg_->WaitAll(kRowsReady, epoch_, "Dispatch");
 }
 
 absl::Status ExpertDispatcher::ExchangeMpi(const float* x, int T, const int32_t* experts,
-                                           const float* weights, int64_t* S_out,
-                                           int64_t* own_rows_out) {
+                                           const float* weights) {
   const int K = layout_.top_k, P = layout_.ep, H = layout_.hidden;
   const size_t W = layout_.row_words();
   // Rows for other ranks are numbered destination by destination; own rows are not packed.
@@ -302,18 +306,12 @@ absl::Status ExpertDispatcher::ExchangeMpi(const float* x, int T, const int32_t*
   // One row per (token, other destination), carrying the pairs that destination applies: here
   // the row of every choice and the (expert, weight) words, in token order so rows keep their
   // tokens' order within each destination; the activations below, destination by destination.
-  int64_t S = 0, own_rows = 0;
   for (int t = 0; t < T; ++t) {
     int32_t* rows_of_t = &token_rows_[static_cast<size_t>(t) * K];
     int n = 0;  // distinct other destinations of t so far
-    token_local_[t] = 0;
     for (int k = 0; k < K; ++k) {
       const int r = dest_of_token_k_[t * K + k];
-      if (r == rank_) {
-        own_rows += token_local_[t] == 0;
-        token_local_[t] = 1;
-        continue;
-      }
+      if (r == rank_) continue;
       int row = -1;
       for (int j = 0; j < k; ++j) {
         if (dest_of_token_k_[t * K + j] == r) row = row_of_k_[j];
@@ -324,7 +322,6 @@ absl::Status ExpertDispatcher::ExchangeMpi(const float* x, int T, const int32_t*
         row = rank_cursor_[r]++;
         send_token_[row] = t;
         rows_of_t[n++] = row;
-        ++S;
         dst = &send_[row * W];
         for (int j = 0; j < K; ++j) {
           dst[layout_.expert_word(j)] = IntAsWord(-1);
@@ -340,8 +337,6 @@ absl::Status ExpertDispatcher::ExchangeMpi(const float* x, int T, const int32_t*
     }
     for (int j = n; j < K; ++j) rows_of_t[j] = -1;
   }
-  *S_out = S;
-  *own_rows_out = own_rows;
   if (P == 1) return absl::OkStatus();
   // The activations of destination r's rows, copied just before they are sent (the rows of
   // one destination are contiguous and end at its cursor).
@@ -394,30 +389,26 @@ absl::Status ExpertDispatcher::ForReceivedRows(F&& f) {
     }
     return absl::OkStatus();
   }
-  float* partials = reinterpret_cast<float*>(peer_base_[rank_] + layout_.shm_partial_offset());
+  float* partials = Block(rank_).partial;
   for (int s = 0; s < P; ++s) {
     if (s == rank_) continue;
-    const char* block = peer_base_[s];
-    const int Ts = *reinterpret_cast<const int32_t*>(block);
+    const SharedBlock peer = Block(s);
+    const int Ts = *peer.tokens;
     if (Ts < 0 || Ts > M) {
       return absl::InvalidArgumentError(absl::StrCat("rank ", s, " of ", comm_->name(),
                                                      " dispatches ", Ts,
                                                      " tokens, over the layout's ", M));
     }
-    const int32_t* dest = reinterpret_cast<const int32_t*>(block + layout_.shm_choices_offset());
-    const int32_t* ids = dest + static_cast<size_t>(M) * K;
-    const float* w = reinterpret_cast<const float*>(ids + static_cast<size_t>(M) * K);
-    const float* xs = reinterpret_cast<const float*>(block + layout_.shm_x_offset());
     int64_t i = 0;  // s's rows here, in its token order
     for (int t = 0; t < Ts; ++t) {
       int n = 0;
       for (int k = 0; k < K; ++k) {
-        if (dest[t * K + k] != rank_) continue;
-        row_experts_[n] = ids[t * K + k];
-        row_weights_[n++] = w[t * K + k];
+        if (peer.dest[t * K + k] != rank_) continue;
+        row_experts_[n] = peer.experts[t * K + k];
+        row_weights_[n++] = peer.weights[t * K + k];
       }
       if (n == 0) continue;
-      RETURN_IF_ERROR(f(xs + static_cast<size_t>(t) * H,
+      RETURN_IF_ERROR(f(peer.x + static_cast<size_t>(t) * H,
                         partials + (static_cast<size_t>(s) * M + i) * H, n));
       ++i;
     }

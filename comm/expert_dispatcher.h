@@ -178,11 +178,19 @@ class ExpertDispatcher {
   absl::Status ChooseTransport();
   // Step 2 of Dispatch over each transport: the rows of other ranks' tokens reach this rank
   // (R_, recv_rows_ for MPI), and token_rows_ says where each token's partial sums will be.
-  // S: rows this rank's tokens need elsewhere; own_rows: its tokens with pairs here.
   absl::Status ExchangeShared(const float* x, int T, const int32_t* experts,
-                              const float* weights, int64_t* S, int64_t* own_rows);
-  absl::Status ExchangeMpi(const float* x, int T, const int32_t* experts, const float* weights,
-                           int64_t* S, int64_t* own_rows);
+                              const float* weights);
+  absl::Status ExchangeMpi(const float* x, int T, const int32_t* experts, const float* weights);
+  // A rank's block of the segment, laid out by DispatchLayout::shm_*.
+  struct SharedBlock {
+    int32_t* tokens;   // its token count
+    int32_t* dest;     // [max_tokens, top_k]: the rank each choice goes to
+    int32_t* experts;  // [max_tokens, top_k]
+    float* weights;    // [max_tokens, top_k]
+    float* x;          // [max_tokens, hidden]: the activations of its tokens that leave it
+    float* partial;    // [ep, max_tokens, hidden]: the partial sums it computes per source
+  };
+  SharedBlock Block(int rank) const;
   // f(row, partial, n) for every row received from another rank, in (source rank, position)
   // order, with its n pairs in row_experts_/row_weights_; sets recv_rows_ over shared memory.
   template <typename F>

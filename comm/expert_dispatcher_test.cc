@@ -123,6 +123,10 @@ class DispatcherTest : public testing::TestWithParam<std::string> {
     rank_ = comm_->rank();
     P_ = comm_->size();
   }
+  // The layout of these tests' groups: hidden kHidden over every rank.
+  DispatchLayout Layout(int E, int K, int max_tokens) const {
+    return {.hidden = kHidden, .top_k = K, .num_experts = E, .ep = P_, .max_tokens = max_tokens};
+  }
   // After a Forward: the transport the parameter asks for.
   void ExpectTransport(const ExpertDispatcher& d) {
     EXPECT_EQ(d.shared_memory(), GetParam() == "shm" && P_ > 1);
@@ -130,8 +134,7 @@ class DispatcherTest : public testing::TestWithParam<std::string> {
   // Runs one Forward per (layer) with this rank's routing and checks against the reference.
   void Check(const ExpertRanks& routing, int E, int K, int T, int max_tokens, Routing r,
              int64_t* rows_sent = nullptr, int64_t* rows_run = nullptr) {
-    DispatchLayout layout{.hidden = kHidden, .top_k = K, .num_experts = E, .ep = P_,
-                          .max_tokens = max_tokens};
+    const DispatchLayout layout = Layout(E, K, max_tokens);
     FakeExperts experts(HeldBy(routing, 0, rank_), E);
     ExpertDispatcher d(comm_.get(), layout, routing, &experts);
     std::vector<float> out(static_cast<size_t>(std::max(T, 1)) * kHidden, -7.0f);
@@ -238,8 +241,7 @@ TEST_P(DispatcherTest, SetRoutingMovesExpertsBetweenForwards) {
   for (int r = 0; r < P_; ++r) after[0][0].push_back(r);  // expert 0 everywhere
   std::sort(after[0][0].begin(), after[0][0].end());
   after[0][0].erase(std::unique(after[0][0].begin(), after[0][0].end()), after[0][0].end());
-  DispatchLayout layout{.hidden = kHidden, .top_k = K, .num_experts = E, .ep = P_,
-                        .max_tokens = T};
+  const DispatchLayout layout = Layout(E, K, T);
   FakeExperts experts(HeldBy(before, 0, rank_), E);
   ExpertDispatcher d(comm_.get(), layout, before, &experts);
   std::mt19937 rng(31 + rank_);
@@ -278,9 +280,7 @@ TEST_P(DispatcherTest, OwnRowsStayInPlace) {
   const int E = 8, K = 2, T = 9;
   ExpertRanks routing(1, std::vector<std::vector<int>>(E, std::vector<int>{rank_}));
   FakeExperts experts(HeldBy(routing, 0, rank_), E);
-  ExpertDispatcher d(comm_.get(),
-                     {.hidden = kHidden, .top_k = K, .num_experts = E, .ep = P_, .max_tokens = T},
-                     routing, &experts);
+  ExpertDispatcher d(comm_.get(), Layout(E, K, T), routing, &experts);
   std::mt19937 rng(31 + rank_);
   Routing r = RandomRouting(T, E, K, rng);
   std::vector<float> out(T * kHidden);
@@ -295,9 +295,7 @@ TEST_P(DispatcherTest, OwnRowsStayInPlace) {
 TEST_P(DispatcherTest, Deterministic) {
   const int E = 8, K = 2, T = 33;
   FakeExperts experts(HeldBy(DefaultRouting(1, E, P_), 0, rank_), E);
-  ExpertDispatcher d(comm_.get(),
-                     {.hidden = kHidden, .top_k = K, .num_experts = E, .ep = P_, .max_tokens = T},
-                     DefaultRouting(1, E, P_), &experts);
+  ExpertDispatcher d(comm_.get(), Layout(E, K, T), DefaultRouting(1, E, P_), &experts);
   std::mt19937 rng(41 + rank_);
   Routing r = RandomRouting(T, E, K, rng);
   std::vector<float> a(T * kHidden), b(T * kHidden);
@@ -309,9 +307,7 @@ TEST_P(DispatcherTest, Deterministic) {
 TEST_P(DispatcherTest, RejectsBadChoicesBeforeCommunicating) {
   const int E = 8, K = 2;
   FakeExperts experts({}, E);
-  ExpertDispatcher d(comm_.get(),
-                     {.hidden = kHidden, .top_k = K, .num_experts = E, .ep = P_, .max_tokens = 4},
-                     DefaultRouting(1, E, P_), &experts);
+  ExpertDispatcher d(comm_.get(), Layout(E, K, 4), DefaultRouting(1, E, P_), &experts);
   std::vector<float> x(2 * kHidden), out(2 * kHidden), w(4, 0.5f);
   std::vector<int32_t> out_of_range = {0, 1, 2, E};
   auto st = d.Forward(0, x.data(), 2, out_of_range.data(), w.data(), out.data());
@@ -323,8 +319,7 @@ TEST_P(DispatcherTest, RejectsBadChoicesBeforeCommunicating) {
 }
 
 TEST_P(DispatcherTest, RejectsMoreTokensThanTheLayout) {
-  DispatchLayout layout{.hidden = kHidden, .top_k = 2, .num_experts = 8, .ep = P_,
-                        .max_tokens = 4};
+  const DispatchLayout layout = Layout(8, 2, 4);
   FakeExperts experts({}, 8);
   ExpertDispatcher d(comm_.get(), layout, DefaultRouting(1, 8, P_), &experts);
   std::vector<float> x(5 * kHidden), out(5 * kHidden), w(10, 0.5f);
@@ -344,10 +339,7 @@ TEST_P(DispatcherTest, ManyForwardsWithLateRanks) {
   std::set<int> held = HeldBy(routing, 0, rank_);
   for (int e : HeldBy(routing, 1, rank_)) held.insert(e);
   experts.set_held(held);
-  ExpertDispatcher d(comm_.get(),
-                     {.hidden = kHidden, .top_k = K, .num_experts = E, .ep = P_,
-                      .max_tokens = max_tokens},
-                     routing, &experts);
+  ExpertDispatcher d(comm_.get(), Layout(E, K, max_tokens), routing, &experts);
   std::mt19937 rng(97 + rank_);
   for (int step = 0; step < 60; ++step) {
     const int T = std::uniform_int_distribution<int>(0, max_tokens)(rng);
@@ -380,9 +372,7 @@ TEST_P(DispatcherTest, TransportsGiveIdenticalBits) {
   for (Communicator* c : {static_cast<Communicator*>(comm_.get()),
                           static_cast<Communicator*>(mpi.get())}) {
     FakeExperts experts(HeldBy(routing, 0, rank_), E);
-    ExpertDispatcher d(c, {.hidden = kHidden, .top_k = K, .num_experts = E, .ep = P_,
-                           .max_tokens = T},
-                       routing, &experts);
+    ExpertDispatcher d(c, Layout(E, K, T), routing, &experts);
     outs.emplace_back(static_cast<size_t>(T) * kHidden);
     ASSERT_TRUE(
         d.Forward(0, r.x.data(), T, r.experts.data(), r.weights.data(), outs.back().data()).ok());
@@ -403,9 +393,7 @@ TEST_P(DispatcherTest, AbsentRankIsNamedWithinTheDeadline) {
   std::unique_ptr<MpiCommunicator> comm = *std::move(split);
   const int E = 8, K = 2, T = 6;
   FakeExperts experts(HeldBy(DefaultRouting(1, E, P_), 0, rank_), E);
-  ExpertDispatcher d(comm.get(),
-                     {.hidden = kHidden, .top_k = K, .num_experts = E, .ep = P_, .max_tokens = T},
-                     DefaultRouting(1, E, P_), &experts);
+  ExpertDispatcher d(comm.get(), Layout(E, K, T), DefaultRouting(1, E, P_), &experts);
   std::mt19937 rng(7 + rank_);
   Routing r = RandomRouting(T, E, K, rng);
   std::vector<float> out(T * kHidden);

@@ -19,7 +19,10 @@
 namespace switchyard {
 namespace {
 
-size_t RoundUp(size_t n, size_t to) { return (n + to - 1) / to * to; }
+// One rank's block: the flags and the payload, whole pages.
+size_t Stride(size_t bytes_per_rank) {
+  return (HostSharedSegment::kHeaderBytes + bytes_per_rank + 4095) / 4096 * 4096;
+}
 
 absl::Status Errno(absl::string_view what, const std::string& name, int err) {
   return absl::UnavailableError(absl::StrCat(what, " of shared memory ", name, ": ", strerror(err)));
@@ -105,7 +108,7 @@ void HostMapping::Unlink() {
 }
 
 size_t HostSharedSegment::MappingBytes(int size, size_t bytes_per_rank) {
-  return static_cast<size_t>(size) * RoundUp(kHeaderBytes + bytes_per_rank, 4096);
+  return static_cast<size_t>(size) * Stride(bytes_per_rank);
 }
 
 HostSharedSegment::HostSharedSegment(HostMapping mapping, int rank, int size,
@@ -114,7 +117,7 @@ HostSharedSegment::HostSharedSegment(HostMapping mapping, int rank, int size,
       rank_(rank),
       size_(size),
       bytes_per_rank_(bytes_per_rank),
-      stride_(RoundUp(kHeaderBytes + bytes_per_rank, 4096)),
+      stride_(Stride(bytes_per_rank)),
       peers_(std::move(peers)) {
   static_assert(kSlots * 64 <= kHeaderBytes);
 }

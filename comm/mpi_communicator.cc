@@ -15,6 +15,7 @@
 #include "comm/host_shared_segment.h"
 #include "comm/job_failure.h"
 #include "comm/poll_backoff.h"
+#include "common/log.h"
 #include "common/status_macros.h"
 #include "common/steady_time.h"
 
@@ -491,14 +492,11 @@ absl::StatusOr<std::unique_ptr<SharedSegment>> MpiCommunicator::AllocateShared(
   std::vector<char> mine(size_, mapping.has_value() ? 1 : 0), all(size_);
   RETURN_IF_ERROR(AllToAll(mine.data(), all.data(), 1));
   if (mapping.has_value()) mapping->Unlink();  // every rank has it open, or nobody uses it
-  for (int r = 0; r < size_; ++r) {
-    if (!all[r]) {
-      if (!local.ok()) {
-        std::fprintf(stderr, "switchyard: group %s uses MPI instead of shared memory: %s\n",
-                     name_.c_str(), std::string(local.message()).c_str());
-      }
-      return none;
+  if (std::find(all.begin(), all.end(), 0) != all.end()) {
+    if (!local.ok()) {
+      spdlog::warn("group {} uses MPI instead of shared memory: {}", name_, local.message());
     }
+    return none;
   }
   return std::unique_ptr<SharedSegment>(new HostSharedSegment(
       *std::move(mapping), rank_, size_, bytes_per_rank,

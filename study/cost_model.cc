@@ -370,6 +370,10 @@ StepCost CostModel::Step(const StepShape& step) const {
   const size_t wire_row = static_cast<size_t>(H) * cluster_.device.wire_bytes;
   for (int s = 0; s < pp; ++s) {
     const auto [lb, le] = plan_.stage_layers[s];
+    // The stage's EP group (world ranks s * ep .. s * ep + ep - 1) within one node.
+    const int rpn = cluster_.ranks_per_node;
+    const bool shared_exchange =
+        ep > 1 && cluster_.shared_memory_exchange && s * ep / rpn == (s * ep + ep - 1) / rpn;
     for (int m = 0; m < pp; ++m) {
       const std::vector<double>& rows = mb_rows[m];
       const double group_rows = std::accumulate(rows.begin(), rows.end(), 0.0);
@@ -427,11 +431,7 @@ StepCost CostModel::Step(const StepShape& step) const {
         }
         // Dispatch and combine, when the group has peers.
         double t_dispatch = 0, t_combine = 0;
-        bool one_node = true;
-        for (int r = 0; r < ep; ++r) {
-          one_node &= (s * ep + r) / cluster_.ranks_per_node == (s * ep) / cluster_.ranks_per_node;
-        }
-        if (ep > 1 && cluster_.shared_memory_exchange && one_node) {
+        if (shared_exchange) {
           std::vector<double> out(ep), back(ep);
           for (int r = 0; r < ep; ++r) {
             const int w = s * ep + r;
