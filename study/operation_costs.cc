@@ -6,11 +6,14 @@
 #include <array>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <limits>
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "common/cpu_threads.h"
 #include "common/stats.h"
 #include "common/status_macros.h"
 #include "kernels/cpu/ops.h"
@@ -136,6 +139,48 @@ double OperationCosts::Dense(double n) const { return n > 0 ? Interpolate(rows, 
 double OperationCosts::Expert(double n) const {
   return n > 0 ? Interpolate(rows, expert_s, n) : 0;
 }
+double OperationCosts::Expert(double n, double working_set_bytes) const {
+  if (n <= 0) return 0;
+  if (expert_set_bytes.empty()) return Expert(n);
+  // Sets are stored largest first; walk them smallest first.
+  const size_t S = expert_set_bytes.size();
+  auto at = [&](size_t i) { return Interpolate(rows, expert_set_s[S - 1 - i], n); };
+  auto bytes = [&](size_t i) { return expert_set_bytes[S - 1 - i]; };
+  if (working_set_bytes <= bytes(0)) return at(0);
+  for (size_t i = 1; i < S; ++i) {
+    if (working_set_bytes <= bytes(i)) {
+      const double t = (working_set_bytes - bytes(i - 1)) / (bytes(i) - bytes(i - 1));
+      return at(i - 1) + t * (at(i) - at(i - 1));
+    }
+  }
+  return at(S - 1);
+}
+double OperationCosts::ExpertCold(double n) const {
+  if (n <= 0) return 0;
+  return expert_cold_s.empty() ? Expert(n) : Interpolate(rows, expert_cold_s, n);
+}
+
+double LastLevelCacheBytes() {
+  double best = 0;
+  int best_level = -1;
+  for (int i = 0; i < 16; ++i) {
+    const std::string dir = absl::StrCat("/sys/devices/system/cpu/cpu0/cache/index", i, "/");
+    std::ifstream level_file(dir + "level"), size_file(dir + "size"), type_file(dir + "type");
+    int level = 0;
+    std::string size, type;
+    if (!(level_file >> level) || !(size_file >> size) || !(type_file >> type)) continue;
+    if (type == "Instruction" || size.empty()) continue;
+    double bytes = std::atof(size.c_str());
+    if (size.back() == 'K') bytes *= 1024;
+    if (size.back() == 'M') bytes *= 1024 * 1024;
+    if (level > best_level) {
+      best_level = level;
+      best = bytes;
+    }
+  }
+  return best;
+}
+
 double OperationCosts::Head(double n) const { return n > 0 ? Interpolate(rows, head_s, n) : 0; }
 double OperationCosts::Attention(double tokens, double start_pos) const {
   if (tokens <= 0) return 0;
@@ -208,6 +253,9 @@ absl::StatusOr<OperationCosts> MeasureOperations(const ModelWeights& weights,
   c.top_k = cfg.num_experts_per_tok;
   c.vocab = V;
   c.layers = L;
+  c.threads = omp_get_max_threads();
+  c.cache_bytes = LastLevelCacheBytes();
+  c.cpus = static_cast<int>(OwnCpus().size());
 
   // Attention: one sequence's KV write and attention, as RunLayers calls them.
   {
@@ -280,9 +328,25 @@ absl::StatusOr<OperationCosts> MeasureOperations(const ModelWeights& weights,
   std::vector<float> logits(static_cast<size_t>(max_rows) * V);
   StepPlan plan;
   StepResult result;
-  int turn = 0;  // cycles the expert and layer between timed calls
-  // One point: [dense, expert, head] seconds at n rows.
-  auto measure = [&](int n) -> absl::StatusOr<std::array<double, 3>> {
+  // The expert working sets: the first k of the (layer, expert) pairs ordered layer-fastest
+  // (k = all, a half, a quarter, an eighth), so that a set spreads over the layers as a
+  // rank's share of the experts does.
+  const int pairs = L * E;
+  std::vector<int> sets;
+  for (int k = pairs; k >= 1 && sets.size() < 4; k /= 2) sets.push_back(k);
+  const double expert_bytes = 2.0 * static_cast<double>(cfg.ExpertParams());  // bf16
+  // Read before each cold call: twice the last-level cache (64 MiB when unknown).
+  std::vector<uint64_t> flush(static_cast<size_t>(
+      (c.cache_bytes > 0 ? 2 * c.cache_bytes : 64.0 * (1 << 20)) / sizeof(uint64_t)));
+  for (size_t i = 0; i < flush.size(); ++i) flush[i] = i;
+  volatile uint64_t flush_sink = 0;
+  auto flush_caches = [&] {
+    uint64_t sum = 0;
+    for (size_t i = 0; i < flush.size(); i += 8) sum += flush[i];  // a line at a time
+    flush_sink = flush_sink + sum;
+  };
+  // One point: [dense, head, expert cold, expert at each set] seconds at n rows.
+  auto measure = [&](int n) -> absl::StatusOr<std::vector<double>> {
     seqs.assign(n, SeqEntry{});
     for (int i = 0; i < n; ++i) {
       seqs[i].num_tokens = 1;
@@ -295,18 +359,21 @@ absl::StatusOr<OperationCosts> MeasureOperations(const ModelWeights& weights,
         o.repeats, [&] { forward.Embed(ids.data(), n, hidden.data()); },
         [&] { st.Update(forward.RunLayers(seqs, block_tables.data(), hidden.data())); });
     RETURN_IF_ERROR(st);
-    // Every expert of every loaded layer in turn, three rounds untimed and then timed (at
-    // least `repeats` calls): a step loop's steady state, whose working set is the shard's
-    // experts (in the caches where they fit).
-    const int pairs = L * E;
-    const double expert = TimeCalls(std::max(o.repeats, 2 * pairs), nullptr, [&] {
-      const int e = turn % E, l = spec.layer_begin + (turn / E) % L;
-      ++turn;
-      std::fill(counts.begin(), counts.end(), 0);
-      counts[e] = n;
-      experts.Run(l, ExpertBatch{.counts = counts.data(), .x = xs.data(), .y = ys.data(),
-                                 .scale = scale.data(), .pairs = n});
-    }, 3 * pairs);
+    // Each set's experts in turn, three rounds untimed and then timed (at least `repeats`
+    // calls): a step loop's steady state, whose working set is the set (in the caches where
+    // it fits).
+    std::vector<double> expert;
+    for (int k : sets) {
+      int turn = 0;
+      expert.push_back(TimeCalls(std::max(o.repeats, 2 * k), nullptr, [&] {
+        const int i = turn++ % k;
+        const int e = i / L, l = spec.layer_begin + i % L;
+        std::fill(counts.begin(), counts.end(), 0);
+        counts[e] = n;
+        experts.Run(l, ExpertBatch{.counts = counts.data(), .x = xs.data(), .y = ys.data(),
+                                   .scale = scale.data(), .pairs = n});
+      }, 3 * k));
+    }
     plan.Clear();
     for (int i = 0; i < n; ++i) {
       plan.AddSequence({.seq_id = i + 1, .sample = true},
@@ -317,37 +384,58 @@ absl::StatusOr<OperationCosts> MeasureOperations(const ModelWeights& weights,
       forward.Head(hidden.data(), std::span<const int32_t>(head_rows.data(), n), logits.data());
       head.Finish(plan, logits.data(), &result);
     });
-    return std::array<double, 3>{layers_s / L, expert, head_s};
+    int cold_turn = 0;
+    const double cold = TimeCalls(o.repeats, flush_caches, [&] {
+      const int i = cold_turn++ % pairs;
+      std::fill(counts.begin(), counts.end(), 0);
+      counts[i / L] = n;
+      experts.Run(spec.layer_begin + i % L,
+                  ExpertBatch{.counts = counts.data(), .x = xs.data(), .y = ys.data(),
+                              .scale = scale.data(), .pairs = n});
+    });
+    std::vector<double> t{layers_s / L, head_s, cold};
+    t.insert(t.end(), expert.begin(), expert.end());
+    return t;
   };
   // The first sweep picks the points (doubling rows until the step limit or the budget);
   // every sweep measures them all, and each figure is the median over the sweeps (a slow
   // moment of a shared machine spoils one sweep's point, not the table).
-  using Triple = std::array<double, 3>;
-  std::vector<std::array<std::vector<double>, 3>> samples;
+  const size_t figures = 3 + sets.size();
+  std::vector<std::vector<std::vector<double>>> samples;  // [point][figure][sweep]
   for (int n = 1;; n = std::min(2 * n, max_rows)) {
-    ASSIGN_OR_RETURN(const Triple t, measure(n));
+    ASSIGN_OR_RETURN(const std::vector<double> t, measure(n));
     c.rows.push_back(n);
-    samples.emplace_back();
-    for (int k = 0; k < 3; ++k) samples.back()[k].push_back(t[k]);
-    if (n == max_rows || std::max({t[0], t[1], t[2]}) > o.call_budget_s) break;
+    samples.emplace_back(figures);
+    for (size_t k = 0; k < figures; ++k) samples.back()[k].push_back(t[k]);
+    if (n == max_rows || std::max({t[0], t[1], t[3]}) > o.call_budget_s) break;
   }
   for (int sweep = 1; sweep < o.sweeps; ++sweep) {
     for (size_t i = 0; i < c.rows.size(); ++i) {
-      ASSIGN_OR_RETURN(const Triple t, measure(static_cast<int>(c.rows[i])));
-      for (int k = 0; k < 3; ++k) samples[i][k].push_back(t[k]);
+      ASSIGN_OR_RETURN(const std::vector<double> t, measure(static_cast<int>(c.rows[i])));
+      for (size_t k = 0; k < figures; ++k) samples[i][k].push_back(t[k]);
     }
   }
+  c.expert_set_s.assign(sets.size(), {});
+  for (int k : sets) c.expert_set_bytes.push_back(k * expert_bytes);
   for (size_t i = 0; i < c.rows.size(); ++i) {
     // The dense work is the layers' time less their attention calls' own.
     c.dense_s.push_back(
         std::max(0.0, Median(samples[i][0]) - c.rows[i] * c.Attention(1, 0)));
-    c.expert_s.push_back(Median(samples[i][1]));
-    c.head_s.push_back(Median(samples[i][2]));
+    c.head_s.push_back(Median(samples[i][1]));
+    c.expert_cold_s.push_back(Median(samples[i][2]));
+    for (size_t j = 0; j < sets.size(); ++j) {
+      c.expert_set_s[j].push_back(Median(samples[i][3 + j]));
+    }
   }
+  c.expert_s = c.expert_set_s[0];
   return c;
 }
 
 nlohmann::json OperationCostsJson(const OperationCosts& c) {
+  nlohmann::json sets = nlohmann::json::array();
+  for (size_t j = 0; j < c.expert_set_bytes.size(); ++j) {
+    sets.push_back({{"bytes", c.expert_set_bytes[j]}, {"expert_s", c.expert_set_s[j]}});
+  }
   return {{"shape",
            {{"hidden", c.hidden},
             {"intermediate", c.intermediate},
@@ -365,7 +453,12 @@ nlohmann::json OperationCostsJson(const OperationCosts& c) {
           {"attention",
            {{"call_s", c.attention_call_s},
             {"token_s", c.attention_token_s},
-            {"pair_s", c.attention_pair_s}}}};
+            {"pair_s", c.attention_pair_s}}},
+          {"expert_sets", sets},
+          {"expert_cold_s", c.expert_cold_s},
+          {"cache_bytes", c.cache_bytes},
+          {"threads", c.threads},
+          {"cpus", c.cpus}};
 }
 
 absl::StatusOr<OperationCosts> ParseOperationCosts(const nlohmann::json& j,
@@ -429,6 +522,58 @@ absl::StatusOr<OperationCosts> ParseOperationCosts(const nlohmann::json& j,
       return bad(absl::StrCat("attention.", name), "missing or not a number >= 0");
     }
     *field = v.get<double>();
+  }
+  // Optional (calibrations before them lack them): the cold expert, the cache, the rank's
+  // threads and CPUs, the sets.
+  const nlohmann::json cold = j.value("expert_cold_s", nlohmann::json::array());
+  if (!cold.is_array() || (!cold.empty() && cold.size() != c.rows.size())) {
+    return bad("expert_cold_s", "must have one entry per row count");
+  }
+  for (const nlohmann::json& x : cold) {
+    if (!x.is_number() || x.get<double>() < 0 || !std::isfinite(x.get<double>())) {
+      return bad("expert_cold_s", "every entry must be a number >= 0");
+    }
+    c.expert_cold_s.push_back(x.get<double>());
+  }
+  const nlohmann::json cache = j.value("cache_bytes", nlohmann::json(0));
+  if (!cache.is_number() || !(cache.get<double>() >= 0)) {
+    return bad("cache_bytes", "not a number >= 0");
+  }
+  c.cache_bytes = cache.get<double>();
+  for (auto [name, field] :
+       std::initializer_list<std::pair<const char*, int*>>{{"threads", &c.threads},
+                                                            {"cpus", &c.cpus}}) {
+    const nlohmann::json v = j.value(name, nlohmann::json(0));
+    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > (1 << 20)) {
+      return bad(name, "not an integer >= 0");
+    }
+    *field = v.get<int>();
+  }
+  const nlohmann::json sets = j.value("expert_sets", nlohmann::json::array());
+  if (!sets.is_array()) return bad("expert_sets", "not an array");
+  for (size_t k = 0; k < sets.size(); ++k) {
+    const std::string name = absl::StrCat("expert_sets[", k, "]");
+    if (!sets[k].is_object()) return bad(name, "not an object");
+    const nlohmann::json bytes = sets[k].value("bytes", nlohmann::json());
+    if (!bytes.is_number() || !(bytes.get<double>() > 0)) {
+      return bad(absl::StrCat(name, ".bytes"), "missing or not a number > 0");
+    }
+    if (k > 0 && bytes.get<double>() >= c.expert_set_bytes.back()) {
+      return bad(absl::StrCat(name, ".bytes"), "sets must be ordered largest first");
+    }
+    const nlohmann::json v = sets[k].value("expert_s", nlohmann::json());
+    if (!v.is_array() || v.size() != c.rows.size()) {
+      return bad(absl::StrCat(name, ".expert_s"), "must have one entry per row count");
+    }
+    std::vector<double> figures;
+    for (const nlohmann::json& x : v) {
+      if (!x.is_number() || x.get<double>() < 0 || !std::isfinite(x.get<double>())) {
+        return bad(absl::StrCat(name, ".expert_s"), "every entry must be a number >= 0");
+      }
+      figures.push_back(x.get<double>());
+    }
+    c.expert_set_bytes.push_back(bytes.get<double>());
+    c.expert_set_s.push_back(std::move(figures));
   }
   return c;
 }

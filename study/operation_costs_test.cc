@@ -77,6 +77,22 @@ TEST(OperationCostsTest, ReadsTheTablesAndTheAttentionFit) {
   EXPECT_DOUBLE_EQ(c.Attention(4, 0), 1e-6 + 4 * 2e-7 + 10 * 1e-8);
 }
 
+TEST(OperationCostsTest, ReadsTheExpertAtTheRanksWorkingSet) {
+  OperationCosts c = Table();
+  // Without sets, every working set costs what every loaded expert cost.
+  EXPECT_DOUBLE_EQ(c.Expert(8, 1e3), c.Expert(8));
+  // Sets of 4 MB (the whole), 2 MB and 1 MB: a smaller set is cheaper (it stays cached).
+  c.expert_set_bytes = {4e6, 2e6, 1e6};
+  c.expert_set_s = {c.expert_s, {1e-5, 1.5e-5, 2.5e-5}, {0.5e-5, 1e-5, 2e-5}};
+  EXPECT_DOUBLE_EQ(c.Expert(1, 0.5e6), 0.5e-5);  // below the smallest: the smallest's
+  EXPECT_DOUBLE_EQ(c.Expert(1, 1e6), 0.5e-5);
+  EXPECT_DOUBLE_EQ(c.Expert(1, 1.5e6), 0.75e-5);  // halfway between 1 and 2 MB
+  EXPECT_DOUBLE_EQ(c.Expert(1, 3e6), 1.5e-5);     // halfway between 2 and 4 MB
+  EXPECT_DOUBLE_EQ(c.Expert(1, 8e6), 2e-5);       // beyond the whole: the whole's
+  EXPECT_DOUBLE_EQ(c.Expert(3, 1.5e6), 1.75e-5);  // rows interpolated within each set
+  EXPECT_EQ(c.Expert(0, 1e6), 0);
+}
+
 TEST(OperationCostsTest, MatchesOnlyTheShapeMeasured) {
   ModelConfig cfg;
   cfg.hidden_size = 256;
@@ -117,6 +133,48 @@ TEST(OperationCostsTest, JsonRoundTripAndErrorsNameTheField) {
             "ops.attention.pair_s: missing or not a number >= 0");
   EXPECT_EQ(ParseOperationCosts(nlohmann::json::array(), "ops").status().message(),
             "ops: not an object");
+
+  // The expert sets: optional, round trip, named errors.
+  OperationCosts sets = Table();
+  sets.expert_set_bytes = {4e6, 2e6};
+  sets.expert_set_s = {sets.expert_s, {1e-5, 1.5e-5, 2.5e-5}};
+  back = ParseOperationCosts(OperationCostsJson(sets), "ops");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->expert_set_bytes, sets.expert_set_bytes);
+  EXPECT_EQ(back->expert_set_s, sets.expert_set_s);
+  sets.threads = 3;
+  sets.cpus = 8;
+  sets.expert_cold_s = {4e-5, 6e-5, 9e-5};
+  sets.cache_bytes = 32 << 20;
+  back = ParseOperationCosts(OperationCostsJson(sets), "ops");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->threads, 3);
+  EXPECT_EQ(back->cpus, 8);
+  EXPECT_EQ(back->expert_cold_s, sets.expert_cold_s);
+  EXPECT_EQ(back->cache_bytes, 32 << 20);
+  EXPECT_DOUBLE_EQ(back->ExpertCold(2), 6e-5);
+  EXPECT_DOUBLE_EQ(Table().ExpertCold(2), Table().Expert(2));  // not measured: the warm one
+  j = OperationCostsJson(sets);
+  j["expert_cold_s"] = {1e-5};
+  EXPECT_EQ(ParseOperationCosts(j, "ops").status().message(),
+            "ops.expert_cold_s: must have one entry per row count");
+  j = OperationCostsJson(sets);
+  j["threads"] = -1;
+  EXPECT_EQ(ParseOperationCosts(j, "ops").status().message(),
+            "ops.threads: not an integer >= 0");
+  j = OperationCostsJson(sets);
+  j.erase("expert_sets");  // a calibration from before the sets
+  back = ParseOperationCosts(j, "ops");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_TRUE(back->expert_set_bytes.empty());
+  j = OperationCostsJson(sets);
+  j["expert_sets"][1]["expert_s"] = {1e-5};
+  EXPECT_EQ(ParseOperationCosts(j, "ops").status().message(),
+            "ops.expert_sets[1].expert_s: must have one entry per row count");
+  j = OperationCostsJson(sets);
+  j["expert_sets"][1]["bytes"] = 8e6;
+  EXPECT_EQ(ParseOperationCosts(j, "ops").status().message(),
+            "ops.expert_sets[1].bytes: sets must be ordered largest first");
 }
 
 const std::string kModel = std::string(SWITCHYARD_SOURCE_ROOT) + "/models/brown-moe";
@@ -132,11 +190,25 @@ TEST(OperationCostsTest, MeasuresTheDemoModelsOperations) {
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_TRUE(c->Matches(m->weights->config()));
   EXPECT_EQ(c->layers, 4);
+  EXPECT_GE(c->threads, 1);
+  EXPECT_GE(c->cpus, 1);
+  ASSERT_EQ(c->expert_cold_s.size(), c->rows.size());
+  for (double t : c->expert_cold_s) EXPECT_GT(t, 0);
   EXPECT_EQ(c->rows, (std::vector<double>{1, 2, 4, 8}));
   for (size_t i = 0; i < c->rows.size(); ++i) {
     EXPECT_GE(c->dense_s[i], 0);
     EXPECT_GT(c->expert_s[i], 0);
     EXPECT_GT(c->head_s[i], 0);
+  }
+  // Four working sets: every expert of the 4 layers (32), then 16, 8 and 4 of them.
+  const double expert_bytes = 2.0 * m->weights->config().ExpertParams();
+  EXPECT_EQ(c->expert_set_bytes, (std::vector<double>{32 * expert_bytes, 16 * expert_bytes,
+                                                      8 * expert_bytes, 4 * expert_bytes}));
+  ASSERT_EQ(c->expert_set_s.size(), 4u);
+  EXPECT_EQ(c->expert_set_s[0], c->expert_s);
+  for (const std::vector<double>& set : c->expert_set_s) {
+    ASSERT_EQ(set.size(), c->rows.size());
+    for (double t : set) EXPECT_GT(t, 0);
   }
   EXPECT_GT(c->Attention(1, 63), 0);
   EXPECT_GE(c->attention_call_s, 0);
