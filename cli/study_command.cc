@@ -121,7 +121,8 @@ json BreakdownJson(const StepBreakdown& b) {
   return {{"weights_s", b.weights_s},   {"attention_s", b.attention_s},
           {"dispatch_s", b.dispatch_s}, {"combine_s", b.combine_s},
           {"head_s", b.head_s},         {"control_s", b.control_s},
-          {"bubble_s", b.bubble_s},     {"imbalance_s", b.imbalance_s}};
+          {"bubble_s", b.bubble_s},     {"cores_s", b.cores_s},
+          {"imbalance_s", b.imbalance_s}};
 }
 
 json PercentilesJson(const Percentiles& p) {
@@ -371,20 +372,22 @@ int RunSimulate(const SimulateArgs& a) {
                   : "",
               fits ? "" : ": DOES NOT FIT (weights, buffers and an eighth of a context)");
   std::printf("\ndecode, context %d (ms per step; parts on the mean stage's clock)\n", a.context);
-  std::printf("%6s %9s %10s %9s | %7s %7s %7s %7s %7s %7s %7s | %7s | %6s %6s\n", "batch",
+  std::printf("%6s %9s %10s %9s | %7s %7s %7s %7s %7s %7s %7s %7s | %7s | %6s %6s\n", "batch",
               "step ms", "tokens/s", "per GPU", "weights", "attn", "dispat", "combine", "head",
-              "control", "bubble", "(imbal)", "S-MBU", "S-MFU");
+              "control", "bubble", "cores", "(imbal)", "S-MBU", "S-MFU");
   for (const json& d : decode) {
     const json& b = d["breakdown"];
     auto ms = [&](const char* k) { return b[k].get<double>() * 1e3; };
-    std::printf("%6d %9.3f %10.1f %9.1f | %7.3f %7.3f %7.3f %7.3f %7.3f %7.3f %7.3f | %7.3f | "
-                "%6.3f %6.3f\n",
+    std::printf("%6d %9.3f %10.1f %9.1f | %7.3f %7.3f %7.3f %7.3f %7.3f %7.3f %7.3f %7.3f | "
+                "%7.3f | %6.3f %6.3f\n",
                 d["batch"].get<int>(), d["step_s"].get<double>() * 1e3,
                 d["tokens_per_s"].get<double>(), d["tokens_per_s_per_gpu"].get<double>(),
                 ms("weights_s"), ms("attention_s"), ms("dispatch_s"), ms("combine_s"),
-                ms("head_s"), ms("control_s"), ms("bubble_s"), ms("imbalance_s"),
+                ms("head_s"), ms("control_s"), ms("bubble_s"), ms("cores_s"),
+                ms("imbalance_s"),
                 d["s_mbu"].get<double>(), d["s_mfu"].get<double>());
   }
+  std::printf("  cores: waiting for a core (a node's ranks run more threads than it has CPUs)\n");
   std::printf("  (imbal): of weights and attention, the slowest EP rank's excess over the mean\n");
   if (j.contains("prefill")) {
     const json& p = j["prefill"];

@@ -89,7 +89,45 @@ double ExpectedMax(const std::vector<Distribution>& ranks) {
   return expected;
 }
 
+double LogChoose(int n, int r) {
+  return std::lgamma(n + 1.0) - std::lgamma(r + 1.0) - std::lgamma(n - r + 1.0);
+}
+
 }  // namespace
+
+double ExpectedBusiestCore(int threads, int cpus, int computing) {
+  if (computing <= 0) return 0;
+  if (cpus < 1 || threads <= cpus) return 1;
+  computing = std::min(computing, threads);
+  std::vector<int> group(cpus, threads / cpus);
+  for (int i = 0; i < threads % cpus; ++i) ++group[i];
+  // P(no core holds more than m computing threads): the computing threads are a uniform
+  // choice among all, placed group by group (a hypergeometric split at each step).
+  auto at_most = [&](int m) {
+    std::vector<double> p(computing + 1, 0.0);  // p[j]: j placed so far, none over m
+    p[0] = 1;
+    int seen = 0;
+    for (int g : group) {
+      std::vector<double> next(computing + 1, 0.0);
+      for (int j = 0; j <= computing; ++j) {
+        if (p[j] == 0) continue;
+        for (int x = 0; x <= std::min({m, g, computing - j}); ++x) {
+          // Of the seen + g threads, j + x computing: j among the seen, x among this group's.
+          next[j + x] += p[j] * std::exp(LogChoose(seen, j) + LogChoose(g, x) -
+                                         LogChoose(seen + g, j + x));
+        }
+      }
+      seen += g;
+      p = std::move(next);
+    }
+    // p[computing] is P(none over m | computing among seen) weighted by the chance of that
+    // split; the splits were conditioned on the totals, so it is the probability itself.
+    return p[computing];
+  };
+  double expected = 0;
+  for (int m = 0; m < computing; ++m) expected += 1 - at_most(m);
+  return expected;
+}
 
 const DeviceModel& ClusterModel::Device(int rank) const {
   if (rank >= 0 && rank < static_cast<int>(rank_devices.size())) return rank_devices[rank];
@@ -286,7 +324,8 @@ std::vector<StepShape> PrefillSteps(int tokens, int chunk) {
 }
 
 double StepBreakdown::Sum() const {
-  return weights_s + attention_s + dispatch_s + combine_s + head_s + control_s + bubble_s;
+  return weights_s + attention_s + dispatch_s + combine_s + head_s + control_s + bubble_s +
+         cores_s;
 }
 
 CostModel::CostModel(const ModelConfig& cfg, const PlacementPlan& plan, ClusterModel cluster,
@@ -362,6 +401,71 @@ StepCost CostModel::Step(const StepShape& step) const {
     bcast = std::ceil(std::log2(static_cast<double>(W))) * worst;
   }
   const double overhead = cluster_.Device(0).step_overhead_s;
+
+  // Each rank's working set, the weights its steps read: its experts, its layers' attention
+  // and router, the head on the last stage. Where the node's ranks' working sets and the KV
+  // a step reads exceed its last-level cache, experts come from memory between their uses
+  // (ExpertCold); otherwise each costs what it costs at its rank's working set
+  // (OperationCosts::Expert).
+  std::vector<double> world_set(W, 0);
+  std::map<int, std::pair<double, double>> node_bytes;  // node: (footprint, cache)
+  for (int w = 0; w < W; ++w) {
+    const int s = w / ep, j = w % ep;
+    const auto [lb, le] = plan_.stage_layers[s];
+    const DeviceModel& d = cluster_.Device(w);
+    double params = (le - lb) * (static_cast<double>(cfg_.AttentionParamsPerLayer()) + E * H);
+    for (int l = lb; l < le; ++l) {
+      for (const auto& holders : plan_.expert_ranks[l]) {
+        if (std::find(holders.begin(), holders.end(), j) != holders.end()) {
+          params += static_cast<double>(cfg_.ExpertParams());
+        }
+      }
+    }
+    if (s == pp - 1) params += V * H;
+    world_set[w] = params * d.weight_bytes;
+    double kv_read = 0;
+    for (const SeqWork& x : local[j]) {
+      kv_read += (x.start_pos + x.tokens) *
+                 static_cast<double>(KvBytesPerToken(le - lb, cfg_.kv_dim(), d.kv_dtype));
+    }
+    auto& [footprint, cache] = node_bytes[w / std::max(1, cluster_.ranks_per_node)];
+    footprint += world_set[w] + kv_read;
+    if (d.operations) cache = std::max(cache, d.operations->cache_bytes);
+  }
+  auto cold_node = [&](int w) {
+    const auto& [footprint, cache] = node_bytes.at(w / std::max(1, cluster_.ranks_per_node));
+    return cache > 0 && footprint > cache;
+  };
+
+  // The nodes' CPUs, where operation costs say how many threads each rank runs: during a step
+  // every rank's threads are runnable (a rank waiting on a peer polls, yielding its core,
+  // before it sleeps). Where they outnumber the CPUs, the scheduler spreads them evenly and
+  // leaves them there: a stage's computing ranks may find themselves on one core, and take
+  // turns. Each stage's compute takes the expected busiest core's share
+  // (ExpectedBusiestCore); the excess is the breakdown's cores_s.
+  const int per_node = std::max(1, cluster_.ranks_per_node);
+  auto threads_of = [&](int w) {
+    const DeviceModel& d = cluster_.Device(w);
+    return d.operations && d.operations->cpus > 0 ? d.operations->threads : 0;
+  };
+  std::map<int, std::pair<int, int>> node_cpus;  // node: (threads, CPUs)
+  for (int w = 0; w < W; ++w) {
+    if (threads_of(w) < 1) continue;
+    auto& [threads, cpus] = node_cpus[w / per_node];
+    threads += threads_of(w);
+    cpus = std::max(cpus, cluster_.Device(w).operations->cpus);
+  }
+  std::vector<double> turns(pp, 1.0);  // per stage: its compute's slowdown
+  for (int s = 0; s < pp; ++s) {
+    std::map<int, int> computing;  // node: the stage's threads there
+    for (int j = 0; j < ep; ++j) {
+      if (threads_of(s * ep + j) > 0) computing[(s * ep + j) / per_node] += threads_of(s * ep + j);
+    }
+    for (const auto& [n, k] : computing) {
+      const auto& [threads, cpus] = node_cpus.at(n);
+      turns[s] = std::max(turns[s], ExpectedBusiestCore(threads, cpus, k));
+    }
+  }
 
   // Per stage and micro-batch: the stage's time, and its parts along the critical path (the
   // slowest rank of each phase; its excess over the group's mean is the imbalance).
@@ -499,7 +603,8 @@ StepCost CostModel::Step(const StepShape& step) const {
             const int w = s * ep + j;
             const DeviceModel& d = cluster_.Device(w);
             const double cost =
-                d.operations ? d.operations->Expert(rows_if_used)
+                d.operations ? (cold_node(w) ? d.operations->ExpertCold(rows_if_used)
+                                             : d.operations->Expert(rows_if_used, world_set[w]))
                              : 2 * MatMul(d, rows_if_used, H, I) + MatMul(d, rows_if_used, I, H) +
                                    rows_if_used * I * 4 * 3 / d.memory_bytes_per_s;
             chances[j].push_back({p_used, cost});
@@ -514,9 +619,10 @@ StepCost CostModel::Step(const StepShape& step) const {
         for (int j = 0; j < ep; ++j) dists.push_back(SumOfChances(chances[j]));
         const double experts = ep == 1 ? expert_mean[0] : ExpectedMax(dists);
         const int slow = static_cast<int>(std::max_element(attn.begin(), attn.end()) - attn.begin());
-        const double layer = attn[slow] + t_dispatch + experts + t_combine;
+        const double layer = turns[s] * (attn[slow] + experts) + t_dispatch + t_combine;
         t += layer;
         StepBreakdown& b = stage_parts[s];
+        b.cores_s += (turns[s] - 1) * (attn[slow] + experts);
         b.weights_s += attn_w[slow] + experts;
         b.attention_s += attn_kv[slow];
         b.imbalance_s += (attn[slow] - Mean(attn)) + std::max(0.0, experts - Mean(expert_mean));
@@ -569,7 +675,7 @@ StepCost CostModel::Step(const StepShape& step) const {
     const double th = d.operations ? d.operations->Head(n)
                                    : MatMul(d, n, H, V) +
                                          (n > 0 ? n * V * 4 * 3 / d.memory_bytes_per_s : 0);
-    head = std::max(head, th);
+    head = std::max(head, turns[pp - 1] * th);
     c.ranks[w].busy_s += th;
     if (n > 0) c.ranks[w].weight_bytes_read += H * V * d.weight_bytes;
     c.ranks[w].flops += 2 * n * H * V;
@@ -577,7 +683,20 @@ StepCost CostModel::Step(const StepShape& step) const {
       results = std::max(results, Transfer(cluster_.Link(w, 0), 4.0 * local[r].size()));
     }
   }
+  stage_parts[pp - 1].cores_s += head - head / turns[pp - 1];
   c.seconds = finish[pp - 1][pp - 1] + head + results + overhead;
+  // The nodes' cores: where ranks' threads outnumber the CPUs, the step lasts at least the
+  // node's core time (busy time times threads) over its CPUs.
+  double cores = 0;
+  {
+    std::map<int, double> work;  // node: core time
+    for (int w = 0; w < W; ++w) work[w / per_node] += c.ranks[w].busy_s * threads_of(w);
+    for (const auto& [n, tc] : node_cpus) {
+      const auto& [threads, cpus] = tc;
+      if (threads > cpus) cores = std::max(cores, work[n] / cpus - c.seconds);
+    }
+  }
+  c.seconds += cores;
 
   // The breakdown on the mean stage's clock: each stage's own parts, its control, and the
   // rest of the step it sat idle (the pipeline bubble).
@@ -585,7 +704,8 @@ StepCost CostModel::Step(const StepShape& step) const {
   for (int s = 0; s < pp; ++s) {
     StepBreakdown p = stage_parts[s];
     p.control_s = bcast + overhead + results + links_in[s];
-    if (s == pp - 1) p.head_s = head;
+    p.cores_s += cores;
+    if (s == pp - 1) p.head_s = head / turns[pp - 1];
     p.bubble_s = std::max(0.0, c.seconds - p.Sum());  // Sum leaves imbalance out
     b.weights_s += p.weights_s / pp;
     b.attention_s += p.attention_s / pp;
@@ -595,6 +715,7 @@ StepCost CostModel::Step(const StepShape& step) const {
     b.head_s += p.head_s / pp;
     b.control_s += p.control_s / pp;
     b.bubble_s += p.bubble_s / pp;
+    b.cores_s += p.cores_s / pp;
   }
   for (const RankCost& r : c.ranks) {
     c.weight_bytes_read += r.weight_bytes_read;

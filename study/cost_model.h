@@ -32,6 +32,17 @@
 // its largest latency plus the sum of its bytes over each peer's bandwidth (one rank's sends
 // share its memory bus or NIC), the larger of its send and receive sides, and the exchange
 // ends when its slowest rank does.
+// An expert's measured cost depends on its rank's working set (its experts, layers' dense
+// weights, the head): read between the working sets preflight measured, or from memory (the
+// cold figure) where the node's ranks' working sets and the KV a step reads exceed its
+// last-level cache (cycled through, an LRU-like cache then keeps nothing between uses).
+// A node whose ranks run more threads than it has CPUs (several CPU ranks on a small host;
+// known from operation costs, which carry each rank's threads and CPUs) gives them turns,
+// the time lost being the breakdown's cores_s: every rank's threads are runnable during a
+// step (waiting ranks poll), the scheduler spreads them evenly over the cores, so a stage's
+// computing threads may share one (its compute takes the expected busiest core's share,
+// ExpectedBusiestCore); and the step lasts at least the node's work (each rank's busy time
+// times its threads) over its CPUs.
 // A step runs an expert only when some token picks it: the experts' phase of a layer is the
 // expected time of its slowest rank, each rank's time the sum over its experts of their cost
 // when picked, with the chance they are (ranks taken as independent).
@@ -104,6 +115,12 @@ struct ClusterModel {
   void FitTo(int world);
 };
 
+// `threads` runnable threads spread evenly over `cpus` cores (as even as counts allow), of
+// which `computing` (a uniform choice among them) have work: the expected largest number of
+// those sharing one core, the factor by which their work takes longer. 1 when every thread
+// has a core of its own; 0 when none computes.
+double ExpectedBusiestCore(int threads, int cpus, int computing);
+
 // Published figures for one GPU per rank, NVLink 4 within a node and one 400 Gbit/s NDR
 // InfiniBand NIC per GPU between nodes, bf16 weights and KV (docs/scaling.md lists them and
 // their sources): "h100" (H100 SXM 80 GB) or "h200" (141 GB). kInvalidArgument otherwise.
@@ -160,6 +177,9 @@ struct StepBreakdown {
   double head_s = 0;       // lm_head and sampling
   double control_s = 0;    // plan broadcast, stage links, results, step overhead
   double bubble_s = 0;     // a stage idle, waiting for another stage
+  // Ranks waiting for a core: a node whose ranks' threads outnumber its CPUs runs their
+  // work in turns, so a step lasts at least the node's core time over its CPUs.
+  double cores_s = 0;
   // Not a part of the sum: how much of weights and attention is the slowest EP rank's excess
   // over the group's mean (skewed routing, or sequences on few data-parallel indices).
   double imbalance_s = 0;

@@ -359,6 +359,93 @@ TEST(CostModelTest, MeasuredOperationsAsWorkedOutByHand) {
   EXPECT_NEAR(other.Step(DecodeStep(1, 10, 1)).seconds, 0, 1e-15);
 }
 
+TEST(CostModelTest, AnExpertCostsWhatItCostsAtItsRanksWorkingSet) {
+  const ModelConfig cfg = Tiny(/*layers=*/2);
+  ClusterModel cl = Free();
+  OperationCosts o = TinyOperations(cfg);
+  // Measured cycling over all 4 experts (768 bytes) and over 2 (384 bytes, cheaper: cached).
+  o.expert_set_bytes = {4 * kExpertBytes, 2 * kExpertBytes};
+  o.expert_set_s = {o.expert_s, {1e-6, 2e-6}};
+  cl.device.operations = o;
+  const double attn = 1e-7 + 10 * 1e-9;
+  // One rank holds everything (beyond the largest set): each expert costs what cycling over
+  // all of them did.
+  const CostModel whole(cfg, Plan(cfg, 1, 1), cl, RoutingModel::Uniform(cfg));
+  EXPECT_NEAR(whole.Step(DecodeStep(1, 10, 1)).ranks[0].busy_s,
+              2 * (1e-6 + attn + 2 * 0.5 * 2e-6) + 3e-6, 1e-15);
+  // Two stages: stage 0 holds one layer (its attention, norms and router, and 2 experts),
+  // between the 384-byte set and the 768-byte one.
+  const CostModel staged(cfg, Plan(cfg, 1, 2), cl, RoutingModel::Uniform(cfg));
+  const double layer =
+      2.0 * (cfg.AttentionParamsPerLayer() + cfg.num_local_experts * cfg.hidden_size);
+  const double t = (layer + 2 * kExpertBytes - 384) / 384;
+  ASSERT_GT(t, 0);
+  ASSERT_LT(t, 1);
+  const double expert = 1e-6 + t * (2e-6 - 1e-6);
+  EXPECT_NEAR(staged.Step(DecodeStep(1, 10, 1)).ranks[0].busy_s,
+              1e-6 + attn + 2 * 0.5 * expert, 1e-15);
+
+  // A node whose ranks' weights and KV exceed its last-level cache reads experts from memory.
+  o.expert_cold_s = {7e-6, 9e-6};
+  o.cache_bytes = 1e6;  // everything fits
+  cl.device.operations = o;
+  EXPECT_NEAR(CostModel(cfg, Plan(cfg, 1, 1), cl, RoutingModel::Uniform(cfg))
+                  .Step(DecodeStep(1, 10, 1)).ranks[0].busy_s,
+              2 * (1e-6 + attn + 2 * 0.5 * 2e-6) + 3e-6, 1e-15);
+  o.cache_bytes = 1000;  // 1184 bytes of weights and the KV do not
+  cl.device.operations = o;
+  EXPECT_NEAR(CostModel(cfg, Plan(cfg, 1, 1), cl, RoutingModel::Uniform(cfg))
+                  .Step(DecodeStep(1, 10, 1)).ranks[0].busy_s,
+              2 * (1e-6 + attn + 2 * 0.5 * 7e-6) + 3e-6, 1e-15);
+}
+
+TEST(CostModelTest, ExpectedBusiestCoreAsCountedByHand) {
+  EXPECT_EQ(ExpectedBusiestCore(2, 2, 2), 1);  // a core each
+  EXPECT_EQ(ExpectedBusiestCore(4, 2, 0), 0);
+  EXPECT_DOUBLE_EQ(ExpectedBusiestCore(4, 2, 1), 1);
+  // 4 threads, 2 per core, 2 computing: together on one core in 2 of the 6 choices.
+  EXPECT_DOUBLE_EQ(ExpectedBusiestCore(4, 2, 2), 1 + 2.0 / 6);
+  EXPECT_DOUBLE_EQ(ExpectedBusiestCore(4, 2, 4), 2);
+  EXPECT_DOUBLE_EQ(ExpectedBusiestCore(3, 1, 2), 2);  // one core
+  // 5 threads as 3 + 2, 2 computing: apart in 3 x 2 of the 10 choices.
+  EXPECT_DOUBLE_EQ(ExpectedBusiestCore(5, 2, 2), 1 + 4.0 / 10);
+  // 6 threads as 2 + 2 + 2, 3 computing: one on each core in 8 of the 20 choices, else 2.
+  EXPECT_DOUBLE_EQ(ExpectedBusiestCore(6, 3, 3), 1 + 12.0 / 20);
+}
+
+TEST(CostModelTest, RanksWithMoreThreadsThanTheirNodesCpusTakeTurns) {
+  ModelConfig cfg = Tiny(/*layers=*/2);
+  ClusterModel cl = Free();
+  OperationCosts o = TinyOperations(cfg);
+  auto step = [&](int ep, int pp, int threads, int cpus, int batch) {
+    o.threads = threads;
+    o.cpus = cpus;
+    cl.device.operations = o;
+    return CostModel(cfg, Plan(cfg, ep, pp), cl, RoutingModel::Uniform(cfg))
+        .Step(DecodeStep(batch, 10, ep));
+  };
+  // One rank of four threads on two CPUs: all four compute, two to a core, so its compute
+  // (here its whole step: nothing else costs) takes twice as long.
+  const StepCost own = step(1, 1, 2, 2, 1);
+  EXPECT_EQ(own.breakdown.cores_s, 0);
+  const StepCost four = step(1, 1, 4, 2, 1);
+  EXPECT_NEAR(four.seconds, 2 * own.seconds, 1e-15);
+  EXPECT_NEAR(four.breakdown.cores_s, own.seconds, 1e-15);
+  EXPECT_NEAR(four.breakdown.Sum(), four.seconds, 1e-15);
+  // Two pipeline stages of one thread each: on two CPUs each has its own; on one, each stage
+  // still computes alone (the busiest core holds one computing thread), but two micro-batches
+  // overlap, and the node's one CPU must do both stages' work: the step lasts that long.
+  const StepCost apart = step(1, 2, 1, 2, 2);
+  EXPECT_EQ(apart.breakdown.cores_s, 0);
+  const double work = apart.ranks[0].busy_s + apart.ranks[1].busy_s;
+  ASSERT_GT(work, apart.seconds) << "the test needs the stages' work to exceed the step";
+  const StepCost shared = step(1, 2, 1, 1, 2);
+  EXPECT_NEAR(shared.seconds, work, 1e-15);
+  EXPECT_NEAR(shared.breakdown.cores_s, work - apart.seconds, 1e-15);
+  // Unknown threads (a calibration before them): no turns.
+  EXPECT_EQ(step(1, 2, 0, 0, 2).seconds, apart.seconds);
+}
+
 TEST(CostModelTest, CalibrationCarriesEachRanksOperations) {
   const ModelConfig cfg = Tiny();
   PreflightReport r;

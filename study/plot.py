@@ -14,7 +14,7 @@ serving when simulated). Writes PNG and SVG of each picture into --out:
 - itl_vs_throughput: the inter-token latency against tokens/s per GPU, one curve per
   configuration over its decode batches (and its serving point, marked);
 - step_breakdown: the decode step at --batch split into its parts (weights, attention,
-  dispatch, combine, head, control, bubble), one stacked bar per configuration;
+  dispatch, combine, head, control, bubble, cores), one stacked bar per configuration;
 - traffic_heatmap: dispatch + combine bytes per step between every rank pair, for the first
   configuration that carries the matrix (jobs of up to 64 ranks).
 
@@ -27,7 +27,8 @@ import json
 import os
 import sys
 
-PARTS = ["weights_s", "attention_s", "dispatch_s", "combine_s", "head_s", "control_s", "bubble_s"]
+PARTS = ["weights_s", "attention_s", "dispatch_s", "combine_s", "head_s", "control_s", "bubble_s",
+         "cores_s"]
 
 
 def read(paths):

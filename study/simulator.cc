@@ -59,6 +59,7 @@ absl::Status SimulatedExecutor::Execute(const StepPlan& plan, StepResult* result
   sum_.head_s += b.head_s;
   sum_.control_s += b.control_s;
   sum_.bubble_s += b.bubble_s;
+  sum_.cores_s += b.cores_s;
   for (size_t r = 0; r < busy_.size() && r < c.ranks.size(); ++r) busy_[r] += c.ranks[r].busy_s;
   const double host = host_.step_s + host_.token_s * sampled;
   host_seconds_ += host;
@@ -242,7 +243,8 @@ absl::StatusOr<ServingReport> SimulateServing(const CostModel& model, SchedulerO
     r.mean_breakdown = {.weights_s = b.weights_s / n, .attention_s = b.attention_s / n,
                         .dispatch_s = b.dispatch_s / n, .combine_s = b.combine_s / n,
                         .head_s = b.head_s / n, .control_s = b.control_s / n,
-                        .bubble_s = b.bubble_s / n, .imbalance_s = b.imbalance_s / n};
+                        .bubble_s = b.bubble_s / n, .cores_s = b.cores_s / n,
+                        .imbalance_s = b.imbalance_s / n};
   }
   StepCost whole;
   whole.seconds = exec.seconds();
