@@ -5,20 +5,23 @@
                                 [--configs 1x1,2x1,1x2,2x2] [--batch 1,8,64]
                                 [--concurrency 1,8,64]
 
-1. `switchyard preflight --model models/brown-moe` for each job size (1, 2 and 4 ranks): the
-   calibration files, with the runtime's operations timed at the model's shapes on every
-   rank. They are the simulator's only input from this machine (it never sees the runs it is
-   checked against).
-2. For each EP x PP in 1x1, 2x1, 1x2, 2x2:
-   - `switchyard bench decode --batch B` for B in 1, 8, 64 (prompt 16, 64 decode steps),
-     --runs times: the mean decode step time;
+1. For each EP x PP in 1x1, 2x1, 1x2, 2x2, --runs times: `switchyard preflight --model
+   models/brown-moe` on as many ranks (a calibration file, with the runtime's operations
+   timed at the model's shapes on every rank), then at once `switchyard bench decode --batch
+   B` for B in 1, 8, 64 (prompt 16, 64 decode steps): the mean decode step time. Calibrating
+   right before each run lets the prediction and the run see the machine in the same state
+   (a shared machine's speed drifts by tens of percent over minutes). The calibrations are
+   the simulator's only input from this machine (it never sees the runs it is checked
+   against); each figure's prediction is the median over the configuration's calibrations.
+2. Then, per EP x PP:
    - a serving cluster of the demo model (launch/cluster.sh), a warm-up, then
      `switchyard loadgen` at concurrency 1, 8 and 64 (prompt 16 tokens, 64 generated, EOS
      ignored), --runs times each: the output tokens/s, TTFT p50 and ITL p50.
 3. The serving front end's own costs on this machine (per step, per token, and the client's
-   turnaround per request), measured with a model whose steps cost next to nothing (one
-   layer, hidden 64) served on one rank: the wall time of loadgen runs less the server's
-   time inside steps (its step metric).
+   turnaround per request), for each EP x PP: measured with a model whose steps cost next to
+   nothing (two layers, hidden 64) served by as many ranks in the same layout, so that the
+   ranks waiting on their cores are there as they are when the demo model serves: the wall
+   time of loadgen runs less the server's time inside steps (its step metric).
 4. On two emulated nodes (launch/netns-cluster.sh, root only: network namespaces joined by a
    veth link shaped to --netns, 1 Gbit/s by default), one rank each: `preflight --model` there,
    then `bench decode --ep 2` at each batch, --runs times.
@@ -31,7 +34,7 @@
    variation), worst <= 25%. TTFT and ITL percentiles are reported beside their measurements
    without a bar.
 
-Needs the release build (build/cli/switchyard) and Open MPI. Takes about 14 minutes on 2 cores;
+Needs the release build (build/cli/switchyard) and Open MPI. Takes about 13 minutes on 2 cores;
 run it on a quiet machine.
 """
 import argparse
@@ -70,20 +73,31 @@ def preflight(world, out):
 EXCHANGE = ["--no-shared-memory"]
 
 
-def bench_steps(ep, pp, runs):
-    """{batch: [mean decode step seconds, ...]}: one bench process per run."""
-    out = {}
-    for b in BATCH:
-        out[b] = []
-        for _ in range(runs):
+def bench_steps(ep, pp, runs, work):
+    """({batch: [mean decode step seconds, ...]}, {batch: [predicted seconds, ...]},
+    [calibration files]): per run, a fresh calibration (preflight --model) and right after
+    it one bench process per batch, so that each prediction and the runs it is checked
+    against see the machine in the same state (a shared machine's speed drifts over minutes)."""
+    out = {b: [] for b in BATCH}
+    pred = {b: [] for b in BATCH}
+    cals = []
+    for i in range(runs):
+        cal = os.path.join(work, f"cal-{ep}x{pp}-{i}.json")
+        preflight(ep * pp, cal)
+        cals.append(cal)
+        for b, p in predict_steps(ep, pp, cal).items():
+            pred[b].append(p)
+        for b in BATCH:
             r = run(launcher(ep * pp) + ["bench", "decode", "--model", MODEL, "--ep", str(ep),
                                          "--pp", str(pp), "--batch", str(b), "--prompt-len",
                                          str(PROMPT), "--tokens", str(OUTPUT), "--repeats", "1",
                                          "--json"] + EXCHANGE)
             out[b].append(json.loads(r.stdout)["decode_step_s_median"])
+    for b in BATCH:
         print(f"  {ep}x{pp} bench decode batch {b}: " +
-              ", ".join(f"{s * 1e3:.3f} ms" for s in out[b]), flush=True)
-    return out
+              ", ".join(f"{s * 1e3:.3f} ms" for s in out[b]) + " (predicted " +
+              ", ".join(f"{s * 1e3:.3f}" for s in pred[b]) + ")", flush=True)
+    return out, pred, cals
 
 
 def requests_for(c):
@@ -133,20 +147,22 @@ def metrics(port):
     return got["switchyard_step_duration_seconds_count"], got["switchyard_step_duration_seconds_sum"]
 
 
-def front_end_costs(runs, work):
+def front_end_costs(ep, pp, runs, work):
     """(step_s, token_s, turnaround_s): what the serving front end costs on this machine
-    beyond the steps, measured with a model whose steps cost next to nothing (one layer,
-    hidden 64: make-synthetic-model --preset tiny --layers 1) served on one rank. Per loadgen
+    beyond the steps, measured with a model whose steps cost next to nothing (two layers,
+    hidden 64: make-synthetic-model --preset tiny --layers 2) served by ep x pp ranks. Per loadgen
     run, the server's step metric gives the time inside steps; the rest of the run's wall time
     per step is the front end's, fitted as step_s + token_s x tokens per step over concurrency
     8 and 64 (medians of the runs); at concurrency 1, what is left per request is the
     client's turnaround."""
     model = os.path.join(work, "front-end-model")
-    run([BIN, "make-synthetic-model", "--preset", "tiny", "--layers", "1", "--out", model,
-         "--tokenizer", os.path.join(MODEL, "tokenizer.model")])
-    d = os.path.join(work, "front-end")
-    run([os.path.join(ROOT, "launch", "cluster.sh"), "start", d, "1", "1", "1", BIN, model,
-         "--http-listen", "127.0.0.1:0", "--http-port-file", os.path.join(d + "-http")])
+    if not os.path.isdir(model):
+        run([BIN, "make-synthetic-model", "--preset", "tiny", "--layers", "2", "--out", model,
+             "--tokenizer", os.path.join(MODEL, "tokenizer.model")])
+    d = os.path.join(work, f"front-end-{ep}x{pp}")
+    run([os.path.join(ROOT, "launch", "cluster.sh"), "start", d, str(ep * pp), str(ep), str(pp),
+         BIN, model, "--http-listen", "127.0.0.1:0", "--http-port-file",
+         os.path.join(d + "-http")] + EXCHANGE)
     port = open(os.path.join(d, "port")).read().strip()
     http = open(d + "-http").read().strip()
     points = {}
@@ -177,7 +193,7 @@ def front_end_costs(runs, work):
     for _, _, steps, outside, tokens, requests in points[1]:
         turn.append(max(0.0, (outside - steps * step_s - tokens * token_s) / requests))
     costs = (step_s, token_s, statistics.median(turn))
-    print(f"front end (one-layer hidden-64 model): {step_s * 1e6:.1f} us per step, "
+    print(f"  {ep}x{pp} front end (two-layer hidden-64 model): {step_s * 1e6:.1f} us per step, "
           f"{token_s * 1e6:.1f} us per token, turnaround {costs[2] * 1e6:.0f} us per request",
           flush=True)
     return costs
@@ -269,23 +285,22 @@ def main():
         sys.exit(f"{BIN} is missing: build first (launch/build.sh)")
     rows = []
     with tempfile.TemporaryDirectory(prefix="sy-validate-") as work:
-        cal = {}
-        for world in sorted({ep * pp for ep, pp in CONFIGS}):
-            cal[world] = os.path.join(work, f"cal-{world}.json")
-            print(f"preflight --model, {world} rank(s)", flush=True)
-            preflight(world, cal[world])
-        host = front_end_costs(a.runs, work) if CONCURRENCY else (0.0, 0.0, 0.0)
+        host = {}
         for ep, pp in CONFIGS:
-            steps = bench_steps(ep, pp, a.runs)
-            predicted = predict_steps(ep, pp, cal[ep * pp])
+            steps, predicted, cals = bench_steps(ep, pp, a.runs, work)
             for b in BATCH:
-                rows.append(row(ep, pp, f"batch {b}", "decode step", steps[b], predicted[b], True))
+                rows.append(row(ep, pp, f"batch {b}", "decode step", steps[b],
+                                statistics.median(predicted[b]), True))
             measured = measure(ep, pp, a.runs, work) if CONCURRENCY else {}
+            if CONCURRENCY:
+                host[(ep, pp)] = front_end_costs(ep, pp, a.runs, work)
             for c in CONCURRENCY:
-                pred = predict_serving(ep, pp, c, cal[ep * pp], host)
+                # The median over the configuration's calibrations.
+                preds = [predict_serving(ep, pp, c, cal, host[(ep, pp)]) for cal in cals]
                 for i, figure in enumerate(("tokens/s", "TTFT p50", "ITL p50")):
                     rows.append(row(ep, pp, f"concurrency {c}", figure,
-                                    [m[i] for m in measured[c]], pred[i], i == 0))
+                                    [m[i] for m in measured[c]],
+                                    statistics.median(p[i] for p in preds), i == 0))
         if a.netns != "none":
             got = netns_steps(a.runs, a.netns, work)
             if got is not None:
@@ -309,9 +324,10 @@ def main():
                      f"{r['error'] * 100:+.1f}% |")
     if CONCURRENCY:
         lines.append("")
-        lines.append(f"Front end (measured with a one-layer hidden-64 model): "
-                     f"{host[0] * 1e6:.1f} us per step, {host[1] * 1e6:.1f} us per token, "
-                     f"turnaround {host[2] * 1e6:.0f} us per request.")
+        lines.append("Front end (measured with a two-layer hidden-64 model in each layout): " +
+                     "; ".join(f"{ep}x{pp} {h[0] * 1e6:.1f} us per step, {h[1] * 1e6:.1f} us "
+                               f"per token, turnaround {h[2] * 1e6:.0f} us per request"
+                               for (ep, pp), h in host.items()) + ".")
     lines.append("")
     for figure in ("decode step", "tokens/s"):
         e = sorted(abs(r["error"]) for r in barred if r["figure"] == figure)
@@ -329,8 +345,10 @@ def main():
     if a.out:
         open(a.out, "w").write(text + "\n")
     if a.json:
-        json.dump({"rows": rows, "front_end": {"step_s": host[0], "token_s": host[1],
-                                               "turnaround_s": host[2]},
+        json.dump({"rows": rows,
+                   "front_end": {f"{ep}x{pp}": {"step_s": h[0], "token_s": h[1],
+                                                "turnaround_s": h[2]}
+                                 for (ep, pp), h in host.items()},
                    "median_abs_error": med_err, "worst": worst,
                    "median_variation": var, "pass": ok}, open(a.json, "w"), indent=1)
     return 0 if ok else 1
