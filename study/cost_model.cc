@@ -343,6 +343,55 @@ CostModel::CostModel(const ModelConfig& cfg, const PlacementPlan& plan, ClusterM
   };
   measured_operations_ = keep(cluster_.device);
   for (DeviceModel& d : cluster_.rank_devices) measured_operations_ &= keep(d);
+
+  // What the plan fixes for every step. Each rank's working set, the weights its steps read:
+  // its experts, its layers' attention and router, the head on the last stage.
+  const int W = world(), ep = plan_.ep, pp = plan_.pp;
+  const double H = cfg_.hidden_size, E = cfg_.num_local_experts, V = cfg_.vocab_size;
+  working_set_.assign(W, 0);
+  for (int w = 0; w < W; ++w) {
+    const int s = w / ep, j = w % ep;
+    const auto [lb, le] = plan_.stage_layers[s];
+    const DeviceModel& d = cluster_.Device(w);
+    double params = (le - lb) * (static_cast<double>(cfg_.AttentionParamsPerLayer()) + E * H);
+    for (int l = lb; l < le; ++l) {
+      for (const auto& holders : plan_.expert_ranks[l]) {
+        if (std::find(holders.begin(), holders.end(), j) != holders.end()) {
+          params += static_cast<double>(cfg_.ExpertParams());
+        }
+      }
+    }
+    if (s == pp - 1) params += V * H;
+    working_set_[w] = params * d.weight_bytes;
+    Node& node = nodes_[NodeOf(w)];
+    if (d.operations) node.cache_bytes = std::max(node.cache_bytes, d.operations->cache_bytes);
+    if (ThreadsOf(w) > 0) {
+      node.threads += ThreadsOf(w);
+      node.cpus = std::max(node.cpus, d.operations->cpus);
+    }
+  }
+  // The nodes' CPUs, where operation costs say how many threads each rank runs: during a step
+  // every rank's threads are runnable (a rank waiting on a peer polls, yielding its core,
+  // before it sleeps). Where they outnumber the CPUs, the scheduler spreads them evenly and
+  // leaves them there: a stage's computing ranks may find themselves on one core, and take
+  // turns. Each stage's compute takes the expected busiest core's share
+  // (ExpectedBusiestCore); the excess is the breakdown's cores_s.
+  turns_.assign(pp, 1.0);
+  for (int s = 0; s < pp; ++s) {
+    std::map<int, int> computing;  // node: the stage's threads there
+    for (int w = s * ep; w < (s + 1) * ep; ++w) computing[NodeOf(w)] += ThreadsOf(w);
+    for (const auto& [n, k] : computing) {
+      const Node& node = nodes_[n];
+      if (k > 0) turns_[s] = std::max(turns_[s], ExpectedBusiestCore(node.threads, node.cpus, k));
+    }
+  }
+}
+
+int CostModel::NodeOf(int rank) const { return rank / std::max(1, cluster_.ranks_per_node); }
+
+int CostModel::ThreadsOf(int rank) const {
+  const DeviceModel& d = cluster_.Device(rank);
+  return d.operations && d.operations->cpus > 0 ? d.operations->threads : 0;
 }
 
 double CostModel::MatMul(const DeviceModel& d, double rows, double k, double n,
@@ -402,70 +451,23 @@ StepCost CostModel::Step(const StepShape& step) const {
   }
   const double overhead = cluster_.Device(0).step_overhead_s;
 
-  // Each rank's working set, the weights its steps read: its experts, its layers' attention
-  // and router, the head on the last stage. Where the node's ranks' working sets and the KV
-  // a step reads exceed its last-level cache, experts come from memory between their uses
-  // (ExpertCold); otherwise each costs what it costs at its rank's working set
-  // (OperationCosts::Expert).
-  std::vector<double> world_set(W, 0);
-  std::map<int, std::pair<double, double>> node_bytes;  // node: (footprint, cache)
+  // Where the node's ranks' working sets and the KV this step reads exceed its last-level
+  // cache, experts come from memory between their uses (ExpertCold); otherwise each costs
+  // what it costs at its rank's working set (OperationCosts::Expert).
+  std::map<int, double> footprint;  // node: weights and KV
   for (int w = 0; w < W; ++w) {
-    const int s = w / ep, j = w % ep;
-    const auto [lb, le] = plan_.stage_layers[s];
-    const DeviceModel& d = cluster_.Device(w);
-    double params = (le - lb) * (static_cast<double>(cfg_.AttentionParamsPerLayer()) + E * H);
-    for (int l = lb; l < le; ++l) {
-      for (const auto& holders : plan_.expert_ranks[l]) {
-        if (std::find(holders.begin(), holders.end(), j) != holders.end()) {
-          params += static_cast<double>(cfg_.ExpertParams());
-        }
-      }
-    }
-    if (s == pp - 1) params += V * H;
-    world_set[w] = params * d.weight_bytes;
+    const auto [lb, le] = plan_.stage_layers[w / ep];
     double kv_read = 0;
-    for (const SeqWork& x : local[j]) {
-      kv_read += (x.start_pos + x.tokens) *
-                 static_cast<double>(KvBytesPerToken(le - lb, cfg_.kv_dim(), d.kv_dtype));
+    for (const SeqWork& x : local[w % ep]) {
+      kv_read += (x.start_pos + x.tokens) * static_cast<double>(KvBytesPerToken(
+                                                le - lb, cfg_.kv_dim(), cluster_.Device(w).kv_dtype));
     }
-    auto& [footprint, cache] = node_bytes[w / std::max(1, cluster_.ranks_per_node)];
-    footprint += world_set[w] + kv_read;
-    if (d.operations) cache = std::max(cache, d.operations->cache_bytes);
+    footprint[NodeOf(w)] += working_set_[w] + kv_read;
   }
   auto cold_node = [&](int w) {
-    const auto& [footprint, cache] = node_bytes.at(w / std::max(1, cluster_.ranks_per_node));
-    return cache > 0 && footprint > cache;
+    const double cache = nodes_.at(NodeOf(w)).cache_bytes;
+    return cache > 0 && footprint.at(NodeOf(w)) > cache;
   };
-
-  // The nodes' CPUs, where operation costs say how many threads each rank runs: during a step
-  // every rank's threads are runnable (a rank waiting on a peer polls, yielding its core,
-  // before it sleeps). Where they outnumber the CPUs, the scheduler spreads them evenly and
-  // leaves them there: a stage's computing ranks may find themselves on one core, and take
-  // turns. Each stage's compute takes the expected busiest core's share
-  // (ExpectedBusiestCore); the excess is the breakdown's cores_s.
-  const int per_node = std::max(1, cluster_.ranks_per_node);
-  auto threads_of = [&](int w) {
-    const DeviceModel& d = cluster_.Device(w);
-    return d.operations && d.operations->cpus > 0 ? d.operations->threads : 0;
-  };
-  std::map<int, std::pair<int, int>> node_cpus;  // node: (threads, CPUs)
-  for (int w = 0; w < W; ++w) {
-    if (threads_of(w) < 1) continue;
-    auto& [threads, cpus] = node_cpus[w / per_node];
-    threads += threads_of(w);
-    cpus = std::max(cpus, cluster_.Device(w).operations->cpus);
-  }
-  std::vector<double> turns(pp, 1.0);  // per stage: its compute's slowdown
-  for (int s = 0; s < pp; ++s) {
-    std::map<int, int> computing;  // node: the stage's threads there
-    for (int j = 0; j < ep; ++j) {
-      if (threads_of(s * ep + j) > 0) computing[(s * ep + j) / per_node] += threads_of(s * ep + j);
-    }
-    for (const auto& [n, k] : computing) {
-      const auto& [threads, cpus] = node_cpus.at(n);
-      turns[s] = std::max(turns[s], ExpectedBusiestCore(threads, cpus, k));
-    }
-  }
 
   // Per stage and micro-batch: the stage's time, and its parts along the critical path (the
   // slowest rank of each phase; its excess over the group's mean is the imbalance).
@@ -475,9 +477,8 @@ StepCost CostModel::Step(const StepShape& step) const {
   for (int s = 0; s < pp; ++s) {
     const auto [lb, le] = plan_.stage_layers[s];
     // The stage's EP group (world ranks s * ep .. s * ep + ep - 1) within one node.
-    const int rpn = cluster_.ranks_per_node;
     const bool shared_exchange =
-        ep > 1 && cluster_.shared_memory_exchange && s * ep / rpn == (s * ep + ep - 1) / rpn;
+        ep > 1 && cluster_.shared_memory_exchange && NodeOf(s * ep) == NodeOf(s * ep + ep - 1);
     for (int m = 0; m < pp; ++m) {
       const std::vector<double>& rows = mb_rows[m];
       const double group_rows = std::accumulate(rows.begin(), rows.end(), 0.0);
@@ -604,7 +605,7 @@ StepCost CostModel::Step(const StepShape& step) const {
             const DeviceModel& d = cluster_.Device(w);
             const double cost =
                 d.operations ? (cold_node(w) ? d.operations->ExpertCold(rows_if_used)
-                                             : d.operations->Expert(rows_if_used, world_set[w]))
+                                             : d.operations->Expert(rows_if_used, working_set_[w]))
                              : 2 * MatMul(d, rows_if_used, H, I) + MatMul(d, rows_if_used, I, H) +
                                    rows_if_used * I * 4 * 3 / d.memory_bytes_per_s;
             chances[j].push_back({p_used, cost});
@@ -619,10 +620,10 @@ StepCost CostModel::Step(const StepShape& step) const {
         for (int j = 0; j < ep; ++j) dists.push_back(SumOfChances(chances[j]));
         const double experts = ep == 1 ? expert_mean[0] : ExpectedMax(dists);
         const int slow = static_cast<int>(std::max_element(attn.begin(), attn.end()) - attn.begin());
-        const double layer = turns[s] * (attn[slow] + experts) + t_dispatch + t_combine;
+        const double layer = turns_[s] * (attn[slow] + experts) + t_dispatch + t_combine;
         t += layer;
         StepBreakdown& b = stage_parts[s];
-        b.cores_s += (turns[s] - 1) * (attn[slow] + experts);
+        b.cores_s += (turns_[s] - 1) * (attn[slow] + experts);
         b.weights_s += attn_w[slow] + experts;
         b.attention_s += attn_kv[slow];
         b.imbalance_s += (attn[slow] - Mean(attn)) + std::max(0.0, experts - Mean(expert_mean));
@@ -675,7 +676,7 @@ StepCost CostModel::Step(const StepShape& step) const {
     const double th = d.operations ? d.operations->Head(n)
                                    : MatMul(d, n, H, V) +
                                          (n > 0 ? n * V * 4 * 3 / d.memory_bytes_per_s : 0);
-    head = std::max(head, turns[pp - 1] * th);
+    head = std::max(head, turns_[pp - 1] * th);
     c.ranks[w].busy_s += th;
     if (n > 0) c.ranks[w].weight_bytes_read += H * V * d.weight_bytes;
     c.ranks[w].flops += 2 * n * H * V;
@@ -683,17 +684,16 @@ StepCost CostModel::Step(const StepShape& step) const {
       results = std::max(results, Transfer(cluster_.Link(w, 0), 4.0 * local[r].size()));
     }
   }
-  stage_parts[pp - 1].cores_s += head - head / turns[pp - 1];
+  stage_parts[pp - 1].cores_s += head - head / turns_[pp - 1];
   c.seconds = finish[pp - 1][pp - 1] + head + results + overhead;
   // The nodes' cores: where ranks' threads outnumber the CPUs, the step lasts at least the
   // node's core time (busy time times threads) over its CPUs.
   double cores = 0;
   {
     std::map<int, double> work;  // node: core time
-    for (int w = 0; w < W; ++w) work[w / per_node] += c.ranks[w].busy_s * threads_of(w);
-    for (const auto& [n, tc] : node_cpus) {
-      const auto& [threads, cpus] = tc;
-      if (threads > cpus) cores = std::max(cores, work[n] / cpus - c.seconds);
+    for (int w = 0; w < W; ++w) work[NodeOf(w)] += c.ranks[w].busy_s * ThreadsOf(w);
+    for (const auto& [n, node] : nodes_) {
+      if (node.threads > node.cpus) cores = std::max(cores, work[n] / node.cpus - c.seconds);
     }
   }
   c.seconds += cores;
@@ -705,7 +705,7 @@ StepCost CostModel::Step(const StepShape& step) const {
     StepBreakdown p = stage_parts[s];
     p.control_s = bcast + overhead + results + links_in[s];
     p.cores_s += cores;
-    if (s == pp - 1) p.head_s = head / turns[pp - 1];
+    if (s == pp - 1) p.head_s = head / turns_[pp - 1];
     p.bubble_s = std::max(0.0, c.seconds - p.Sum());  // Sum leaves imbalance out
     b.weights_s += p.weights_s / pp;
     b.attention_s += p.attention_s / pp;

@@ -53,6 +53,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -249,12 +250,26 @@ class CostModel {
   // a rank has none.
   int64_t FewestKvTokens(const std::function<int64_t(const RankMemory&)>& positions) const;
 
+  int NodeOf(int rank) const;
+  // The OpenMP threads a rank's operation costs were timed with (0 when unknown).
+  int ThreadsOf(int rank) const;
+
   ModelConfig cfg_;
   PlacementPlan plan_;
   ClusterModel cluster_;
   RoutingModel routing_;
   int max_step_tokens_;
   bool measured_operations_ = false;
+  // Fixed by the plan: per world rank the bytes of weights its steps read; per node its last-
+  // level cache and its ranks' threads and CPUs (where operation costs give them); per stage
+  // its compute's slowdown from sharing cores (ExpectedBusiestCore).
+  std::vector<double> working_set_;
+  struct Node {
+    double cache_bytes = 0;
+    int threads = 0, cpus = 0;
+  };
+  std::map<int, Node> nodes_;
+  std::vector<double> turns_;
 };
 
 }  // namespace switchyard

@@ -54,6 +54,18 @@ double TimeCalls(int calls, const std::function<void()>& prepare,
   return Median(t);
 }
 
+// Appends an array's entries to `out`; false (out unchanged) when one is not a finite number
+// >= 0.
+bool ReadFigures(const nlohmann::json& array, std::vector<double>* out) {
+  std::vector<double> figures;
+  for (const nlohmann::json& x : array) {
+    if (!x.is_number() || x.get<double>() < 0 || !std::isfinite(x.get<double>())) return false;
+    figures.push_back(x.get<double>());
+  }
+  out->insert(out->end(), figures.begin(), figures.end());
+  return true;
+}
+
 double Pairs(double tokens, double start_pos) {
   return tokens * start_pos + 0.5 * tokens * (tokens + 1);
 }
@@ -495,12 +507,7 @@ absl::StatusOr<OperationCosts> ParseOperationCosts(const nlohmann::json& j,
            {"head_s", &c.head_s}}) {
     const nlohmann::json v = j.value(name, nlohmann::json());
     if (!v.is_array() || v.empty()) return bad(name, "missing or not a non-empty array");
-    for (const nlohmann::json& x : v) {
-      if (!x.is_number() || x.get<double>() < 0 || !std::isfinite(x.get<double>())) {
-        return bad(name, "every entry must be a number >= 0");
-      }
-      field->push_back(x.get<double>());
-    }
+    if (!ReadFigures(v, field)) return bad(name, "every entry must be a number >= 0");
   }
   if (c.dense_s.size() != c.rows.size() || c.expert_s.size() != c.rows.size() ||
       c.head_s.size() != c.rows.size()) {
@@ -529,11 +536,8 @@ absl::StatusOr<OperationCosts> ParseOperationCosts(const nlohmann::json& j,
   if (!cold.is_array() || (!cold.empty() && cold.size() != c.rows.size())) {
     return bad("expert_cold_s", "must have one entry per row count");
   }
-  for (const nlohmann::json& x : cold) {
-    if (!x.is_number() || x.get<double>() < 0 || !std::isfinite(x.get<double>())) {
-      return bad("expert_cold_s", "every entry must be a number >= 0");
-    }
-    c.expert_cold_s.push_back(x.get<double>());
+  if (!ReadFigures(cold, &c.expert_cold_s)) {
+    return bad("expert_cold_s", "every entry must be a number >= 0");
   }
   const nlohmann::json cache = j.value("cache_bytes", nlohmann::json(0));
   if (!cache.is_number() || !(cache.get<double>() >= 0)) {
@@ -566,11 +570,8 @@ absl::StatusOr<OperationCosts> ParseOperationCosts(const nlohmann::json& j,
       return bad(absl::StrCat(name, ".expert_s"), "must have one entry per row count");
     }
     std::vector<double> figures;
-    for (const nlohmann::json& x : v) {
-      if (!x.is_number() || x.get<double>() < 0 || !std::isfinite(x.get<double>())) {
-        return bad(absl::StrCat(name, ".expert_s"), "every entry must be a number >= 0");
-      }
-      figures.push_back(x.get<double>());
+    if (!ReadFigures(v, &figures)) {
+      return bad(absl::StrCat(name, ".expert_s"), "every entry must be a number >= 0");
     }
     c.expert_set_bytes.push_back(bytes.get<double>());
     c.expert_set_s.push_back(std::move(figures));
