@@ -2,7 +2,10 @@
 
 #include <sched.h>
 
+#include <omp.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <map>
@@ -107,5 +110,22 @@ std::vector<int> OwnCpus() {
   }
   return cpus;
 }
+
+namespace {
+std::atomic<int> step_threads{0};
+}  // namespace
+
+void SetStepThreads(int threads) {
+  if (threads < 1) return;
+  step_threads.store(threads, std::memory_order_relaxed);
+  omp_set_num_threads(threads);
+}
+
+void AdoptStepThreads() {
+  const int threads = step_threads.load(std::memory_order_relaxed);
+  if (threads > 0 && omp_get_max_threads() != threads) omp_set_num_threads(threads);
+}
+
+int StepThreads() { return step_threads.load(std::memory_order_relaxed); }
 
 }  // namespace switchyard

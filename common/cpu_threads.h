@@ -40,4 +40,17 @@ NodeThreads ChooseThreads(const char* omp_env, const std::vector<RankCpus>& node
 // The CPUs this process may run on (sched_getaffinity), sorted.
 std::vector<int> OwnCpus();
 
+// The rank's chosen thread count for every thread that runs its steps. OpenMP keeps the
+// count per thread: omp_set_num_threads on the main thread leaves a thread started later
+// (the serving scheduler's, which runs rank 0's steps) at the node-wide default, all the
+// node's CPUs, so rank 0 would run more threads than its share while its peers wait on it.
+// SetStepThreads sets the calling thread's count and records it for the process;
+// AdoptStepThreads gives the calling thread the recorded count (nothing when none was set, or
+// where OMP_NUM_THREADS was set: OpenMP already starts every thread at it). Executors call it
+// at the start of each step; it costs a comparison once adopted.
+void SetStepThreads(int threads);
+void AdoptStepThreads();
+// The count SetStepThreads recorded, 0 if none.
+int StepThreads();
+
 }  // namespace switchyard

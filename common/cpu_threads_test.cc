@@ -1,5 +1,9 @@
 #include "common/cpu_threads.h"
 
+#include <omp.h>
+
+#include <thread>
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -72,6 +76,34 @@ TEST(ChooseThreads, UnevenSharingRoundsDown) {
 }
 
 TEST(OwnCpus, ListsAtLeastOneCpu) { EXPECT_FALSE(OwnCpus().empty()); }
+
+// OpenMP keeps the thread count per thread: a thread started after the main thread chose its
+// count begins at the default; AdoptStepThreads gives it the recorded one, parallel regions
+// included.
+TEST(StepThreads, ALaterThreadAdoptsTheRecordedCount) {
+  int fresh = 0;
+  std::thread([&] { fresh = omp_get_max_threads(); }).join();
+  const int before = omp_get_max_threads();
+  const int want = fresh + 1;
+  SetStepThreads(want);
+  EXPECT_EQ(StepThreads(), want);
+  EXPECT_EQ(omp_get_max_threads(), want);
+  int without = 0, with = 0, team = 0;
+  std::thread([&] {
+    without = omp_get_max_threads();
+    AdoptStepThreads();
+    with = omp_get_max_threads();
+#pragma omp parallel
+    {
+#pragma omp single
+      team = omp_get_num_threads();
+    }
+  }).join();
+  SetStepThreads(before);
+  EXPECT_EQ(without, fresh);
+  EXPECT_EQ(with, want);
+  EXPECT_EQ(team, want);
+}
 
 }  // namespace
 }  // namespace switchyard

@@ -213,7 +213,7 @@ absl::Status ConfigureThreads(MpiCommunicator* world) {
     node.push_back(std::move(rc));
   }
   const NodeThreads plan = ChooseThreads(std::getenv("OMP_NUM_THREADS"), node);
-  if (!plan.explicit_env) omp_set_num_threads(plan.threads[me]);
+  if (!plan.explicit_env) SetStepThreads(plan.threads[me]);
   if (me == 0) {  // the node's lowest rank speaks for it
     if (world == nullptr) {
       spdlog::info("threads: {}", plan.summary);

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "common/cpu_threads.h"
 #include "common/status_macros.h"
 #include "common/steady_time.h"
 
@@ -409,6 +410,7 @@ absl::Status DistributedExecutor::BroadcastPlan(uint32_t command, const StepPlan
 }
 
 absl::Status DistributedExecutor::Execute(const StepPlan& plan, StepResult* result) {
+  AdoptStepThreads();  // the serving scheduler's thread runs the steps of rank 0
   RETURN_IF_ERROR(ValidatePlan(plan, worker_->plan_limits()));
   if (!records_routing()) {
     for (const SeqEntry& s : plan.seqs) {

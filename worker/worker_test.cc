@@ -5,7 +5,10 @@
 #include <numeric>
 #include <thread>
 
+#include <omp.h>
+
 #include "comm/self_communicator.h"
+#include "common/cpu_threads.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "model/safetensors.h"
@@ -258,6 +261,32 @@ TEST_F(CpuStageBackendTest, LocalExecutorValidatesThePlan) {
   const absl::Status st = exec.Execute(plan, &r);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(st.message(), HasSubstr("sequence 9: KV block id 16 outside [0, 16)"));
+}
+
+// The serving scheduler runs rank 0's steps on a thread of its own, which OpenMP starts at the
+// node-wide thread count: the step adopts the rank's share (SetStepThreads) first.
+TEST_F(CpuStageBackendTest, AStepOnAnotherThreadRunsWithTheRanksThreads) {
+  int fresh = 0;
+  std::thread([&] { fresh = omp_get_max_threads(); }).join();
+  const int before = omp_get_max_threads();
+  SetStepThreads(fresh + 1);  // differs from what a new thread starts with
+  LocalExecutor exec(*weights_, {.num_blocks = 16, .block_size = 16},
+                     {.max_tokens = 64, .max_context = 256});
+  StepPlan plan;
+  plan.AddSequence(Entry(1, 0, LogitsMode::kNone, true), std::vector<int32_t>{1, 2, 3},
+                   std::vector<int32_t>{0});
+  absl::Status st;
+  int at_start = 0, in_step = 0;
+  std::thread([&] {
+    at_start = omp_get_max_threads();
+    StepResult r;
+    st = exec.Execute(plan, &r);
+    in_step = omp_get_max_threads();
+  }).join();
+  SetStepThreads(before);
+  ASSERT_TRUE(st.ok()) << st;
+  EXPECT_EQ(at_start, fresh);
+  EXPECT_EQ(in_step, fresh + 1);
 }
 
 // Experts bound and unbound while a shard runs (rebalancing): the shard's spec and resident
