@@ -21,7 +21,8 @@
    turnaround per request), for each EP x PP: measured with a model whose steps cost next to
    nothing (two layers, hidden 64) served by as many ranks in the same layout, so that the
    ranks waiting on their cores are there as they are when the demo model serves: the wall
-   time of loadgen runs less the server's time inside steps (its step metric).
+   time of loadgen runs less the server's time inside steps (its step metric); and the CPU
+   time the client (loadgen's cpu_s) and the server's network threads take beside the steps.
 4. On two emulated nodes (launch/netns-cluster.sh, root only: network namespaces joined by a
    veth link shaped to --netns, 1 Gbit/s by default), one rank each: `preflight --model` there,
    then `bench decode --ep 2` at each batch, --runs times.
@@ -38,6 +39,7 @@ Needs the release build (build/cli/switchyard) and Open MPI. Takes about 13 minu
 run it on a quiet machine.
 """
 import argparse
+import glob
 import json
 import os
 import statistics
@@ -147,14 +149,55 @@ def metrics(port):
     return got["switchyard_step_duration_seconds_count"], got["switchyard_step_duration_seconds_sum"]
 
 
+def network_cpu_seconds(pids):
+    """CPU seconds so far of the threads of processes `pids` that the runtime did not start
+    (its own threads, steps included, carry the program's name; gRPC's carry their own)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        for task in glob.glob(f"/proc/{pid}/task/*/stat"):
+            try:
+                stat = open(task).read()
+            except OSError:
+                continue  # the thread ended
+            name = stat[stat.index("(") + 1:stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2:].split()
+            if name != "switchyard":
+                total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def fit(rows):
+    """Non-negative (per step, per token) whose sums over each row's (steps, tokens) best match
+    its measured total, in relative terms (each row weighs the same whatever its size): least
+    squares over each subset of the two, the best one with no negative figure."""
+    import numpy
+    a = numpy.array([r[:2] for r in rows], dtype=float)
+    y = numpy.array([r[2] for r in rows], dtype=float)
+    w = 1 / numpy.maximum(y, 1e-12)
+    best, best_err = (0.0, 0.0), float("inf")
+    for cols in ((0, 1), (0,), (1,)):
+        x, *_ = numpy.linalg.lstsq(a[:, cols] * w[:, None], y * w, rcond=None)
+        if (x < 0).any():
+            continue
+        full = numpy.zeros(2)
+        full[list(cols)] = x
+        err = float(numpy.sum(((a @ full - y) * w) ** 2))
+        if err < best_err:
+            best, best_err = (float(full[0]), float(full[1])), err
+    return best
+
+
 def front_end_costs(ep, pp, runs, work):
-    """(step_s, token_s, turnaround_s): what the serving front end costs on this machine
-    beyond the steps, measured with a model whose steps cost next to nothing (two layers,
-    hidden 64: make-synthetic-model --preset tiny --layers 2) served by ep x pp ranks. Per loadgen
-    run, the server's step metric gives the time inside steps; the rest of the run's wall time
-    per step is the front end's, fitted as step_s + token_s x tokens per step over concurrency
-    8 and 64 (medians of the runs); at concurrency 1, what is left per request is the
-    client's turnaround."""
+    """(step_s, token_s, turnaround_s, cpu_step_s, cpu_token_s): what the serving front end
+    costs on this machine beyond the steps, measured with a model whose steps cost next to
+    nothing (two layers, hidden 64: make-synthetic-model --preset tiny --layers 2) served by
+    ep x pp ranks, with loadgen at concurrency 1, 8 and 64, `runs` times each. Per run, the
+    server's step metric gives the time inside steps; the rest of the run's wall time is the
+    front end's, fitted over every run as step_s x steps + token_s x tokens (fit); at
+    concurrency 1, what is left per request is the client's turnaround. The CPU time the
+    client (its cpu_s) and the server's network threads take in a run is fitted the same
+    way."""
     model = os.path.join(work, "front-end-model")
     if not os.path.isdir(model):
         run([BIN, "make-synthetic-model", "--preset", "tiny", "--layers", "2", "--out", model,
@@ -165,18 +208,23 @@ def front_end_costs(ep, pp, runs, work):
          os.path.join(d + "-http")] + EXCHANGE)
     port = open(os.path.join(d, "port")).read().strip()
     http = open(d + "-http").read().strip()
+    ranks = subprocess.run(["pgrep", "-P", open(os.path.join(d, "pid")).read().strip()],
+                           capture_output=True, text=True).stdout.split()
     points = {}
     try:
         def one(c):
             n0, s0 = metrics(http)
+            cpu0 = network_cpu_seconds(ranks)
             r = run([BIN, "loadgen", "--target", f"127.0.0.1:{port}", "--concurrency", str(c),
                      "--requests", str(requests_for(c)), "--prompt-len", str(PROMPT),
                      "--max-tokens", str(OUTPUT), "--ignore-eos", "--json"])
+            cpu = network_cpu_seconds(ranks) - cpu0
             n1, s1 = metrics(http)
             j = json.loads(r.stdout)
             steps = n1 - n0
-            return ((j["wall_s"] - (s1 - s0)) / steps, j["output_tokens"] / steps, steps,
-                    j["wall_s"] - (s1 - s0), j["output_tokens"], j["requests_ok"])
+            # (steps, tokens, requests, time outside the steps, CPU time beside them)
+            return (steps, j["output_tokens"], j["requests_ok"], j["wall_s"] - (s1 - s0),
+                    j["cpu_s"] + cpu)
 
         one(8)  # warm-up
         for c in (1, 8, 64):
@@ -184,18 +232,18 @@ def front_end_costs(ep, pp, runs, work):
     finally:
         subprocess.run([os.path.join(ROOT, "launch", "cluster.sh"), "stop", d],
                        capture_output=True)
-    med = {c: (statistics.median(p[0] for p in points[c]),
-               statistics.median(p[1] for p in points[c])) for c in points}
-    (o8, t8), (o64, t64) = med[8], med[64]
-    token_s = max(0.0, (o64 - o8) / (t64 - t8))
-    step_s = max(0.0, o8 - token_s * t8)
-    turn = []
-    for _, _, steps, outside, tokens, requests in points[1]:
-        turn.append(max(0.0, (outside - steps * step_s - tokens * token_s) / requests))
-    costs = (step_s, token_s, statistics.median(turn))
+    # (Requests are not a third term: every one has the same tokens, so a cost per request
+    # cannot be told from one per token.)
+    runs = [p for c in points for p in points[c]]
+    step_s, token_s = fit([(p[0], p[1], p[3]) for p in runs])
+    cpu_step_s, cpu_token_s = fit([(p[0], p[1], p[4]) for p in runs])
+    turn = [max(0.0, (outside - steps * step_s - tokens * token_s) / requests)
+            for steps, tokens, requests, outside, _ in points[1]]
+    costs = (step_s, token_s, statistics.median(turn), cpu_step_s, cpu_token_s)
     print(f"  {ep}x{pp} front end (two-layer hidden-64 model): {step_s * 1e6:.1f} us per step, "
-          f"{token_s * 1e6:.1f} us per token, turnaround {costs[2] * 1e6:.0f} us per request",
-          flush=True)
+          f"{token_s * 1e6:.1f} us per token, turnaround {costs[2] * 1e6:.0f} us per request; "
+          f"CPU beside the steps {cpu_step_s * 1e6:.1f} us per step, {cpu_token_s * 1e6:.1f} us "
+          "per token", flush=True)
     return costs
 
 
@@ -243,13 +291,15 @@ def predict_steps(ep, pp, calibration):
 
 
 def predict_serving(ep, pp, c, calibration, host):
-    """(tokens_per_s, ttft_p50_s, itl_p50_s) predicted for loadgen at concurrency c."""
+    """(tokens_per_s, ttft_p50_s, itl_p50_s) predicted for loadgen at concurrency c, with the
+    front end's costs `host` (step_s, token_s, turnaround_s, cpu_step_s, cpu_token_s)."""
     r = run([BIN, "study", "simulate", "--model", MODEL, "--calibration", calibration,
              "--ep", str(ep), "--pp", str(pp), "--batch", str(c), "--context",
              str(PROMPT + OUTPUT // 2), "--requests", str(requests_for(c)), "--concurrency",
              str(c), "--prompt-len", str(PROMPT), "--output-len", str(OUTPUT),
              "--host-step-us", str(host[0] * 1e6), "--host-token-us", str(host[1] * 1e6),
-             "--turnaround-us", str(host[2] * 1e6), "--json"] + EXCHANGE)
+             "--turnaround-us", str(host[2] * 1e6), "--host-cpu-step-us", str(host[3] * 1e6),
+             "--host-cpu-token-us", str(host[4] * 1e6), "--json"] + EXCHANGE)
     s = json.loads(r.stdout)["serving"]
     return s["output_tokens_per_s"], s["ttft_s"]["p50"], s["itl_s"]["p50"]
 
@@ -295,12 +345,17 @@ def main():
             if CONCURRENCY:
                 host[(ep, pp)] = front_end_costs(ep, pp, a.runs, work)
             for c in CONCURRENCY:
-                # The median over the configuration's calibrations.
+                # The median over the configuration's calibrations; and, to show what it
+                # adds, the same without the front end's CPU work beside the steps.
                 preds = [predict_serving(ep, pp, c, cal, host[(ep, pp)]) for cal in cals]
+                wait_only = host[(ep, pp)][:3] + (0.0, 0.0)
+                plain = [predict_serving(ep, pp, c, cal, wait_only)[0] for cal in cals]
                 for i, figure in enumerate(("tokens/s", "TTFT p50", "ITL p50")):
-                    rows.append(row(ep, pp, f"concurrency {c}", figure,
-                                    [m[i] for m in measured[c]],
-                                    statistics.median(p[i] for p in preds), i == 0))
+                    r = row(ep, pp, f"concurrency {c}", figure, [m[i] for m in measured[c]],
+                            statistics.median(p[i] for p in preds), i == 0)
+                    if i == 0:
+                        r["predicted_without_front_end_cpu"] = statistics.median(plain)
+                    rows.append(r)
         if a.netns != "none":
             got = netns_steps(a.runs, a.netns, work)
             if got is not None:
@@ -326,8 +381,16 @@ def main():
         lines.append("")
         lines.append("Front end (measured with a two-layer hidden-64 model in each layout): " +
                      "; ".join(f"{ep}x{pp} {h[0] * 1e6:.1f} us per step, {h[1] * 1e6:.1f} us "
-                               f"per token, turnaround {h[2] * 1e6:.0f} us per request"
+                               f"per token, turnaround {h[2] * 1e6:.0f} us per request, CPU "
+                               f"beside the steps {h[3] * 1e6:.1f} us per step and "
+                               f"{h[4] * 1e6:.1f} us per token"
                                for (ep, pp), h in host.items()) + ".")
+        plain = sorted(abs(r["predicted_without_front_end_cpu"] - r["median"]) / r["median"]
+                       for r in rows if "predicted_without_front_end_cpu" in r)
+        lines.append("")
+        lines.append("Serving throughput predicted without the front end's CPU work beside the "
+                     f"steps: median absolute error {statistics.median(plain) * 100:.1f}%, worst "
+                     f"{plain[-1] * 100:.1f}%.")
     lines.append("")
     for figure in ("decode step", "tokens/s"):
         e = sorted(abs(r["error"]) for r in barred if r["figure"] == figure)
@@ -347,7 +410,8 @@ def main():
     if a.json:
         json.dump({"rows": rows,
                    "front_end": {f"{ep}x{pp}": {"step_s": h[0], "token_s": h[1],
-                                                "turnaround_s": h[2]}
+                                                "turnaround_s": h[2], "cpu_step_s": h[3],
+                                                "cpu_token_s": h[4]}
                                  for (ep, pp), h in host.items()},
                    "median_abs_error": med_err, "worst": worst,
                    "median_variation": var, "pass": ok}, open(a.json, "w"), indent=1)

@@ -29,8 +29,12 @@
 //      end-to-end  until the stream's final status.
 //  - Only successful requests contribute latency samples, output tokens and requests/s.
 //    Percentiles are nearest-rank: the ceil(p/100 * n)-th smallest of n samples.
+//  - cpu_s is this process's CPU time (user and system, all threads) over the run, from the
+//    same start as wall_s: what the client takes from a machine it shares with the server.
 //  - Exit code 0 when every request succeeded, 1 otherwise (the report is printed either way),
 //    2 on a usage error.
+#include <sys/resource.h>
+
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -276,6 +280,14 @@ RequestResult RunOneHttp(httplib::Client& client, const LoadgenArgs& a, const st
   return r;
 }
 
+// This process's CPU time so far (user and system, every thread).
+double ProcessCpuSeconds() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  auto sec = [](const timeval& t) { return t.tv_sec + t.tv_usec * 1e-6; };
+  return sec(u.ru_utime) + sec(u.ru_stime);
+}
+
 // Nearest-rank percentile of sorted samples; nullopt when there are none.
 std::optional<double> Percentile(const std::vector<double>& sorted, double p) {
   if (sorted.empty()) return std::nullopt;
@@ -331,6 +343,7 @@ int RunLoadgen(const LoadgenArgs& a) {
   const int workers = std::min(a.concurrency, a.requests);
 
   const Clock::time_point start = Clock::now();
+  const double cpu_start = ProcessCpuSeconds();
   std::vector<std::thread> threads;
   threads.reserve(workers);
   for (int w = 0; w < workers; ++w) {
@@ -350,6 +363,7 @@ int RunLoadgen(const LoadgenArgs& a) {
   }
   for (std::thread& t : threads) t.join();
   const double wall_s = Seconds(Clock::now() - start);
+  const double cpu_s = ProcessCpuSeconds() - cpu_start;
 
   int ok = 0;
   int64_t output_tokens = 0;
@@ -386,6 +400,7 @@ int RunLoadgen(const LoadgenArgs& a) {
     j["temperature"] = a.temperature;
     j["seed"] = a.seed;
     j["wall_s"] = wall_s;
+    j["cpu_s"] = cpu_s;
     j["requests_ok"] = ok;
     j["requests_failed"] = a.requests - ok;
     j["output_tokens"] = output_tokens;
@@ -406,6 +421,7 @@ int RunLoadgen(const LoadgenArgs& a) {
               a.conn.target.c_str(), a.protocol.c_str(), a.requests, a.concurrency, a.prompt_len,
               a.max_tokens);
   std::printf("  wall time          %.3f s\n", wall_s);
+  std::printf("  client CPU time    %.3f s\n", cpu_s);
   std::printf("  requests ok        %d of %d\n", ok, a.requests);
   std::printf("  output tokens      %lld\n", static_cast<long long>(output_tokens));
   std::printf("  output tokens/s    %.1f\n", tokens_per_s);

@@ -63,6 +63,7 @@ struct SimulateArgs {
   int concurrency = 0;
   double rate = 0;
   double host_step_us = 0, host_token_us = 0, turnaround_us = 0;
+  double host_cpu_step_us = 0, host_cpu_token_us = 0;
   std::string prompt_len = "512", output_len = "128";
   int max_running = 64;
   std::string kv_memory;  // per rank; default: what fits (a device with a capacity) or 1GiB
@@ -302,7 +303,10 @@ int RunSimulate(const SimulateArgs& a) {
     so.prefill_chunk = std::min(256, a.max_step_tokens);
     const KvPool kv{.blocks_per_dp = static_cast<int>(std::min<int64_t>(kv_tokens / a.block_size, 1 << 30)),
                     .block_size = a.block_size};
-    const HostCosts host{.step_s = a.host_step_us * 1e-6, .token_s = a.host_token_us * 1e-6};
+    const HostCosts host{.step_s = a.host_step_us * 1e-6,
+                         .token_s = a.host_token_us * 1e-6,
+                         .cpu_step_s = a.host_cpu_step_us * 1e-6,
+                         .cpu_token_s = a.host_cpu_token_us * 1e-6};
     auto r = SimulateServing(model, so, kv, w, host);
     if (!r.ok()) return Fail(r.status());
     j["serving"] = {{"requests", r->requests},
@@ -320,8 +324,11 @@ int RunSimulate(const SimulateArgs& a) {
                     {"steps", r->steps},
                     {"mean_step_s", r->mean_step_s},
                     {"mean_host_s", r->mean_host_s},
+                    {"mean_front_end_cores_s", r->mean_front_end_cores_s},
                     {"host", {{"step_s", host.step_s},
                               {"token_s", host.token_s},
+                              {"cpu_step_s", host.cpu_step_s},
+                              {"cpu_token_s", host.cpu_token_s},
                               {"turnaround_s", w.turnaround_s}}},
                     {"mean_tokens_per_step", r->mean_tokens_per_step},
                     {"mean_breakdown", BreakdownJson(r->mean_breakdown)},
@@ -414,6 +421,11 @@ int RunSimulate(const SimulateArgs& a) {
     if (s["mean_host_s"].get<double>() > 0) {
       std::printf("  front end         %.3f ms a step besides the step (per step %.1f us, per token %.1f us)\n",
                   s["mean_host_s"].get<double>() * 1e3, a.host_step_us, a.host_token_us);
+    }
+    if (a.host_cpu_step_us > 0 || a.host_cpu_token_us > 0) {
+      std::printf("  front end's CPU   %.3f ms a step lost to it on rank 0's node (per step %.1f us, per token %.1f us)\n",
+                  s["mean_front_end_cores_s"].get<double>() * 1e3, a.host_cpu_step_us,
+                  a.host_cpu_token_us);
     }
     std::printf("  TTFT              %s\n", pct("ttft_s").c_str());
     std::printf("  ITL               %s\n", pct("itl_s").c_str());
@@ -560,6 +572,13 @@ void RegisterStudy(CLI::App& app, Action* action) {
       ->check(CLI::Range(0.0, 1e9));
   cmd->add_option("--host-token-us", a.host_token_us,
                   "Serving: the front end's cost per token delivered (microseconds)")
+      ->check(CLI::Range(0.0, 1e9));
+  cmd->add_option("--host-cpu-step-us", a.host_cpu_step_us,
+                  "Serving: CPU time the front end's network threads and clients on rank 0's "
+                  "node take per step beside the steps (microseconds)")
+      ->check(CLI::Range(0.0, 1e9));
+  cmd->add_option("--host-cpu-token-us", a.host_cpu_token_us,
+                  "Serving: the same CPU time per token delivered (microseconds)")
       ->check(CLI::Range(0.0, 1e9));
   cmd->add_option("--turnaround-us", a.turnaround_us,
                   "Closed loop: a client's time from a request's end to its next request "

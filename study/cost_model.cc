@@ -725,6 +725,20 @@ StepCost CostModel::Step(const StepShape& step) const {
   return c;
 }
 
+CostModel::NodeWork CostModel::NodeWorkOf(const StepCost& c, int rank) const {
+  NodeWork n;
+  const int node = NodeOf(rank);
+  for (int w = 0; w < world() && w < static_cast<int>(c.ranks.size()); ++w) {
+    if (NodeOf(w) == node) n.core_s += c.ranks[w].busy_s * ThreadsOf(w);
+  }
+  const auto it = nodes_.find(node);
+  if (it != nodes_.end()) {
+    n.threads = it->second.threads;
+    n.cpus = it->second.cpus;
+  }
+  return n;
+}
+
 std::vector<RankMemory> CostModel::Memory(int64_t kv_tokens) const {
   const std::vector<RankStatus> f =
       Footprints(plan_, cfg_, static_cast<uint64_t>(cluster_.device.weight_bytes));

@@ -236,6 +236,14 @@ class CostModel {
   double SparseMbu(const StepCost& c) const;
   double SparseMfu(const StepCost& c) const;
 
+  // The CPU work of rank `rank`'s node in step `c` (its ranks' busy time times their
+  // threads), its ranks' threads and its CPUs (0 when the operation costs do not say).
+  struct NodeWork {
+    double core_s = 0;
+    int threads = 0, cpus = 0;
+  };
+  NodeWork NodeWorkOf(const StepCost& c, int rank) const;
+
   const ModelConfig& config() const { return cfg_; }
   const PlacementPlan& plan() const { return plan_; }
   const ClusterModel& cluster() const { return cluster_; }

@@ -44,7 +44,25 @@ absl::Status SimulatedExecutor::Execute(const StepPlan& plan, StepResult* result
                           .start_pos = s.start_pos, .head_rows = HeadRows(s)});
     if (s.sample) result->next_tokens[i] = token_;
   }
-  const StepCost c = model_->Step(shape);
+  StepCost c = model_->Step(shape);
+  const double host = host_.step_s + host_.token_s * sampled;
+  // The front end's CPU work beside the step, on rank 0's node. Where the ranks' threads
+  // leave a core free, it runs there, unless the ranks' work and the front end's outgrow the
+  // node's CPUs (the step then lasts the node's work over its CPUs). Where they fill every
+  // core, each slice it runs takes a core from a rank that the others (coupled by every
+  // layer's exchange, or an OpenMP team by its barriers) then wait for: the step lasts that
+  // much longer.
+  const double cpu = host_.cpu_step_s + host_.cpu_token_s * sampled;
+  if (cpu > 0) {
+    const CostModel::NodeWork node = model_->NodeWorkOf(c, 0);
+    if (node.cpus > 0) {
+      double lost = std::max(0.0, (node.core_s + host + cpu) / node.cpus - c.seconds - host);
+      if (node.threads >= node.cpus) lost = std::max(lost, cpu);
+      c.seconds += lost;
+      c.breakdown.cores_s += lost;
+      front_end_cores_s_ += lost;
+    }
+  }
   ++steps_;
   seconds_ += c.seconds;
   weight_bytes_ += c.weight_bytes_read;
@@ -61,7 +79,6 @@ absl::Status SimulatedExecutor::Execute(const StepPlan& plan, StepResult* result
   sum_.bubble_s += b.bubble_s;
   sum_.cores_s += b.cores_s;
   for (size_t r = 0; r < busy_.size() && r < c.ranks.size(); ++r) busy_[r] += c.ranks[r].busy_s;
-  const double host = host_.step_s + host_.token_s * sampled;
   host_seconds_ += host;
   clock_->AdvanceSeconds(c.seconds + host);
   return absl::OkStatus();
@@ -133,7 +150,8 @@ absl::StatusOr<ServingReport> SimulateServing(const CostModel& model, SchedulerO
                                               const KvPool& kv, const Workload& w,
                                               HostCosts host) {
   if (w.requests < 1) return absl::InvalidArgumentError("--requests must be at least 1");
-  if (!(w.turnaround_s >= 0) || !(host.step_s >= 0) || !(host.token_s >= 0)) {
+  if (!(w.turnaround_s >= 0) || !(host.step_s >= 0) || !(host.token_s >= 0) ||
+      !(host.cpu_step_s >= 0) || !(host.cpu_token_s >= 0)) {
     return absl::InvalidArgumentError("front-end costs and the turnaround must be >= 0");
   }
   if (w.concurrency < 0 || (w.concurrency == 0 && !(w.rate > 0))) {
@@ -238,6 +256,7 @@ absl::StatusOr<ServingReport> SimulateServing(const CostModel& model, SchedulerO
     const double n = static_cast<double>(r.steps);
     r.mean_step_s = exec.seconds() / n;
     r.mean_host_s = exec.host_seconds() / n;
+    r.mean_front_end_cores_s = exec.front_end_cores_seconds() / n;
     r.mean_tokens_per_step = static_cast<double>(rec.tokens) / n;
     const StepBreakdown& b = exec.breakdown();
     r.mean_breakdown = {.weights_s = b.weights_s / n, .attention_s = b.attention_s / n,

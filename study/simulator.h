@@ -22,20 +22,31 @@
 
 namespace switchyard {
 
-// What the serving front end costs beyond the ranks' steps, in time the next step waits for:
-// per step (rank 0 scheduling, building the plan, handing the results to the streams) and per
-// token delivered (detokenising and the stream write; and the clients' reads when they run on
-// the job's machine). 0 for a front end on cores of its own. bench/validate_simulator.py
-// measures them with a model whose steps cost next to nothing.
+// What the serving front end costs beyond the ranks' steps. 0 for a front end and clients on
+// cores of their own. bench/validate_simulator.py measures them with a model whose steps
+// cost next to nothing.
+// - step_s, token_s: time the next step waits for, per step (rank 0 scheduling, building the
+//   plan, handing the results to the streams) and per token delivered (detokenising, the
+//   stream write).
+// - cpu_step_s, cpu_token_s: CPU time that runs beside the steps on rank 0's node, per step and
+//   per token delivered: the server's network threads (gRPC) and clients on the same machine.
+//   Where the operation costs give the node's CPUs, it takes turns on them with the ranks: a
+//   step and the front end's wait after it last at least the node's work (the ranks' core
+//   time, the wait and this) over its CPUs; and where the ranks' threads fill every CPU, the
+//   step lasts this much longer (each slice it runs stops a rank the others wait for).
 struct HostCosts {
   double step_s = 0;
   double token_s = 0;
+  double cpu_step_s = 0;
+  double cpu_token_s = 0;
 };
 
 // A StepExecutor whose steps take no real time: each checks the plan against `limits`
 // (ValidatePlan, as every executor does), advances `clock` by the cost model's time for it
 // (its sequences' data-parallel indices, chunk lengths, positions and head rows) and then by
-// the front end's cost for it (`host`: per step and per sampled token), and samples token
+// the front end's cost for it (`host`: per step and per sampled token; then, where the node
+// of rank 0 has no cores to spare for the front end's CPU work, the turns it takes), and
+// samples token
 // `token` for every sampled entry. Keeps what it ran.
 class SimulatedExecutor final : public StepExecutor {
  public:
@@ -51,6 +62,8 @@ class SimulatedExecutor final : public StepExecutor {
   int64_t steps() const { return steps_; }
   double seconds() const { return seconds_; }        // summed step times
   double host_seconds() const { return host_seconds_; }  // summed front-end costs
+  // Summed time the steps lost to the front end's CPU work (also in breakdown().cores_s).
+  double front_end_cores_seconds() const { return front_end_cores_s_; }
   const StepBreakdown& breakdown() const { return sum_; }  // summed over steps
   double weight_bytes_read() const { return weight_bytes_; }
   double kv_bytes_read() const { return kv_bytes_; }
@@ -64,7 +77,8 @@ class SimulatedExecutor final : public StepExecutor {
   int32_t token_;
   HostCosts host_;
   int64_t steps_ = 0;
-  double seconds_ = 0, host_seconds_ = 0, weight_bytes_ = 0, kv_bytes_ = 0, flops_ = 0;
+  double seconds_ = 0, host_seconds_ = 0, front_end_cores_s_ = 0, weight_bytes_ = 0,
+         kv_bytes_ = 0, flops_ = 0;
   StepBreakdown sum_;
   std::vector<double> busy_;
 };
@@ -105,6 +119,8 @@ struct ServingReport {
   int64_t steps = 0;
   double mean_step_s = 0;
   double mean_host_s = 0;  // the front end's cost per step (HostCosts)
+  // Of mean_step_s: what a step lost to the front end's CPU work (in mean_breakdown.cores_s).
+  double mean_front_end_cores_s = 0;
   double mean_tokens_per_step = 0;
   StepBreakdown mean_breakdown;  // per step
   double s_mbu = 0, s_mfu = 0;   // over the whole run

@@ -108,6 +108,67 @@ TEST(SimulatorTest, FrontEndCostsAndTurnaroundAsWorkedOutByHand) {
   EXPECT_FALSE(SimulateServing(m, Options(), {.blocks_per_dp = 16, .block_size = 4}, two).ok());
 }
 
+// The front end's CPU work beside the steps (network threads, clients) takes turns with the
+// ranks on rank 0's node: a step and the front end's wait after it last at least the node's
+// work (the ranks' core time, the wait, the CPU work) over its CPUs; where the ranks' threads
+// fill the CPUs, the step lasts the CPU work longer.
+TEST(SimulatorTest, TheFrontEndsCpuWorkTakesTurnsWithTheRanks) {
+  const ModelConfig cfg = Tiny();
+  auto plan = PlanPlacement(cfg, 2, 1);
+  ASSERT_TRUE(plan.ok());
+  const HostCosts host{.step_s = 1e-6, .token_s = 2e-6, .cpu_step_s = 5e-5, .cpu_token_s = 1e-4};
+  // Prompt 4, 3 tokens: the prefill (sampling the first), decodes at positions 4 and 5, each
+  // step sampling one token, all on data-parallel index 0.
+  const std::vector<SeqWork> steps = {{.dp_rank = 0, .tokens = 4, .start_pos = 0, .head_rows = 1},
+                                      {.dp_rank = 0, .tokens = 1, .start_pos = 4, .head_rows = 1},
+                                      {.dp_rank = 0, .tokens = 1, .start_pos = 5, .head_rows = 1}};
+  const Workload one{.requests = 1, .concurrency = 1, .prompt = {4, 4}, .output = {3, 3}};
+  const KvPool kv{.blocks_per_dp = 16, .block_size = 4};
+  // Two ranks of one thread each on a node of `cpus` CPUs.
+  for (const int cpus : {4, 2}) {
+    SCOPED_TRACE(cpus);
+    ClusterModel cl = Slow();
+    OperationCosts o = TinyOperations(cfg);
+    o.threads = 1;
+    o.cpus = cpus;
+    cl.device.operations = o;
+    const CostModel m(cfg, *plan, cl, RoutingModel::Uniform(cfg), 8);
+    ASSERT_TRUE(m.measured_operations());
+    double want = 0, lost = 0;
+    for (const SeqWork& seq : steps) {
+      const StepCost c = m.Step(StepShape{.seqs = {seq}});
+      const CostModel::NodeWork node = m.NodeWorkOf(c, 0);
+      EXPECT_EQ(node.cpus, cpus);
+      EXPECT_EQ(node.threads, 2);
+      EXPECT_NEAR(node.core_s, c.ranks[0].busy_s + c.ranks[1].busy_s, 1e-18);
+      const double wait = host.step_s + host.token_s;
+      const double cpu = host.cpu_step_s + host.cpu_token_s;  // each step samples a token
+      // Four CPUs: two to spare, the node's work over them. Two: every slice stops a rank.
+      const double cycle = cpus == 4 ? std::max(c.seconds + wait, (node.core_s + wait + cpu) / 4)
+                                     : c.seconds + wait + cpu;
+      lost += cycle - c.seconds - wait;
+      want += cycle;
+    }
+    ASSERT_GT(lost, 0) << "the test needs the front end's CPU work to outgrow the cores left";
+    auto r = SimulateServing(m, Options(), kv, one, host);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->steps, 3);
+    EXPECT_NEAR(r->seconds, want, 8 * kTick);
+    EXPECT_NEAR(r->mean_front_end_cores_s, lost / 3, 1e-15);
+    EXPECT_NEAR(r->mean_breakdown.Sum(), r->mean_step_s, 1e-15);  // the turns are cores_s
+  }
+  // A node whose CPUs are not known (rates, no measured operations): the CPU work costs nothing.
+  const HostCosts wait_only{.step_s = host.step_s, .token_s = host.token_s};
+  auto with = SimulateServing(Model(2, 1), Options(), kv, one, host);
+  auto without = SimulateServing(Model(2, 1), Options(), kv, one, wait_only);
+  ASSERT_TRUE(with.ok() && without.ok());
+  EXPECT_EQ(with->seconds, without->seconds);
+  EXPECT_EQ(with->mean_front_end_cores_s, 0);
+  HostCosts negative = host;
+  negative.cpu_token_s = -1;
+  EXPECT_FALSE(SimulateServing(Model(2, 1), Options(), kv, one, negative).ok());
+}
+
 TEST(SimulatorTest, TwoClientsShareDecodeStepsAcrossDataParallelIndices) {
   const CostModel m = Model(2, 1);
   // Two clients, prompts of 4 and 2 tokens out each: the two requests go to different

@@ -69,7 +69,10 @@ with ServeProcess(binary, model, work, "--tls-cert", crt, "--tls-key", key, "--t
     lg = subprocess.run([binary, "loadgen", *conn, "--requests", "4", "--concurrency", "2",
                          "--max-tokens", "8", "--json"], capture_output=True, text=True, timeout=120)
     assert lg.returncode == 0, lg.stderr
-    assert json.loads(lg.stdout)["errors"] == {}, lg.stdout
+    lgj = json.loads(lg.stdout)
+    assert lgj["errors"] == {}, lg.stdout
+    # The client's own CPU time over the run: more than nothing, at most its threads' share.
+    assert 0 < lgj["cpu_s"] <= lgj["wall_s"] * (os.cpu_count() or 1) + 0.05, lg.stdout
     # The example client over mutual TLS with a token and a request id, started by whatever
     # python3 comes first on PATH (it restarts under Debian's when that one lacks grpc).
     example = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "client.py")
