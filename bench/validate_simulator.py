@@ -168,23 +168,27 @@ def network_cpu_seconds(pids):
 
 
 def fit(rows):
-    """Non-negative (per step, per token) whose sums over each row's (steps, tokens) best match
-    its measured total, in relative terms (each row weighs the same whatever its size): least
-    squares over each subset of the two, the best one with no negative figure."""
+    """Non-negative coefficients whose sums over each row's terms (all but its last value)
+    best match its measured total (its last value), in relative terms (each row weighs the
+    same whatever its size): least squares over every subset of the terms, the best one with
+    no negative coefficient."""
+    import itertools
     import numpy
-    a = numpy.array([r[:2] for r in rows], dtype=float)
-    y = numpy.array([r[2] for r in rows], dtype=float)
+    a = numpy.array([r[:-1] for r in rows], dtype=float)
+    y = numpy.array([r[-1] for r in rows], dtype=float)
     w = 1 / numpy.maximum(y, 1e-12)
-    best, best_err = (0.0, 0.0), float("inf")
-    for cols in ((0, 1), (0,), (1,)):
-        x, *_ = numpy.linalg.lstsq(a[:, cols] * w[:, None], y * w, rcond=None)
-        if (x < 0).any():
-            continue
-        full = numpy.zeros(2)
-        full[list(cols)] = x
-        err = float(numpy.sum(((a @ full - y) * w) ** 2))
-        if err < best_err:
-            best, best_err = (float(full[0]), float(full[1])), err
+    n = a.shape[1]
+    best, best_err = (0.0,) * n, float("inf")
+    for k in range(1, n + 1):
+        for cols in itertools.combinations(range(n), k):
+            x, *_ = numpy.linalg.lstsq(a[:, cols] * w[:, None], y * w, rcond=None)
+            if (x < 0).any():
+                continue
+            full = numpy.zeros(n)
+            full[list(cols)] = x
+            err = float(numpy.sum(((a @ full - y) * w) ** 2))
+            if err < best_err:
+                best, best_err = tuple(float(v) for v in full), err
     return best
 
 
@@ -194,10 +198,10 @@ def front_end_costs(ep, pp, runs, work):
     nothing (two layers, hidden 64: make-synthetic-model --preset tiny --layers 2) served by
     ep x pp ranks, with loadgen at concurrency 1, 8 and 64, `runs` times each. Per run, the
     server's step metric gives the time inside steps; the rest of the run's wall time is the
-    front end's, fitted over every run as step_s x steps + token_s x tokens (fit); at
-    concurrency 1, what is left per request is the client's turnaround. The CPU time the
-    client (its cpu_s) and the server's network threads take in a run is fitted the same
-    way."""
+    front end's, fitted over every run as step_s x steps + token_s x tokens, plus
+    turnaround_s x requests at concurrency 1 (fit). The CPU time the client (its cpu_s) and
+    the server's network threads take in a run is fitted as cpu_step_s x steps + cpu_token_s
+    x tokens."""
     model = os.path.join(work, "front-end-model")
     if not os.path.isdir(model):
         run([BIN, "make-synthetic-model", "--preset", "tiny", "--layers", "2", "--out", model,
@@ -232,14 +236,15 @@ def front_end_costs(ep, pp, runs, work):
     finally:
         subprocess.run([os.path.join(ROOT, "launch", "cluster.sh"), "stop", d],
                        capture_output=True)
-    # (Requests are not a third term: every one has the same tokens, so a cost per request
-    # cannot be told from one per token.)
-    runs = [p for c in points for p in points[c]]
-    step_s, token_s = fit([(p[0], p[1], p[3]) for p in runs])
-    cpu_step_s, cpu_token_s = fit([(p[0], p[1], p[4]) for p in runs])
-    turn = [max(0.0, (outside - steps * step_s - tokens * token_s) / requests)
-            for steps, tokens, requests, outside, _ in points[1]]
-    costs = (step_s, token_s, statistics.median(turn), cpu_step_s, cpu_token_s)
+    # The wait: per step, per token, and the client's turnaround per request, which keeps
+    # the ranks idle only at concurrency 1 (with more clients, others' steps run meanwhile).
+    # The CPU work: per step and per token. (Not per request: every request has the same
+    # tokens, so a cost per request cannot be told from one per token.)
+    runs = [(c, p) for c in points for p in points[c]]
+    step_s, token_s, turnaround_s = fit([(p[0], p[1], p[2] if c == 1 else 0, p[3])
+                                         for c, p in runs])
+    cpu_step_s, cpu_token_s = fit([(p[0], p[1], p[4]) for _, p in runs])
+    costs = (step_s, token_s, turnaround_s, cpu_step_s, cpu_token_s)
     print(f"  {ep}x{pp} front end (two-layer hidden-64 model): {step_s * 1e6:.1f} us per step, "
           f"{token_s * 1e6:.1f} us per token, turnaround {costs[2] * 1e6:.0f} us per request; "
           f"CPU beside the steps {cpu_step_s * 1e6:.1f} us per step, {cpu_token_s * 1e6:.1f} us "

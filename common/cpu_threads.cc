@@ -116,9 +116,8 @@ std::atomic<int> step_threads{0};
 }  // namespace
 
 void SetStepThreads(int threads) {
-  if (threads < 1) return;
-  step_threads.store(threads, std::memory_order_relaxed);
-  omp_set_num_threads(threads);
+  step_threads.store(std::max(threads, 0), std::memory_order_relaxed);
+  if (threads > 0) omp_set_num_threads(threads);
 }
 
 void AdoptStepThreads() {

@@ -3,7 +3,7 @@
 // fewer tokens/s than 4 x 1, docs/benchmarks.md) nor leave them idle.
 //
 //   NodeThreads plan = ChooseThreads(getenv("OMP_NUM_THREADS"), node_ranks);
-//   if (!plan.explicit_env) omp_set_num_threads(plan.threads[my_index_in_node_ranks]);
+//   if (!plan.explicit_env) SetStepThreads(plan.threads[my_index_in_node_ranks]);
 //
 // A rank's share of the node is the sum, over the CPUs in its affinity mask, of 1 / (the
 // number of ranks on the node whose masks hold that CPU). This one rule covers the cases a
@@ -44,10 +44,11 @@ std::vector<int> OwnCpus();
 // count per thread: omp_set_num_threads on the main thread leaves a thread started later
 // (the serving scheduler's, which runs rank 0's steps) at the node-wide default, all the
 // node's CPUs, so rank 0 would run more threads than its share while its peers wait on it.
-// SetStepThreads sets the calling thread's count and records it for the process;
-// AdoptStepThreads gives the calling thread the recorded count (nothing when none was set, or
-// where OMP_NUM_THREADS was set: OpenMP already starts every thread at it). Executors call it
-// at the start of each step; it costs a comparison once adopted.
+// SetStepThreads sets the calling thread's count and records it for the process (0 clears
+// the record and leaves the thread's count alone); AdoptStepThreads gives the calling thread
+// the recorded count (nothing when none was set, or where OMP_NUM_THREADS was set: OpenMP
+// already starts every thread at it). Executors call it at the start of each step; it costs
+// a comparison once adopted.
 void SetStepThreads(int threads);
 void AdoptStepThreads();
 // The count SetStepThreads recorded, 0 if none.

@@ -1,6 +1,5 @@
 #include "coordinator/model_session.h"
 
-#include <omp.h>
 #include <sched.h>
 #include <unistd.h>
 

@@ -268,7 +268,7 @@ TEST_F(CpuStageBackendTest, LocalExecutorValidatesThePlan) {
 TEST_F(CpuStageBackendTest, AStepOnAnotherThreadRunsWithTheRanksThreads) {
   int fresh = 0;
   std::thread([&] { fresh = omp_get_max_threads(); }).join();
-  const int before = omp_get_max_threads();
+  const int before = omp_get_max_threads(), recorded = StepThreads();
   SetStepThreads(fresh + 1);  // differs from what a new thread starts with
   LocalExecutor exec(*weights_, {.num_blocks = 16, .block_size = 16},
                      {.max_tokens = 64, .max_context = 256});
@@ -283,7 +283,8 @@ TEST_F(CpuStageBackendTest, AStepOnAnotherThreadRunsWithTheRanksThreads) {
     st = exec.Execute(plan, &r);
     in_step = omp_get_max_threads();
   }).join();
-  SetStepThreads(before);
+  omp_set_num_threads(before);
+  SetStepThreads(recorded);  // 0: no record, as before the test
   ASSERT_TRUE(st.ok()) << st;
   EXPECT_EQ(at_start, fresh);
   EXPECT_EQ(in_step, fresh + 1);
