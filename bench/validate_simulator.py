@@ -40,6 +40,7 @@ run it on a quiet machine.
 """
 import argparse
 import glob
+import itertools
 import json
 import os
 import statistics
@@ -172,8 +173,7 @@ def fit(rows):
     best match its measured total (its last value), in relative terms (each row weighs the
     same whatever its size): least squares over every subset of the terms, the best one with
     no negative coefficient."""
-    import itertools
-    import numpy
+    import numpy  # with python3-matplotlib
     a = numpy.array([r[:-1] for r in rows], dtype=float)
     y = numpy.array([r[-1] for r in rows], dtype=float)
     w = 1 / numpy.maximum(y, 1e-12)
@@ -246,7 +246,7 @@ def front_end_costs(ep, pp, runs, work):
     cpu_step_s, cpu_token_s = fit([(p[0], p[1], p[4]) for _, p in runs])
     costs = (step_s, token_s, turnaround_s, cpu_step_s, cpu_token_s)
     print(f"  {ep}x{pp} front end (two-layer hidden-64 model): {step_s * 1e6:.1f} us per step, "
-          f"{token_s * 1e6:.1f} us per token, turnaround {costs[2] * 1e6:.0f} us per request; "
+          f"{token_s * 1e6:.1f} us per token, turnaround {turnaround_s * 1e6:.0f} us per request; "
           f"CPU beside the steps {cpu_step_s * 1e6:.1f} us per step, {cpu_token_s * 1e6:.1f} us "
           "per token", flush=True)
     return costs

@@ -689,11 +689,9 @@ StepCost CostModel::Step(const StepShape& step) const {
   // The nodes' cores: where ranks' threads outnumber the CPUs, the step lasts at least the
   // node's core time (busy time times threads) over its CPUs.
   double cores = 0;
-  {
-    std::map<int, double> work;  // node: core time
-    for (int w = 0; w < W; ++w) work[NodeOf(w)] += c.ranks[w].busy_s * ThreadsOf(w);
-    for (const auto& [n, node] : nodes_) {
-      if (node.threads > node.cpus) cores = std::max(cores, work[n] / node.cpus - c.seconds);
+  for (const auto& [n, node] : nodes_) {
+    if (node.threads > node.cpus) {
+      cores = std::max(cores, CoreSeconds(c, n) / node.cpus - c.seconds);
     }
   }
   c.seconds += cores;
@@ -725,12 +723,17 @@ StepCost CostModel::Step(const StepShape& step) const {
   return c;
 }
 
-CostModel::NodeWork CostModel::NodeWorkOf(const StepCost& c, int rank) const {
-  NodeWork n;
-  const int node = NodeOf(rank);
+double CostModel::CoreSeconds(const StepCost& c, int node) const {
+  double core_s = 0;
   for (int w = 0; w < world() && w < static_cast<int>(c.ranks.size()); ++w) {
-    if (NodeOf(w) == node) n.core_s += c.ranks[w].busy_s * ThreadsOf(w);
+    if (NodeOf(w) == node) core_s += c.ranks[w].busy_s * ThreadsOf(w);
   }
+  return core_s;
+}
+
+CostModel::NodeWork CostModel::NodeWorkOf(const StepCost& c, int rank) const {
+  const int node = NodeOf(rank);
+  NodeWork n{.core_s = CoreSeconds(c, node)};
   const auto it = nodes_.find(node);
   if (it != nodes_.end()) {
     n.threads = it->second.threads;

@@ -261,6 +261,8 @@ class CostModel {
   int NodeOf(int rank) const;
   // The OpenMP threads a rank's operation costs were timed with (0 when unknown).
   int ThreadsOf(int rank) const;
+  // The core time (busy time times threads) of `node`'s ranks in step `c`.
+  double CoreSeconds(const StepCost& c, int node) const;
 
   ModelConfig cfg_;
   PlacementPlan plan_;
