@@ -12,9 +12,11 @@ start)
   np=$3 ep=$4 pp=$5 bin=$6 model=$7
   shift 7
   rm -rf "$dir" && mkdir -p "$dir"
-  # Each rank sizes its threads to its share of the CPUs. One node: shared memory between
-  # ranks and Open MPI's control channel on loopback, so no rank listens on the network.
-  flags=(--oversubscribe --bind-to none --mca btl self,vader --mca oob_tcp_if_include lo)
+  # Each rank sizes its threads to its share of the CPUs; more ranks than CPUs are pinned one
+  # to a CPU, round-robin (launch/binding.sh). One node: shared memory between ranks and Open
+  # MPI's control channel on loopback, so no rank listens on the network.
+  flags=(--oversubscribe $("$(dirname "$0")/binding.sh" "$np") --mca btl self,vader
+         --mca oob_tcp_if_include lo)
   [ -n "${OMP_NUM_THREADS:-}" ] && flags+=(-x OMP_NUM_THREADS)
   [ "$(id -u)" -eq 0 ] && flags+=(--allow-run-as-root)
   # setsid: the cluster outlives this script; `wait` in the subshell records its exit code.
