@@ -2,8 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <numeric>
+#include <set>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/stats.h"
@@ -94,6 +97,16 @@ double LogChoose(int n, int r) {
 }
 
 }  // namespace
+
+double BoundBusiestCpu(const std::vector<std::pair<int, std::vector<int>>>& ranks) {
+  std::map<int, double> load;  // CPU: the computing threads it runs
+  for (const auto& [threads, cpus] : ranks) {
+    for (int c : cpus) load[c] += static_cast<double>(threads) / cpus.size();
+  }
+  double busiest = 1;
+  for (const auto& [c, l] : load) busiest = std::max(busiest, l);
+  return busiest;
+}
 
 double ExpectedBusiestCore(int threads, int cpus, int computing) {
   if (computing <= 0) return 0;
@@ -222,6 +235,18 @@ absl::StatusOr<ClusterModel> ClusterFromCalibration(const PreflightReport& cal,
     flops.push_back(f.prefill_flops);
   }
   c.device = c.rank_devices[0];
+  // The figures for a rank the calibration lacks (a projection to another world): rank 0's,
+  // on a node with the CPUs its host's ranks covered together, its placement unknown.
+  if (c.device.operations && !c.device.operations->cpu_list.empty()) {
+    std::set<int> node_cpus;
+    for (const RankFigures& f : cal.ranks) {
+      if (f.host == cal.ranks[0].host && f.operations) {
+        node_cpus.insert(f.operations->cpu_list.begin(), f.operations->cpu_list.end());
+      }
+    }
+    c.device.operations->cpus = static_cast<int>(node_cpus.size());
+    c.device.operations->cpu_list.clear();
+  }
   c.shared_memory_exchange = cal.device == "cpu";  // the CPU dispatcher's default on one host
   c.device.memory_bytes_per_s = c.device.peak_bytes_per_s = Median(copy);
   c.device.weight_read_bytes_per_s = Median(read);
@@ -368,21 +393,70 @@ CostModel::CostModel(const ModelConfig& cfg, const PlacementPlan& plan, ClusterM
     if (ThreadsOf(w) > 0) {
       node.threads += ThreadsOf(w);
       node.cpus = std::max(node.cpus, d.operations->cpus);
+      if (d.operations->cpu_list.empty()) {
+        node.lists_known = false;
+      } else {
+        node.cpu_ids.insert(d.operations->cpu_list.begin(), d.operations->cpu_list.end());
+      }
+    }
+  }
+  // Where every rank of a node says which CPUs it may run on, the node's CPUs are those the
+  // ranks' masks cover together, and the node is bound when each rank's mask is a part of
+  // them (the launcher pinned the ranks).
+  for (auto& [n, node] : nodes_) {
+    if (!node.lists_known || node.cpu_ids.empty()) continue;
+    node.cpus = static_cast<int>(node.cpu_ids.size());
+    node.bound = true;
+    for (int w = 0; w < W; ++w) {
+      if (NodeOf(w) == n && ThreadsOf(w) > 0 &&
+          static_cast<int>(cluster_.Device(w).operations->cpu_list.size()) >= node.cpus) {
+        node.bound = false;
+      }
     }
   }
   // The nodes' CPUs, where operation costs say how many threads each rank runs: during a step
   // every rank's threads are runnable (a rank waiting on a peer polls, yielding its core,
-  // before it sleeps). Where they outnumber the CPUs, the scheduler spreads them evenly and
-  // leaves them there: a stage's computing ranks may find themselves on one core, and take
-  // turns. Each stage's compute takes the expected busiest core's share
-  // (ExpectedBusiestCore); the excess is the breakdown's cores_s.
+  // before it sleeps). Where they outnumber the CPUs, a stage's computing ranks may find
+  // themselves on one core, and take turns; the excess is the breakdown's cores_s.
+  // - Ranks that may run anywhere on their node: the scheduler spreads the threads evenly and
+  //   leaves them there, so each stage's compute takes the expected busiest core's share
+  //   (ExpectedBusiestCore).
+  // - Bound ranks: each rank's threads spread over its own CPUs, so the stage's compute takes
+  //   the share of its busiest CPU, known (BoundBusiestCpu).
   turns_.assign(pp, 1.0);
   for (int s = 0; s < pp; ++s) {
     std::map<int, int> computing;  // node: the stage's threads there
     for (int w = s * ep; w < (s + 1) * ep; ++w) computing[NodeOf(w)] += ThreadsOf(w);
     for (const auto& [n, k] : computing) {
       const Node& node = nodes_[n];
-      if (k > 0) turns_[s] = std::max(turns_[s], ExpectedBusiestCore(node.threads, node.cpus, k));
+      if (k <= 0) continue;
+      if (node.bound) {
+        std::vector<std::pair<int, std::vector<int>>> stage;  // threads, CPUs
+        for (int w = s * ep; w < (s + 1) * ep; ++w) {
+          if (NodeOf(w) == n && ThreadsOf(w) > 0) {
+            stage.emplace_back(ThreadsOf(w), cluster_.Device(w).operations->cpu_list);
+          }
+        }
+        turns_[s] = std::max(turns_[s], BoundBusiestCpu(stage));
+      } else {
+        turns_[s] = std::max(turns_[s], ExpectedBusiestCore(node.threads, node.cpus, k));
+      }
+    }
+  }
+  // Each stage's computing threads per CPU, for stages that run at once (SharingRate): a bound
+  // rank's threads over its own CPUs; an unbound rank's over all its node's (-1 stands for
+  // them), at its node's threads per CPU.
+  stage_load_.assign(pp, {});
+  for (int w = 0; w < W; ++w) {
+    const int n = NodeOf(w), threads = ThreadsOf(w);
+    const Node& node = nodes_[n];
+    if (threads <= 0 || node.cpus <= 0) continue;
+    std::map<std::pair<int, int>, double>& load = stage_load_[w / ep];
+    if (node.bound) {
+      const std::vector<int>& cpus = cluster_.Device(w).operations->cpu_list;
+      for (int c : cpus) load[{n, c}] += static_cast<double>(threads) / cpus.size();
+    } else {
+      load[{n, -1}] += static_cast<double>(threads) / node.cpus;
     }
   }
 }
@@ -651,20 +725,64 @@ StepCost CostModel::Step(const StepShape& step) const {
     return worst;
   };
   // The pipeline: stage s starts micro-batch m when it has finished m - 1 and m has arrived.
-  std::vector<std::vector<double>> finish(pp, std::vector<double>(pp, 0));
+  // Stages that run at once on CPUs they share go at the rate those CPUs allow them
+  // (SharingRate), so the pipeline is followed event by event: a stage starting or finishing
+  // changes the others' rates.
+  std::vector<std::vector<double>> finish(pp, std::vector<double>(pp, -1));
   std::vector<double> links_in(pp, 0);
-  for (int s = 0; s < pp; ++s) {
-    for (int m = 0; m < pp; ++m) {
-      const double free_at = m > 0 ? finish[s][m - 1] : bcast;
-      double start = free_at;
+  std::vector<int> next(pp, 0);        // the micro-batch each stage runs or runs next
+  std::vector<double> started(pp, 0);  // when the running one started
+  std::vector<double> left(pp, 0);     // its work left, in seconds at the stage's own rate
+  std::vector<bool> running(pp, false);
+  // When stage s may start its next micro-batch; -1 while that depends on work not done.
+  auto ready_at = [&](int s) {
+    const int m = next[s];
+    if (m >= pp || running[s]) return -1.0;
+    const double free_at = m > 0 ? finish[s][m - 1] : bcast;
+    if (s == 0) return free_at;
+    if (finish[s - 1][m] < 0) return -1.0;
+    return std::max(free_at, finish[s - 1][m] + link_time(s, m));
+  };
+  double now = 0;
+  for (int finished = 0; finished < pp * pp;) {
+    for (int s = 0; s < pp; ++s) {
+      const double at = ready_at(s);
+      if (at < 0 || at > now * (1 + 1e-12) + 1e-18) continue;
+      const int m = next[s];
       if (s > 0) {
-        // The stage waits for the activations: the transfer's share of that wait is the
+        // The stage waited for the activations: the transfer's share of that wait is the
         // stage link's (control), the rest is the bubble.
-        const double lt = link_time(s, m);
-        start = std::max(free_at, finish[s - 1][m] + lt);
-        links_in[s] += std::min(lt, start - free_at);
+        const double free_at = m > 0 ? finish[s][m - 1] : bcast;
+        links_in[s] += std::min(link_time(s, m), at - free_at);
       }
-      finish[s][m] = start + T[s][m];
+      running[s] = true;
+      started[s] = at;
+      left[s] = T[s][m];
+    }
+    std::vector<double> rate(pp, 0);
+    double step = std::numeric_limits<double>::infinity();
+    for (int s = 0; s < pp; ++s) {
+      if (running[s]) {
+        rate[s] = SharingRate(s, running);
+        step = std::min(step, left[s] / rate[s]);
+      } else if (const double at = ready_at(s); at >= 0) {
+        step = std::min(step, at - now);
+      }
+    }
+    now += step;
+    for (int s = 0; s < pp; ++s) {
+      if (!running[s]) continue;
+      if (left[s] / rate[s] <= step * (1 + 1e-12)) {
+        const int m = next[s]++;
+        finish[s][m] = now;
+        running[s] = false;
+        ++finished;
+        // The time the stage ran beyond its own: another stage's turns on shared CPUs.
+        const double extra = now - started[s] - T[s][m];
+        if (extra > 1e-12 * (now - started[s])) stage_parts[s].cores_s += extra;
+      } else {
+        left[s] -= rate[s] * step;
+      }
     }
   }
   // The head on the last stage (over each rank's whole local plan), then results to rank 0.
@@ -721,6 +839,20 @@ StepCost CostModel::Step(const StepShape& step) const {
     c.flops += r.flops;
   }
   return c;
+}
+
+double CostModel::SharingRate(int s, const std::vector<bool>& running) const {
+  double busiest = 0;
+  for (const auto& [cpu, load] : stage_load_[s]) {
+    double total = 0;
+    for (size_t o = 0; o < stage_load_.size(); ++o) {
+      if (!running[o]) continue;
+      const auto it = stage_load_[o].find(cpu);
+      if (it != stage_load_[o].end()) total += it->second;
+    }
+    busiest = std::max(busiest, total);
+  }
+  return turns_[s] / std::max(turns_[s], busiest);
 }
 
 double CostModel::CoreSeconds(const StepCost& c, int node) const {

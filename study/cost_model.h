@@ -41,8 +41,11 @@
 // the time lost being the breakdown's cores_s: every rank's threads are runnable during a
 // step (waiting ranks poll), the scheduler spreads them evenly over the cores, so a stage's
 // computing threads may share one (its compute takes the expected busiest core's share,
-// ExpectedBusiestCore); and the step lasts at least the node's work (each rank's busy time
-// times its threads) over its CPUs.
+// ExpectedBusiestCore; where the launcher bound the ranks, which the operation costs' CPU
+// lists show, the share of the busiest CPU their masks give, BoundBusiestCpu); pipeline
+// stages running at once share the CPUs they have in common (the pipeline is followed event by
+// event, each running stage at the rate its busiest CPU allows, SharingRate); and the step
+// lasts at least the node's work (each rank's busy time times its threads) over its CPUs.
 // A step runs an expert only when some token picks it: the experts' phase of a layer is the
 // expected time of its slowest rank, each rank's time the sum over its experts of their cost
 // when picked, with the chance they are (ranks taken as independent).
@@ -55,8 +58,10 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -121,6 +126,10 @@ struct ClusterModel {
 // those sharing one core, the factor by which their work takes longer. 1 when every thread
 // has a core of its own; 0 when none computes.
 double ExpectedBusiestCore(int threads, int cpus, int computing);
+
+// Computing ranks bound to CPUs, each as (threads, the CPUs its mask holds): each rank's
+// threads spread evenly over its CPUs; the largest number of threads one CPU runs, at least 1.
+double BoundBusiestCpu(const std::vector<std::pair<int, std::vector<int>>>& ranks);
 
 // Published figures for one GPU per rank, NVLink 4 within a node and one 400 Gbit/s NDR
 // InfiniBand NIC per GPU between nodes, bf16 weights and KV (docs/scaling.md lists them and
@@ -272,14 +281,23 @@ class CostModel {
   bool measured_operations_ = false;
   // Fixed by the plan: per world rank the bytes of weights its steps read; per node its last-
   // level cache and its ranks' threads and CPUs (where operation costs give them); per stage
-  // its compute's slowdown from sharing cores (ExpectedBusiestCore).
+  // its compute's slowdown from sharing cores (ExpectedBusiestCore, BoundBusiestCpu).
   std::vector<double> working_set_;
   struct Node {
     double cache_bytes = 0;
     int threads = 0, cpus = 0;
+    std::set<int> cpu_ids;    // the CPUs its ranks' masks cover, where every rank says
+    bool lists_known = true;  // every rank of the node says which CPUs it may run on
+    bool bound = false;       // ... and each of them may run on a part of them only
   };
   std::map<int, Node> nodes_;
   std::vector<double> turns_;
+  // Per stage, its computing threads per CPU: key (node, CPU), the CPU -1 for an unbound
+  // rank's share of all its node's CPUs.
+  std::vector<std::map<std::pair<int, int>, double>> stage_load_;
+  // The rate, against its own, at which stage s computes while the stages `running` run too:
+  // its slowdown alone (turns_) over the busiest CPU's load of all of them, where that is more.
+  double SharingRate(int s, const std::vector<bool>& running) const;
 };
 
 }  // namespace switchyard

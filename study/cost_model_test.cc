@@ -424,6 +424,105 @@ TEST(CostModelTest, RanksWithMoreThreadsThanTheirNodesCpusTakeTurns) {
   EXPECT_EQ(step(1, 2, 0, 0, 2).seconds, apart.seconds);
 }
 
+TEST(CostModelTest, BoundBusiestCpuAsCountedByHand) {
+  EXPECT_EQ(BoundBusiestCpu({}), 1);
+  EXPECT_EQ(BoundBusiestCpu({{1, {0}}, {1, {1}}}), 1);  // a CPU each
+  EXPECT_EQ(BoundBusiestCpu({{1, {0}}, {1, {0}}}), 2);  // both on CPU 0
+  EXPECT_EQ(BoundBusiestCpu({{4, {0, 1}}}), 2);         // four threads over two CPUs
+  EXPECT_EQ(BoundBusiestCpu({{2, {0, 1}}, {1, {1}}}), 2);  // CPU 1: one of each
+  EXPECT_DOUBLE_EQ(BoundBusiestCpu({{1, {0, 1}}, {1, {1, 2}}}), 1);  // half and half
+}
+
+TEST(CostModelTest, BoundRanksTakeTheTurnsTheirCpusGive) {
+  // 2x2, one thread per rank, on one node of two CPUs: 4 threads on 2 CPUs.
+  ModelConfig cfg = Tiny(/*layers=*/2);
+  OperationCosts o = TinyOperations(cfg);
+  o.threads = 1;
+  o.cpus = 2;
+  auto step = [&](const std::vector<std::vector<int>>& lists) {
+    ClusterModel cl = Free();
+    cl.ranks_per_node = 4;
+    for (const std::vector<int>& list : lists) {
+      OperationCosts r = o;
+      r.cpu_list = list;
+      if (!list.empty()) r.cpus = static_cast<int>(list.size());
+      cl.rank_devices.push_back(cl.device);
+      cl.rank_devices.back().operations = r;
+    }
+    return CostModel(cfg, Plan(cfg, 2, 2), cl, RoutingModel::Uniform(cfg))
+        .Step(DecodeStep(1, 10, 2));
+  };
+  // Free to run anywhere: a stage's two ranks share a core in 2 of the 6 placements.
+  const StepCost free = step({{0, 1}, {0, 1}, {0, 1}, {0, 1}});
+  const StepCost unknown = step({{}, {}, {}, {}});
+  EXPECT_EQ(free.seconds, unknown.seconds);
+  EXPECT_GT(free.breakdown.cores_s, 0);
+  // Bound round-robin (Open MPI's --map-by hwthread): each stage has a CPU per rank.
+  const StepCost apart = step({{0}, {1}, {0}, {1}});
+  EXPECT_EQ(apart.breakdown.cores_s, 0);
+  // Bound a stage to a CPU: its ranks always take turns, twice as long as apart.
+  const StepCost together = step({{0}, {0}, {1}, {1}});
+  // (turns 2 against the free placement's expected 4/3: three times its time lost)
+  EXPECT_NEAR(together.breakdown.cores_s, 3 * free.breakdown.cores_s, 1e-12);
+  EXPECT_GT(together.seconds, free.seconds);
+  EXPECT_GT(free.seconds, apart.seconds);
+}
+
+TEST(CostModelTest, PipelineStagesThatOverlapShareTheirCpus) {
+  // 1x2 with two micro-batches (batch 2), one thread per rank, every cost but compute free.
+  ModelConfig cfg = Tiny(/*layers=*/2);
+  OperationCosts o = TinyOperations(cfg);
+  o.threads = 1;
+  auto step = [&](const std::vector<std::vector<int>>& lists, double link_s) {
+    ClusterModel cl = Free();
+    cl.ranks_per_node = 2;
+    cl.within_node.latency_s = link_s;
+    for (const std::vector<int>& list : lists) {
+      OperationCosts r = o;
+      r.cpu_list = list;
+      r.cpus = static_cast<int>(list.size());
+      cl.rank_devices.push_back(cl.device);
+      cl.rank_devices.back().operations = r;
+    }
+    return CostModel(cfg, Plan(cfg, 1, 2), cl, RoutingModel::Uniform(cfg))
+        .Step(DecodeStep(2, 10, 1));
+  };
+  // A CPU each: micro-batch 1 on stage 0 runs beside micro-batch 0 on stage 1. The stages'
+  // work per micro-batch, w0 and w1 (the head on top, after the pipeline), from the busy times.
+  const StepCost apart = step({{0}, {1}}, 0);
+  EXPECT_EQ(apart.breakdown.cores_s, 0);
+  // Both on CPU 0: alone each stage has its CPU, but while both run they take turns, so the
+  // middle of the pipeline lasts w0 + w1 where it lasted max(w0, w1). Nothing else costs, so
+  // the step is all the work one after the other.
+  const StepCost shared = step({{0}, {0}}, 0);
+  const double work = shared.ranks[0].busy_s + shared.ranks[1].busy_s;
+  EXPECT_NEAR(shared.seconds, work, 1e-15);
+  EXPECT_GT(shared.seconds, apart.seconds);
+  EXPECT_NEAR(shared.breakdown.cores_s, shared.seconds - apart.seconds, 1e-15);
+  // A stage link slower than a stage's work: the stages never run at once, and sharing the
+  // CPU costs nothing.
+  const double slow_link = 10 * work;
+  const StepCost far = step({{0}, {0}}, slow_link);
+  EXPECT_NEAR(far.seconds, step({{0}, {1}}, slow_link).seconds, 1e-15);
+  EXPECT_EQ(far.breakdown.cores_s, 0);
+  // By hand, event by event. Stage 0 takes a per micro-batch, stage 1 b, then the head h:
+  // apart, the step is max(2a, a + b) + b + h; rank 0 is busy 2a, rank 1 2b + h.
+  const double a = apart.ranks[0].busy_s / 2;
+  const double b_plus_h = apart.seconds - 2 * a;  // where a >= b
+  const double b = apart.ranks[1].busy_s - b_plus_h, h = b_plus_h - b;
+  ASSERT_TRUE(a >= b * (1 - 1e-9) && a <= 2 * b && h >= 0) << a << " " << b << " " << h;
+  // A link of a / 2, one CPU: stage 0 runs micro-batch 1 alone for a / 2, then beside stage 1
+  // (half rate each) for a more; stage 1 finishes micro-batch 0 alone (b - a / 2 left), and
+  // starts micro-batch 1 when it has that and micro-batch 1 has arrived (3a).
+  const double L = a / 2;
+  const double mb0_done = 2 * a + L + (b - a / 2);  // = 2a + b
+  const double mb1_in = 2 * a + L + L;              // = 3a
+  const StepCost linked = step({{0}, {0}}, L);
+  // The link also carries the step's plan to stage 1 first and the tokens to rank 0 last.
+  EXPECT_NEAR(linked.seconds, L + std::max(mb0_done, mb1_in) + b + h + L,
+              1e-12 * linked.seconds);
+}
+
 TEST(CostModelTest, CalibrationCarriesEachRanksOperations) {
   const ModelConfig cfg = Tiny();
   PreflightReport r;
@@ -438,6 +537,23 @@ TEST(CostModelTest, CalibrationCarriesEachRanksOperations) {
   ASSERT_TRUE(c->Device(0).operations.has_value());
   EXPECT_EQ(c->Device(0).operations->head_s, (std::vector<double>{3e-6, 9e-6}));
   EXPECT_TRUE(CostModel(cfg, Plan(cfg, 1, 1), *c, RoutingModel::Uniform(cfg)).measured_operations());
+  // Four ranks pinned round-robin to two CPUs: each keeps its CPU; a projection's ranks get
+  // rank 0's figures on a node of the two CPUs, placement unknown.
+  r.world = 4;
+  r.latency_s = r.bandwidth_bytes_per_s =
+      std::vector<std::vector<double>>(4, std::vector<double>(4, 1e-6));
+  r.ranks.resize(4, r.ranks[0]);
+  for (int i = 0; i < 4; ++i) {
+    r.ranks[i].operations->threads = 1;
+    r.ranks[i].operations->cpus = 1;
+    r.ranks[i].operations->cpu_list = {i % 2};
+  }
+  c = ClusterFromCalibration(r, "cal.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->Device(3).operations->cpu_list, (std::vector<int>{1}));
+  c->FitTo(8);
+  EXPECT_EQ(c->Device(3).operations->cpus, 2);
+  EXPECT_TRUE(c->Device(3).operations->cpu_list.empty());
 }
 
 TEST(CostModelTest, Presets) {

@@ -267,7 +267,8 @@ absl::StatusOr<OperationCosts> MeasureOperations(const ModelWeights& weights,
   c.layers = L;
   c.threads = omp_get_max_threads();
   c.cache_bytes = LastLevelCacheBytes();
-  c.cpus = static_cast<int>(OwnCpus().size());
+  c.cpu_list = OwnCpus();
+  c.cpus = static_cast<int>(c.cpu_list.size());
 
   // Attention: one sequence's KV write and attention, as RunLayers calls them.
   {
@@ -470,7 +471,8 @@ nlohmann::json OperationCostsJson(const OperationCosts& c) {
           {"expert_cold_s", c.expert_cold_s},
           {"cache_bytes", c.cache_bytes},
           {"threads", c.threads},
-          {"cpus", c.cpus}};
+          {"cpus", c.cpus},
+          {"cpu_list", c.cpu_list}};
 }
 
 absl::StatusOr<OperationCosts> ParseOperationCosts(const nlohmann::json& j,
@@ -552,6 +554,19 @@ absl::StatusOr<OperationCosts> ParseOperationCosts(const nlohmann::json& j,
       return bad(name, "not an integer >= 0");
     }
     *field = v.get<int>();
+  }
+  const nlohmann::json cpu_list = j.value("cpu_list", nlohmann::json::array());
+  if (!cpu_list.is_array()) return bad("cpu_list", "not an array");
+  for (const nlohmann::json& v : cpu_list) {
+    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > (1 << 20) ||
+        (!c.cpu_list.empty() && v.get<int64_t>() <= c.cpu_list.back())) {
+      return bad("cpu_list", "must be increasing CPU ids (integers >= 0)");
+    }
+    c.cpu_list.push_back(v.get<int>());
+  }
+  if (!c.cpu_list.empty() && c.cpus != static_cast<int>(c.cpu_list.size())) {
+    return bad("cpu_list", absl::StrCat("has ", c.cpu_list.size(), " CPUs where cpus says ",
+                                        c.cpus));
   }
   const nlohmann::json sets = j.value("expert_sets", nlohmann::json::array());
   if (!sets.is_array()) return bad("expert_sets", "not an array");

@@ -50,6 +50,10 @@ struct OperationCosts {
   // (its affinity mask: the node's CPUs when not bound); 0 when unknown. Ranks whose threads
   // add up to more than their node's CPUs take turns on the cores (CostModel).
   int threads = 0, cpus = 0;
+  // The CPUs of that mask (their ids, increasing): whether the launcher bound the rank, and
+  // to which CPUs, so that the cost model knows which ranks share a core. Empty when unknown
+  // (calibrations that predate it).
+  std::vector<int> cpu_list;
   std::vector<double> rows;  // increasing sample points
   std::vector<double> dense_s, expert_s, head_s;  // per sample point
   // The expert's cost cycling over working sets of several sizes (bytes of expert weights,

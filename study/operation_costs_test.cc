@@ -7,6 +7,8 @@
 
 #include <string>
 
+#include "common/cpu_threads.h"
+
 namespace switchyard {
 namespace {
 
@@ -144,12 +146,14 @@ TEST(OperationCostsTest, JsonRoundTripAndErrorsNameTheField) {
   EXPECT_EQ(back->expert_set_s, sets.expert_set_s);
   sets.threads = 3;
   sets.cpus = 8;
+  sets.cpu_list = {0, 1, 2, 3, 8, 9, 10, 11};
   sets.expert_cold_s = {4e-5, 6e-5, 9e-5};
   sets.cache_bytes = 32 << 20;
   back = ParseOperationCosts(OperationCostsJson(sets), "ops");
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(back->threads, 3);
   EXPECT_EQ(back->cpus, 8);
+  EXPECT_EQ(back->cpu_list, sets.cpu_list);
   EXPECT_EQ(back->expert_cold_s, sets.expert_cold_s);
   EXPECT_EQ(back->cache_bytes, 32 << 20);
   EXPECT_DOUBLE_EQ(back->ExpertCold(2), 6e-5);
@@ -162,6 +166,17 @@ TEST(OperationCostsTest, JsonRoundTripAndErrorsNameTheField) {
   j["threads"] = -1;
   EXPECT_EQ(ParseOperationCosts(j, "ops").status().message(),
             "ops.threads: not an integer >= 0");
+  j = OperationCostsJson(sets);
+  j["cpu_list"] = {0, 2, 1};
+  EXPECT_EQ(ParseOperationCosts(j, "ops").status().message(),
+            "ops.cpu_list: must be increasing CPU ids (integers >= 0)");
+  j["cpu_list"] = {0, 1};
+  EXPECT_EQ(ParseOperationCosts(j, "ops").status().message(),
+            "ops.cpu_list: has 2 CPUs where cpus says 8");
+  j.erase("cpu_list");  // a calibration from before the list
+  back = ParseOperationCosts(j, "ops");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_TRUE(back->cpu_list.empty());
   j = OperationCostsJson(sets);
   j.erase("expert_sets");  // a calibration from before the sets
   back = ParseOperationCosts(j, "ops");
@@ -192,6 +207,7 @@ TEST(OperationCostsTest, MeasuresTheDemoModelsOperations) {
   EXPECT_EQ(c->layers, 4);
   EXPECT_GE(c->threads, 1);
   EXPECT_GE(c->cpus, 1);
+  EXPECT_EQ(c->cpu_list, OwnCpus());
   ASSERT_EQ(c->expert_cold_s.size(), c->rows.size());
   for (double t : c->expert_cold_s) EXPECT_GT(t, 0);
   EXPECT_EQ(c->rows, (std::vector<double>{1, 2, 4, 8}));
