@@ -374,6 +374,11 @@ CostModel::CostModel(const ModelConfig& cfg, const PlacementPlan& plan, ClusterM
   const int W = world(), ep = plan_.ep, pp = plan_.pp;
   const double H = cfg_.hidden_size, E = cfg_.num_local_experts, V = cfg_.vocab_size;
   working_set_.assign(W, 0);
+  // Where every rank of a node says which CPUs it may run on (its CPU list), the node's CPUs
+  // are those the ranks' masks cover together, and the node is bound when each rank's mask is
+  // a part of them (the launcher pinned the ranks).
+  std::map<int, std::set<int>> listed;  // node: the CPUs its ranks' masks cover
+  std::set<int> unlisted;               // nodes with a rank that does not say
   for (int w = 0; w < W; ++w) {
     const int s = w / ep, j = w % ep;
     const auto [lb, le] = plan_.stage_layers[s];
@@ -393,25 +398,21 @@ CostModel::CostModel(const ModelConfig& cfg, const PlacementPlan& plan, ClusterM
     if (ThreadsOf(w) > 0) {
       node.threads += ThreadsOf(w);
       node.cpus = std::max(node.cpus, d.operations->cpus);
-      if (d.operations->cpu_list.empty()) {
-        node.lists_known = false;
-      } else {
-        node.cpu_ids.insert(d.operations->cpu_list.begin(), d.operations->cpu_list.end());
-      }
+      const std::vector<int>& cpus = d.operations->cpu_list;
+      if (cpus.empty()) unlisted.insert(NodeOf(w));
+      listed[NodeOf(w)].insert(cpus.begin(), cpus.end());
     }
   }
-  // Where every rank of a node says which CPUs it may run on, the node's CPUs are those the
-  // ranks' masks cover together, and the node is bound when each rank's mask is a part of
-  // them (the launcher pinned the ranks).
-  for (auto& [n, node] : nodes_) {
-    if (!node.lists_known || node.cpu_ids.empty()) continue;
-    node.cpus = static_cast<int>(node.cpu_ids.size());
-    node.bound = true;
-    for (int w = 0; w < W; ++w) {
-      if (NodeOf(w) == n && ThreadsOf(w) > 0 &&
-          static_cast<int>(cluster_.Device(w).operations->cpu_list.size()) >= node.cpus) {
-        node.bound = false;
-      }
+  std::set<int> bound;  // nodes
+  for (const auto& [n, cpus] : listed) {
+    if (unlisted.count(n) > 0 || cpus.empty()) continue;
+    nodes_[n].cpus = static_cast<int>(cpus.size());
+    bound.insert(n);
+  }
+  for (int w = 0; w < W; ++w) {
+    if (ThreadsOf(w) > 0 && static_cast<int>(cluster_.Device(w).operations->cpu_list.size()) >=
+                                nodes_[NodeOf(w)].cpus) {
+      bound.erase(NodeOf(w));
     }
   }
   // The nodes' CPUs, where operation costs say how many threads each rank runs: during a step
@@ -430,7 +431,7 @@ CostModel::CostModel(const ModelConfig& cfg, const PlacementPlan& plan, ClusterM
     for (const auto& [n, k] : computing) {
       const Node& node = nodes_[n];
       if (k <= 0) continue;
-      if (node.bound) {
+      if (bound.count(n) > 0) {
         std::vector<std::pair<int, std::vector<int>>> stage;  // threads, CPUs
         for (int w = s * ep; w < (s + 1) * ep; ++w) {
           if (NodeOf(w) == n && ThreadsOf(w) > 0) {
@@ -452,7 +453,7 @@ CostModel::CostModel(const ModelConfig& cfg, const PlacementPlan& plan, ClusterM
     const Node& node = nodes_[n];
     if (threads <= 0 || node.cpus <= 0) continue;
     std::map<std::pair<int, int>, double>& load = stage_load_[w / ep];
-    if (node.bound) {
+    if (bound.count(n) > 0) {
       const std::vector<int>& cpus = cluster_.Device(w).operations->cpu_list;
       for (int c : cpus) load[{n, c}] += static_cast<double>(threads) / cpus.size();
     } else {

@@ -58,7 +58,6 @@
 #include <functional>
 #include <map>
 #include <optional>
-#include <set>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -286,9 +285,6 @@ class CostModel {
   struct Node {
     double cache_bytes = 0;
     int threads = 0, cpus = 0;
-    std::set<int> cpu_ids;    // the CPUs its ranks' masks cover, where every rank says
-    bool lists_known = true;  // every rank of the node says which CPUs it may run on
-    bool bound = false;       // ... and each of them may run on a part of them only
   };
   std::map<int, Node> nodes_;
   std::vector<double> turns_;

@@ -70,7 +70,8 @@ def cpu_lists(np):
 
 own = sorted(os.sched_getaffinity(0))
 if cpus <= 4:
-    assert cpu_lists(cpus) == [own] * cpus, (cpu_lists(cpus), own)
+    lists = cpu_lists(cpus)
+    assert lists == [own] * cpus, (lists, own)
     lists = cpu_lists(2 * cpus)
     assert lists == [[own[r % cpus]] for r in range(2 * cpus)], (lists, own)
 else:
